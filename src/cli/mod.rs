@@ -1,0 +1,156 @@
+//! The command line: argument definitions (clap), logging setup, signals, and exit codes.
+//! Each subcommand is a thin layer over the library; errors are reported here with context.
+
+mod args;
+mod spool_cmd;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+pub use args::{Cli, Command, LogFormat};
+
+use crate::engine::{self, DrainOptions, Stop};
+
+/// Parses the command line, runs the command, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.quiet);
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("drain: error: {e:#}");
+            1
+        }
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn init_logging(format: LogFormat, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let data_dir = cli.data_dir.clone();
+    let need_dir = || {
+        data_dir
+            .clone()
+            .context("--data-dir (or DRAIN_DATA_DIR) is required: the instance's data directory")
+    };
+    match cli.command {
+        Some(Command::Serve(a)) => {
+            let opts = a.into_options(need_dir()?)?;
+            runtime()?.block_on(async {
+                crate::intake::serve(opts, async {
+                    wait_for_signal().await;
+                })
+                .await
+            })?;
+            Ok(0)
+        }
+        Some(Command::Spool(cmd)) => spool_cmd::run(&need_dir()?, cmd),
+        Some(Command::Resume(a)) => {
+            let opts = DrainOptions {
+                data_dir: need_dir()?,
+                destinations: args::parse_destinations(&a.destinations)?,
+                concurrency: a.drain.concurrency(),
+                bind_ip: a.drain.bind_ip,
+                ca_cert: a.drain.ca_cert.clone(),
+                max_in_flight_bytes: a.drain.max_in_flight_bytes,
+                batch_size: a.drain.batch_size,
+                resume: true,
+                settle_only: a.settle_only,
+            };
+            drain(opts, a.drain.json)
+        }
+        Some(Command::Inspect(_)) => {
+            anyhow::bail!(
+                "`drain inspect` is not built yet; the journal is at <data-dir>/journal.redb"
+            )
+        }
+        Some(Command::Demo(a)) => crate::demo::run(a.messages, a.keep),
+        None => {
+            if cli.destinations.is_empty() {
+                anyhow::bail!("no destination given (see `drain --help`)");
+            }
+            let destinations = args::parse_destinations(&cli.destinations)?;
+            let opts = DrainOptions {
+                data_dir: need_dir()?,
+                destinations,
+                concurrency: cli.drain.concurrency(),
+                bind_ip: cli.drain.bind_ip,
+                ca_cert: cli.drain.ca_cert.clone(),
+                max_in_flight_bytes: cli.drain.max_in_flight_bytes,
+                batch_size: cli.drain.batch_size,
+                resume: false,
+                settle_only: false,
+            };
+            drain(opts, cli.drain.json)
+        }
+    }
+}
+
+/// Runs a drain with signal handling and prints the report; returns the exit code.
+pub fn drain(opts: DrainOptions, json: bool) -> anyhow::Result<i32> {
+    let rt = runtime()?;
+    let stop = Stop::default();
+    let report = rt.block_on(async {
+        let s = stop.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::warn!(
+                "signal received: finishing requests in flight, then stopping (exit 42)"
+            );
+            s.request();
+            wait_for_signal().await;
+            // Every journal record is durable before it is acted on, so stopping now is as
+            // safe as SIGKILL: `drain resume` settles what is in flight.
+            tracing::warn!("second signal: stopping now; run `drain resume` to settle");
+            std::process::exit(42);
+        });
+        engine::run(opts, stop).await
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(report.exit_code)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

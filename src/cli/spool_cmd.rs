@@ -1,0 +1,117 @@
+//! `drain spool add|ls|cat`: put a message into the spool, list it, print one back.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::args::{SpoolAddArgs, SpoolCommand};
+use crate::spool::{Header, MessageId, QueueKind, Spool, Timestamp};
+
+pub fn run(data_dir: &Path, cmd: SpoolCommand) -> anyhow::Result<i32> {
+    let spool = Spool::open(data_dir)?;
+    match cmd {
+        SpoolCommand::Add(a) => add(&spool, a),
+        SpoolCommand::Ls(a) => ls(&spool, a.json),
+        SpoolCommand::Cat { id } => {
+            let id: MessageId = id.parse()?;
+            let msg = spool.get(id)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(msg.body())?;
+            out.flush()?;
+            Ok(0)
+        }
+    }
+}
+
+fn add(spool: &Spool, a: SpoolAddArgs) -> anyhow::Result<i32> {
+    let queue: QueueKind = a.queue.parse().map_err(anyhow::Error::msg)?;
+    let next_retry_at = a
+        .next_retry
+        .as_deref()
+        .map(Timestamp::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--next-retry: {e}"))?;
+    let mut properties = BTreeMap::new();
+    for p in &a.properties {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--property {p:?}: expected KEY=VALUE"))?;
+        properties.insert(k.to_string(), v.to_string());
+    }
+    let body = match &a.file {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        None => {
+            let mut b = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut b)
+                .context("cannot read the body from standard input")?;
+            b
+        }
+    };
+    let header = Header {
+        id: MessageId::random()?,
+        queue,
+        from: a.from,
+        to: a.to,
+        attempts: a.attempts,
+        next_retry_at,
+        created_at: Timestamp::now(),
+        properties,
+        body_len: body.len() as u64,
+    };
+    let msg = spool.add(&header, &body)?;
+    println!("{}", msg.header.id);
+    Ok(0)
+}
+
+/// One line per message; files that cannot be read are reported on stderr (exit 1 at the end).
+fn ls(spool: &Spool, json: bool) -> anyhow::Result<i32> {
+    let mut out = std::io::stdout().lock();
+    let mut bad = 0;
+    for entry in spool.scan() {
+        let msg = entry.and_then(|e| spool.read(&e));
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("drain: {e}");
+                bad += 1;
+                continue;
+            }
+        };
+        let h = &msg.header;
+        if json {
+            let v = serde_json::json!({
+                "id": h.id,
+                "queue": h.queue,
+                "hash": msg.hash.to_hex().as_str(),
+                "size": msg.bytes.len(),
+                "body_size": h.body_len,
+                "next_retry_at": h.next_retry_at,
+                "attempts": h.attempts,
+                "from": h.from,
+                "to": h.to,
+                "created_at": h.created_at,
+                "properties": h.properties,
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(
+                out,
+                "{} {:<11} {:>9} attempts={} next_retry={} hash={}",
+                h.id,
+                h.queue.as_str(),
+                msg.bytes.len(),
+                h.attempts,
+                h.next_retry_at
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                msg.hash.to_hex()
+            )?;
+        }
+    }
+    Ok(if bad > 0 { 1 } else { 0 })
+}

@@ -1,0 +1,287 @@
+//! Talking to one destination: a parsed address, a pooled HTTPS client, and the classification
+//! of every way a request can end, which the dispatcher's safety depends on:
+//!
+//! - [`Delivery::NotDelivered`]: the request certainly did not reach the destination's
+//!   storage (connection or TLS refused before sending, 503): the messages may go elsewhere.
+//! - [`Delivery::Refused`]: the destination answered for the whole request (403, 413, 400...).
+//! - [`Delivery::Answered`]: per-message outcomes.
+//! - [`Delivery::Ambiguous`]: it may have stored some (timeout, dropped connection, other 5xx,
+//!   unreadable answer): the messages stay pinned to it until it answers a query.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use reqwest::StatusCode;
+
+use crate::wire::{self, ItemResult, QueryRequest, QueryResponse, TransferResponse};
+
+/// A destination: host (IP or DNS name) and port, HTTPS.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Destination {
+    host: String,
+    port: u16,
+}
+
+impl Destination {
+    /// Parses `10.0.0.2`, `mx2.example.com:8443`, `[2001:db8::2]:443`, `2001:db8::2`
+    /// (an optional `https://` prefix is accepted).
+    pub fn parse(s: &str) -> Result<Destination, String> {
+        let bad = |why: &str| format!("invalid destination {s:?}: {why}");
+        let t = s.trim();
+        let t = t
+            .strip_prefix("https://")
+            .unwrap_or(t)
+            .trim_end_matches('/');
+        if t.is_empty() {
+            return Err(bad("empty"));
+        }
+        if t.contains("://") || t.contains('/') {
+            return Err(bad("expected HOST or HOST:PORT (HTTPS is implied)"));
+        }
+        let (host, port) = if let Some(rest) = t.strip_prefix('[') {
+            let (h, after) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
+            let port = match after {
+                "" => 443,
+                p => p
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| bad("bad port"))?,
+            };
+            h.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| bad("not an IPv6 address inside [...]"))?;
+            (h.to_string(), port)
+        } else if t.parse::<std::net::Ipv6Addr>().is_ok() {
+            (t.to_string(), 443)
+        } else if let Some((h, p)) = t.rsplit_once(':') {
+            (h.to_string(), p.parse().map_err(|_| bad("bad port"))?)
+        } else {
+            (t.to_string(), 443)
+        };
+        if port == 0 {
+            return Err(bad("port 0"));
+        }
+        let host_ok = host.parse::<IpAddr>().is_ok()
+            || host.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !host_ok {
+            return Err(bad("not an IP address or host name"));
+        }
+        Ok(Destination {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        if self.host.contains(':') {
+            format!("https://[{}]:{}{path}", self.host, self.port)
+        } else {
+            format!("https://{}:{}{path}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How a transfer request ended.
+#[derive(Debug)]
+pub enum Delivery {
+    Answered(Vec<ItemResult>),
+    NotDelivered(String),
+    Refused {
+        status: u16,
+        permanent: bool,
+        reason: String,
+    },
+    Ambiguous(String),
+}
+
+/// HTTPS client shared by every destination of a run (connections are pooled and reused).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    sender: String,
+    run: String,
+}
+
+impl Client {
+    pub fn new(
+        bind_ip: Option<IpAddr>,
+        ca_cert: Option<&Path>,
+        sender: &str,
+        run: &str,
+        pool_per_host: usize,
+    ) -> anyhow::Result<Client> {
+        crate::tls::install_provider();
+        let mut b = reqwest::Client::builder()
+            .http1_only()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(pool_per_host)
+            .tcp_nodelay(true)
+            .user_agent(concat!("drain/", env!("CARGO_PKG_VERSION")));
+        if let Some(ip) = bind_ip {
+            b = b.local_address(ip);
+        }
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!("--ca-cert {}: not a PEM certificate bundle", path.display())
+            })?;
+            if certs.is_empty() {
+                anyhow::bail!("--ca-cert {}: no certificate found", path.display());
+            }
+            b = b.tls_certs_only(certs);
+        }
+        Ok(Client {
+            http: b.build().context("cannot build the HTTPS client")?,
+            sender: sender.to_string(),
+            run: run.to_string(),
+        })
+    }
+
+    /// Sends one transfer request (a wire batch) and classifies how it ended.
+    pub async fn transfer(&self, dest: &Destination, body: Bytes, frames: usize) -> Delivery {
+        // Generous: 60 s plus 1 s per MB, so slow links are not mistaken for dead ones.
+        let timeout = Duration::from_secs(60 + body.len() as u64 / 1_000_000);
+        let resp = self
+            .http
+            .post(dest.url(wire::TRANSFER_PATH))
+            .header(wire::HDR_SENDER, &self.sender)
+            .header(wire::HDR_RUN, &self.run)
+            .header(reqwest::header::CONTENT_TYPE, wire::BATCH_CONTENT_TYPE)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => return Delivery::NotDelivered(error_chain(&e)),
+            Err(e) => return Delivery::Ambiguous(error_chain(&e)),
+        };
+        let status = resp.status();
+        if status == StatusCode::OK {
+            return match resp.bytes().await {
+                Err(e) => {
+                    Delivery::Ambiguous(format!("reading the answer failed: {}", error_chain(&e)))
+                }
+                Ok(b) => match serde_json::from_slice::<TransferResponse>(&b) {
+                    Ok(r) if r.results.len() == frames => Delivery::Answered(r.results),
+                    Ok(r) => Delivery::Ambiguous(format!(
+                        "answer has {} results for {frames} messages",
+                        r.results.len()
+                    )),
+                    Err(e) => Delivery::Ambiguous(format!("unreadable answer: {e}")),
+                },
+            };
+        }
+        let reason = error_text(status, resp).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            Delivery::NotDelivered(reason)
+        } else if status.is_server_error() {
+            Delivery::Ambiguous(reason)
+        } else {
+            Delivery::Refused {
+                status: status.as_u16(),
+                permanent: status != StatusCode::TOO_MANY_REQUESTS
+                    && status != StatusCode::REQUEST_TIMEOUT,
+                reason,
+            }
+        }
+    }
+
+    /// Asks which of `hashes` the destination holds for this run.
+    pub async fn query(
+        &self,
+        dest: &Destination,
+        hashes: &[String],
+    ) -> Result<Vec<String>, String> {
+        let mut held = Vec::new();
+        for chunk in hashes.chunks(wire::MAX_QUERY) {
+            let resp = self
+                .http
+                .post(dest.url(wire::QUERY_PATH))
+                .header(wire::HDR_SENDER, &self.sender)
+                .header(wire::HDR_RUN, &self.run)
+                .timeout(Duration::from_secs(60))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(
+                    serde_json::to_vec(&QueryRequest {
+                        hashes: chunk.to_vec(),
+                    })
+                    .map_err(|e| e.to_string())?,
+                )
+                .send()
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let status = resp.status();
+            if status != StatusCode::OK {
+                return Err(error_text(status, resp).await);
+            }
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| format!("reading the query answer failed: {}", error_chain(&e)))?;
+            let q: QueryResponse = serde_json::from_slice(&body)
+                .map_err(|e| format!("unreadable query answer: {e}"))?;
+            held.extend(q.held);
+        }
+        Ok(held)
+    }
+}
+
+async fn error_text(status: StatusCode, resp: reqwest::Response) -> String {
+    let body = resp.bytes().await.unwrap_or_default();
+    let msg = serde_json::from_slice::<wire::ErrorResponse>(&body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    format!("HTTP {}: {}", status.as_u16(), msg.trim())
+}
+
+/// An error and its causes on one line ("error sending request: connection refused").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_parse() {
+        let d = |s: &str| Destination::parse(s).map(|d| d.to_string());
+        assert_eq!(d("10.0.0.2").unwrap(), "10.0.0.2:443");
+        assert_eq!(d("MX2.example.com:8443").unwrap(), "mx2.example.com:8443");
+        assert_eq!(d("[2001:db8::2]:443").unwrap(), "[2001:db8::2]:443");
+        assert_eq!(d("2001:db8::2").unwrap(), "[2001:db8::2]:443");
+        assert_eq!(d("https://127.0.0.2:9000/").unwrap(), "127.0.0.2:9000");
+        assert!(d("127.0.0.2:99999").is_err());
+        assert!(d("http://x").is_err());
+        assert!(d("a b").is_err());
+    }
+}

@@ -1,0 +1,239 @@
+//! Scanning and reading: streams the spool to the workers, reads each batch of files within
+//! the byte budget, journals unreadable files, and hands readable messages to `dispatch`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex as AsyncMutex, mpsc};
+
+use super::Ctx;
+use super::dispatch::{self, Item};
+use super::report::Problem;
+use crate::journal::{Op, State};
+use crate::spool::{Entry, SpoolError};
+
+/// One scanned file: the entry and its size, or why it could not even be listed.
+type Scanned = Result<(Entry, u64), SpoolError>;
+
+/// Drains the spool with `workers` tasks, in passes until a pass finds nothing new (messages
+/// added during the drain are not left behind).
+pub(super) async fn drain_spool(ctx: &Arc<Ctx>, workers: usize) -> anyhow::Result<()> {
+    loop {
+        let before = ctx.report().total().messages + ctx.failed_count();
+        let found = one_pass(ctx, workers).await?;
+        if ctx.stop.is_set() || found == 0 {
+            return Ok(());
+        }
+        let after = ctx.report().total().messages + ctx.failed_count();
+        if after == before {
+            return Ok(());
+        }
+    }
+}
+
+/// One pass over the spool; returns how many files it saw that had not failed before.
+async fn one_pass(ctx: &Arc<Ctx>, workers: usize) -> anyhow::Result<u64> {
+    let (tx, rx) = mpsc::channel::<Scanned>(1024);
+    let spool = ctx.spool.clone();
+    let stop = ctx.stop.clone();
+    let scanner = tokio::task::spawn_blocking(move || {
+        for item in spool.scan() {
+            if stop.is_set() {
+                break;
+            }
+            let item = item.and_then(|e| match std::fs::metadata(&e.path) {
+                Ok(m) => Ok((e, m.len())),
+                Err(err) => Err(SpoolError::io(&e.path, err)),
+            });
+            if tx.blocking_send(item).is_err() {
+                break;
+            }
+        }
+    });
+    let rx = Arc::new(AsyncMutex::new(rx));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let ctx = ctx.clone();
+        let rx = rx.clone();
+        tasks.spawn(async move { worker(ctx, rx).await });
+    }
+    let mut found = 0u64;
+    let mut first_err = None;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(n)) => found += n,
+            Ok(Err(e)) => {
+                // A journal failure: stop everything, nothing more may be sent.
+                ctx.stop.request();
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                ctx.stop.request();
+                first_err.get_or_insert(anyhow::anyhow!("a drain worker failed: {e}"));
+            }
+        }
+    }
+    let _ = scanner.await;
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(found),
+    }
+}
+
+/// Takes batches until the scan is exhausted or a stop is requested.
+async fn worker(
+    ctx: Arc<Ctx>,
+    rx: Arc<AsyncMutex<mpsc::Receiver<Scanned>>>,
+) -> anyhow::Result<u64> {
+    let mut found = 0u64;
+    loop {
+        if ctx.stop.is_set() {
+            return Ok(found);
+        }
+        let mut batch: Vec<(Entry, u64)> = Vec::new();
+        let mut bytes = 0u64;
+        {
+            let mut rx = rx.lock().await;
+            while batch.len() < ctx.batch_max && bytes < ctx.batch_bytes {
+                let next = if batch.is_empty() {
+                    match rx.recv().await {
+                        Some(n) => n,
+                        None => break,
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    }
+                };
+                match next {
+                    Ok((e, size)) => {
+                        if ctx.has_failed(&e.id.to_string()) {
+                            continue;
+                        }
+                        bytes += size;
+                        batch.push((e, size));
+                    }
+                    Err(err) => {
+                        if unreadable(&ctx, err).await? {
+                            found += 1;
+                        }
+                    }
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(found);
+        }
+        found += batch.len() as u64;
+        let permits = ctx.permits_for(bytes);
+        let _permit = ctx.budget.clone().acquire_many_owned(permits).await?;
+        let spool = ctx.spool.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            batch
+                .into_iter()
+                .map(|(e, _)| {
+                    let r = spool.read(&e);
+                    (e, r)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let mut items = Vec::with_capacity(read.len());
+        for (entry, r) in read {
+            match r {
+                Ok(msg) => {
+                    if let Some(item) = admit(&ctx, entry, msg)? {
+                        items.push(item);
+                    }
+                }
+                Err(SpoolError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    tracing::debug!(id = %entry.id, "gone before it was read");
+                }
+                Err(err) => {
+                    unreadable(&ctx, err).await?;
+                }
+            }
+        }
+        dispatch::process_batch(&ctx, items, true).await?;
+    }
+}
+
+/// A message read in a continued run may already be journaled: only `read` ones (or new ones)
+/// are sent; `sent` / `acked` ones belong to `settle`.
+fn admit(ctx: &Ctx, entry: Entry, msg: crate::spool::Message) -> anyhow::Result<Option<Item>> {
+    let mut rejected = Vec::new();
+    if ctx.continuing
+        && let Some(rec) = ctx.journal.message(ctx.run_seq, entry.id)?
+    {
+        match rec.state {
+            State::Read => {
+                if rec.hash == msg.hash.to_hex().as_str() {
+                    for (d, _) in &rec.rejected_by {
+                        if let Some(i) = ctx.dests.iter().position(|x| x.to_string() == *d) {
+                            rejected.push(i);
+                        }
+                    }
+                }
+            }
+            State::Sent | State::Acked => return Ok(None),
+            State::Deleted => {
+                tracing::warn!(
+                    id = %entry.id,
+                    "{}: this message was delivered and removed earlier in this run, but the file is back; leaving it",
+                    entry.path.display()
+                );
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(Item::new(entry, msg, rejected)))
+}
+
+/// Journals and reports a file that could not be read; false if it was already reported.
+async fn unreadable(ctx: &Ctx, err: SpoolError) -> anyhow::Result<bool> {
+    let path = err
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if !ctx.mark_failed(path.clone()) {
+        return Ok(false);
+    }
+    tracing::warn!("cannot read {err}");
+    ctx.journal
+        .commit(vec![Op::Unreadable {
+            run: ctx.run_seq,
+            path: path.clone(),
+            kind: err.kind().to_string(),
+            reason: err.to_string(),
+        }])
+        .await?;
+    ctx.report().unreadable.push(Problem {
+        what: path,
+        reason: err.to_string(),
+    });
+    Ok(true)
+}
+
+/// Logs one progress line every few seconds while the run goes on.
+pub(super) async fn progress_logger(ctx: Arc<Ctx>, started: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (total, failed) = {
+            let r = ctx.report();
+            (r.total(), r.unreadable.len() + r.undelivered.len())
+        };
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        tracing::info!(
+            messages = total.messages,
+            bytes = total.bytes,
+            failed,
+            rate = format!("{:.0} msg/s", total.messages as f64 / secs),
+            "progress"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! An instance's data directory: where its spool, journal, intake database and identity live.
+//!
+//! ```text
+//! <data-dir>/instance-id     this instance's 128-bit id (32 hex digits), created once
+//! <data-dir>/spool/          the spool (see `spool`)
+//! <data-dir>/journal.redb    the sender's journal (see `journal`)
+//! <data-dir>/intake.redb     the receiver's dedupe store (see `intake`)
+//! <data-dir>/serve.addr      written by `drain serve` once it accepts connections
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::spool::{MessageId, SpoolError, sync_dir};
+
+/// An opened data directory.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub data_dir: PathBuf,
+    /// This instance's id, sent as `Drain-Sender`.
+    pub id: String,
+}
+
+impl Instance {
+    /// Opens `data_dir`, creating it and the instance id if needed (atomically).
+    pub fn open(data_dir: &Path) -> Result<Instance, SpoolError> {
+        fs::create_dir_all(data_dir).map_err(|e| SpoolError::io(data_dir, e))?;
+        let id_path = data_dir.join("instance-id");
+        let id = match fs::read_to_string(&id_path) {
+            Ok(s) => {
+                let s = s.trim().to_string();
+                if !crate::wire::valid_token(&s) {
+                    return Err(SpoolError::io(
+                        &id_path,
+                        std::io::Error::other("not 32 hex digits; restore it or remove it"),
+                    ));
+                }
+                s
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = MessageId::random()
+                    .map_err(|e| SpoolError::io(&id_path, e))?
+                    .to_string();
+                write_atomic(&id_path, format!("{id}\n").as_bytes())?;
+                // Another process may have won the race: the file on disk is the id.
+                fs::read_to_string(&id_path)
+                    .map_err(|e| SpoolError::io(&id_path, e))?
+                    .trim()
+                    .to_string()
+            }
+            Err(e) => return Err(SpoolError::io(&id_path, e)),
+        };
+        Ok(Instance {
+            data_dir: data_dir.to_path_buf(),
+            id,
+        })
+    }
+}
+
+/// Writes a small file atomically: temp file, fsync, rename, directory fsync.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let res = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    res.map_err(|e| SpoolError::io(path, e))?;
+    sync_dir(dir)
+}

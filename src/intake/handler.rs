@@ -1,0 +1,258 @@
+//! The wire protocol's server side: routes, access checks, request parsing, answers.
+//! See `wire` for the protocol itself.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::State;
+use super::access::Forwarded;
+use super::store::hex;
+use crate::wire::{self, ErrorResponse, QueryRequest, QueryResponse, TransferResponse};
+
+type Resp = Response<Full<Bytes>>;
+
+/// A whole-request refusal: status and message, turned into an [`ErrorResponse`].
+struct Reject(StatusCode, String);
+
+impl From<Reject> for Resp {
+    fn from(r: Reject) -> Resp {
+        error(r.0, r.1)
+    }
+}
+
+/// Largest query body accepted.
+const MAX_QUERY_BYTES: usize = 2 << 20;
+
+pub(crate) async fn handle(
+    state: Arc<State>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
+    let route = (req.method().clone(), req.uri().path().to_string());
+    let resp = match (&route.0, route.1.as_str()) {
+        (&Method::GET, wire::HEALTH_PATH) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "version": wire::VERSION,
+                "accepting": state.accepting.load(Ordering::Relaxed),
+            }),
+        ),
+        (&Method::POST, wire::TRANSFER_PATH) => transfer(&state, peer, req).await,
+        (&Method::POST, wire::QUERY_PATH) => query(&state, peer, req).await,
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {} {}", route.0, route.1),
+        ),
+    };
+    Ok(resp)
+}
+
+/// The sender's identity, once the peer is known to be allowed.
+struct Caller {
+    client: std::net::IpAddr,
+    sender: String,
+    run: String,
+}
+
+/// Access policy and the `Drain-Sender` / `Drain-Run` headers; an error is the answer to send.
+fn check_caller(
+    state: &State,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Result<Caller, Reject> {
+    let h = req.headers();
+    let text = |name: &str| -> Result<Option<&str>, Reject> {
+        match h.get(name) {
+            None => Ok(None),
+            Some(v) => v.to_str().map(Some).map_err(|_| {
+                Reject(
+                    StatusCode::BAD_REQUEST,
+                    format!("header {name} is not valid text"),
+                )
+            }),
+        }
+    };
+    let fwd = Forwarded {
+        x_forwarded_for: text("x-forwarded-for")?,
+        client_ip: text("client-ip")?,
+    };
+    let client = state
+        .access
+        .client_addr(peer.ip(), &fwd)
+        .map_err(|e| Reject(StatusCode::BAD_REQUEST, e))?;
+    if !state.access.allowed(client) {
+        tracing::warn!(
+            client = %client,
+            peer = %peer,
+            "refused drain from {client}: not in accept_drain_from"
+        );
+        return Err(Reject(
+            StatusCode::FORBIDDEN,
+            format!("{client} may not drain into this instance (not in accept_drain_from)"),
+        ));
+    }
+    let token = |name: &str| -> Result<String, Reject> {
+        match text(name)? {
+            Some(v) if wire::valid_token(v) => Ok(v.to_ascii_lowercase()),
+            Some(v) => Err(Reject(
+                StatusCode::BAD_REQUEST,
+                format!("header {name}: {v:?} is not 32 hex digits"),
+            )),
+            None => Err(Reject(
+                StatusCode::BAD_REQUEST,
+                format!("missing header {name}"),
+            )),
+        }
+    };
+    Ok(Caller {
+        client,
+        sender: token(wire::HDR_SENDER)?,
+        run: token(wire::HDR_RUN)?,
+    })
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reject> {
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {limit} bytes"),
+        )),
+        Err(e) => Err(Reject(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body failed: {e}"),
+        )),
+    }
+}
+
+async fn transfer(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    let caller = match check_caller(state, peer, &req) {
+        Ok(c) => c,
+        Err(r) => return r.into(),
+    };
+    if !state.accepting.load(Ordering::Relaxed) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this instance is not accepting messages (draining or shutting down)".into(),
+        );
+    }
+    let body = match read_body(req, state.max_request_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r.into(),
+    };
+    let frames = match wire::decode_batch(body) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed batch: {e}")),
+    };
+    let n = frames.len();
+    match state
+        .store
+        .transfer(&caller.sender, &caller.run, frames)
+        .await
+    {
+        Ok(results) => {
+            let stored = results
+                .iter()
+                .filter(|r| r.outcome == wire::Outcome::Stored)
+                .count();
+            for r in results.iter().filter(|r| !r.outcome.is_acked()) {
+                tracing::warn!(
+                    client = %caller.client,
+                    hash = %r.hash,
+                    "rejected a message from {}: {}",
+                    caller.client,
+                    r.reason.as_deref().unwrap_or("")
+                );
+            }
+            tracing::debug!(client = %caller.client, run = %caller.run, messages = n, stored, "transfer");
+            json(
+                StatusCode::OK,
+                &TransferResponse {
+                    version: wire::VERSION,
+                    results,
+                },
+            )
+        }
+        Err(e) => {
+            tracing::error!(client = %caller.client, "storing a transfer failed: {e}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("storing failed: {e}"),
+            )
+        }
+    }
+}
+
+async fn query(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    let caller = match check_caller(state, peer, &req) {
+        Ok(c) => c,
+        Err(r) => return r.into(),
+    };
+    let body = match read_body(req, MAX_QUERY_BYTES).await {
+        Ok(b) => b,
+        Err(r) => return r.into(),
+    };
+    let q: QueryRequest = match serde_json::from_slice(&body) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed query: {e}")),
+    };
+    if q.hashes.len() > wire::MAX_QUERY {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {} hashes per query", wire::MAX_QUERY),
+        );
+    }
+    let mut hashes = Vec::with_capacity(q.hashes.len());
+    for h in &q.hashes {
+        match crate::spool::format::parse_hex::<32>(h) {
+            Some(b) => hashes.push(b),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed hash {h:?} in query"),
+                );
+            }
+        }
+    }
+    match state.store.held(&caller.sender, &caller.run, &hashes) {
+        Ok(held) => json(
+            StatusCode::OK,
+            &QueryResponse {
+                version: wire::VERSION,
+                held: held.iter().map(|h| hex(h)).collect(),
+            },
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query failed: {e}"),
+        ),
+    }
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: String) -> Resp {
+    json(
+        status,
+        &ErrorResponse {
+            version: wire::VERSION,
+            error: msg,
+        },
+    )
+}

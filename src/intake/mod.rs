@@ -1,0 +1,129 @@
+//! The intake server run by `drain serve`: accepts drains from other instances over HTTPS.
+//!
+//! It owns the listening socket, TLS (rustls), the access policy (`accept_drain_from`,
+//! trusted proxies) and the wire protocol's server side (`handler`); what it receives becomes
+//! durable through `store`. Invariants: nothing is acknowledged before it is on disk (fsync);
+//! a peer not in `accept_drain_from` gets 403 and a log line naming its address; the same
+//! message of the same run is stored once however often it arrives. Called by the CLI.
+
+pub mod access;
+mod handler;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub use access::{Access, NetList};
+pub use store::Store;
+
+/// Everything `drain serve` needs to accept drains.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub access: Access,
+    pub workers: usize,
+    /// Largest transfer request body accepted (413 beyond).
+    pub max_request_bytes: usize,
+}
+
+/// Shared by every connection.
+pub(crate) struct State {
+    pub store: Store,
+    pub access: Access,
+    pub max_request_bytes: usize,
+    /// Cleared while the instance is draining or shutting down: intake answers 503.
+    pub accepting: AtomicBool,
+}
+
+/// Runs the server until `shutdown` completes, then lets requests in flight finish (up to 30
+/// seconds). Writes `<data-dir>/serve.addr` with the bound address once it accepts.
+pub async fn serve(
+    opts: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tls = crate::tls::server_config(&opts.tls_cert, &opts.tls_key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let store = Store::open(&opts.data_dir, opts.workers)?;
+    let state = Arc::new(State {
+        store,
+        access: opts.access.clone(),
+        max_request_bytes: opts.max_request_bytes,
+        accepting: AtomicBool::new(true),
+    });
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let local = listener.local_addr()?;
+    crate::instance::write_atomic(
+        &opts.data_dir.join("serve.addr"),
+        format!("{local}\n").as_bytes(),
+    )?;
+    tracing::info!(addr = %local, workers = opts.workers, "drain serve: listening");
+    if opts.access.accept_from.0.is_empty() {
+        tracing::warn!("accept_drain_from is empty: every drain will be refused with 403");
+    }
+
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let (tcp, peer) = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let state = state.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let svc = hyper::service::service_fn(move |req| {
+                        handler::handle(state.clone(), peer, req)
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(peer = %peer, "connection ended: {e}");
+                    }
+                });
+            }
+            _ = shutdown.as_mut() => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("drain serve: shutting down, finishing requests in flight");
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after 30s; stopping anyway");
+    }
+    let _ = std::fs::remove_file(opts.data_dir.join("serve.addr"));
+    Ok(())
+}

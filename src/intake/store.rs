@@ -1,0 +1,266 @@
+//! Where received messages become durable: the receiver's spool plus its dedupe store
+//! (`<data-dir>/intake.redb`).
+//!
+//! Order per message, and why it is safe at every crash point:
+//! 1. verify the hash and the file format (nothing written yet);
+//! 2. already in the dedupe table for (sender, run, hash), or already in the spool with the
+//!    same hash: answer `already_held`, store nothing (invariant 3);
+//! 3. write the spool file durably (temp, fsync, rename, directory fsync) — a crash here
+//!    leaves either no file or a whole one; a retry then finds the file (step 2);
+//! 4. commit the dedupe record (group commit shared with concurrent requests);
+//! 5. only then acknowledge (invariant 1).
+//!
+//! Dedupe keys are scoped to the sender's instance id and run id, so a message that comes back
+//! in a later run (A->B, B->A, A->B) is stored again rather than mistaken for a duplicate.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::groupcommit::Committer;
+use crate::spool::{Message, MessageId, Spool, SpoolError, Timestamp};
+use crate::wire::{Frame, ItemResult, Outcome};
+
+/// (sender instance id, sender run id, message hash) -> `DedupeRecord` JSON.
+const DEDUPE: TableDefinition<(&str, &str, [u8; 32]), &[u8]> = TableDefinition::new("dedupe");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("intake database {path}: {reason}")]
+    Db { path: String, reason: String },
+    #[error("intake worker failed: {0}")]
+    Worker(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct DedupeRecord {
+    id: MessageId,
+    stored_at: Timestamp,
+}
+
+struct DedupeEntry {
+    sender: String,
+    run: String,
+    hash: [u8; 32],
+    id: MessageId,
+}
+
+/// The receiving side's storage.
+#[derive(Clone)]
+pub struct Store {
+    spool: Spool,
+    db: Arc<Database>,
+    db_path: String,
+    committer: Committer<Vec<DedupeEntry>>,
+    workers: Arc<Semaphore>,
+    worker_count: usize,
+}
+
+impl Store {
+    pub fn open(data_dir: &Path, workers: usize) -> Result<Store, StoreError> {
+        let spool = Spool::open(data_dir)?;
+        let path = data_dir.join("intake.redb");
+        let db_path = path.display().to_string();
+        let dberr = |e: &dyn std::fmt::Display| StoreError::Db {
+            path: db_path.clone(),
+            reason: e.to_string(),
+        };
+        let db = Database::create(&path).map_err(|e| dberr(&e))?;
+        let txn = db.begin_write().map_err(|e| dberr(&e))?;
+        txn.open_table(DEDUPE).map_err(|e| dberr(&e))?;
+        txn.commit().map_err(|e| dberr(&e))?;
+        let db = Arc::new(db);
+        let committer = Committer::spawn(
+            "intake-writer",
+            db.clone(),
+            |txn, groups: &[Vec<DedupeEntry>]| {
+                let mut t = txn.open_table(DEDUPE).map_err(|e| e.to_string())?;
+                for e in groups.iter().flatten() {
+                    let rec = DedupeRecord {
+                        id: e.id,
+                        stored_at: Timestamp::now(),
+                    };
+                    let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+                    t.insert((e.sender.as_str(), e.run.as_str(), e.hash), v.as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e| dberr(&e))?;
+        let worker_count = workers.max(1);
+        Ok(Store {
+            spool,
+            db,
+            db_path,
+            committer,
+            workers: Arc::new(Semaphore::new(worker_count)),
+            worker_count,
+        })
+    }
+
+    fn db_err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db {
+            path: self.db_path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Which of `hashes` are recorded as stored for (sender, run).
+    pub fn held(
+        &self,
+        sender: &str,
+        run: &str,
+        hashes: &[[u8; 32]],
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let t = txn.open_table(DEDUPE).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for h in hashes {
+            if t.get((sender, run, *h))
+                .map_err(|e| self.db_err(e))?
+                .is_some()
+            {
+                out.push(*h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a transfer's frames; one result per frame, in order. Returns only when every
+    /// `stored` / `already_held` message is durable.
+    pub async fn transfer(
+        &self,
+        sender: &str,
+        run: &str,
+        frames: Vec<Frame>,
+    ) -> Result<Vec<ItemResult>, StoreError> {
+        let permits = frames.len().clamp(1, self.worker_count) as u32;
+        let _permit = self
+            .workers
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?;
+        let this = self.clone();
+        let (s, r) = (sender.to_string(), run.to_string());
+        let (results, entries) =
+            tokio::task::spawn_blocking(move || this.store_frames(&s, &r, frames))
+                .await
+                .map_err(|e| StoreError::Worker(e.to_string()))??;
+        if !entries.is_empty() {
+            self.committer
+                .submit(entries)
+                .await
+                .map_err(|e| self.db_err(e))?;
+        }
+        Ok(results)
+    }
+
+    fn store_frames(
+        &self,
+        sender: &str,
+        run: &str,
+        frames: Vec<Frame>,
+    ) -> Result<(Vec<ItemResult>, Vec<DedupeEntry>), StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let dedupe = txn.open_table(DEDUPE).map_err(|e| self.db_err(e))?;
+        let mut results = Vec::with_capacity(frames.len());
+        let mut entries = Vec::new();
+        let mut to_store = Vec::new();
+        let mut seen = HashSet::new();
+        for frame in frames {
+            let hex = hex(&frame.hash);
+            let reject = |id: Option<String>, reason: String| ItemResult {
+                hash: hex.clone(),
+                id,
+                outcome: Outcome::RejectedPermanent,
+                reason: Some(reason),
+            };
+            let actual = crate::spool::format::hash(&frame.file);
+            if *actual.as_bytes() != frame.hash {
+                results.push(reject(
+                    None,
+                    format!("hash mismatch: the content hashes to {}", actual.to_hex()),
+                ));
+                continue;
+            }
+            let msg = match Message::from_bytes(frame.file) {
+                Ok(m) => m,
+                Err(e) => {
+                    results.push(reject(None, format!("malformed spool file: {e}")));
+                    continue;
+                }
+            };
+            let id = msg.header.id;
+            let held = |note: &str| ItemResult {
+                hash: hex.clone(),
+                id: Some(id.to_string()),
+                outcome: Outcome::AlreadyHeld,
+                reason: Some(note.to_string()),
+            };
+            if !seen.insert(frame.hash) {
+                results.push(held("repeated in the same request"));
+                continue;
+            }
+            if dedupe
+                .get((sender, run, frame.hash))
+                .map_err(|e| self.db_err(e))?
+                .is_some()
+            {
+                results.push(held("stored earlier for this run"));
+                continue;
+            }
+            if let Some(existing) = self.spool.find(id) {
+                match self.spool.read(&existing) {
+                    Ok(m) if m.hash == msg.hash => {
+                        results.push(held("already in the spool"));
+                        entries.push(DedupeEntry {
+                            sender: sender.into(),
+                            run: run.into(),
+                            hash: frame.hash,
+                            id,
+                        });
+                    }
+                    _ => results.push(reject(
+                        Some(id.to_string()),
+                        format!("id conflict: a different message with id {id} is held here"),
+                    )),
+                }
+                continue;
+            }
+            results.push(ItemResult {
+                hash: hex.clone(),
+                id: Some(id.to_string()),
+                outcome: Outcome::Stored,
+                reason: None,
+            });
+            entries.push(DedupeEntry {
+                sender: sender.into(),
+                run: run.into(),
+                hash: frame.hash,
+                id,
+            });
+            to_store.push(msg);
+        }
+        drop(dedupe);
+        drop(txn);
+        self.spool.store_many(&to_store)?;
+        Ok((results, entries))
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}

@@ -1,0 +1,326 @@
+//! Journal records (stored as JSON values) and the operations that change them.
+//!
+//! `Op::apply_to` is the state machine: it checks each transition against the message's
+//! current state (see `journal-format.md`) and appends it to the message's history.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spool::{MessageId, QueueKind, Timestamp};
+
+/// A message's state within one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Read from the local spool and hashed; not sent anywhere (or known not delivered).
+    Read,
+    /// Handed to `dest`; it may hold the message. Never sent elsewhere while in this state.
+    Sent,
+    /// `dest` acknowledged it durably; the local copy may be removed.
+    Acked,
+    /// The local copy is removed. Final.
+    Deleted,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Read => "read",
+            State::Sent => "sent",
+            State::Acked => "acked",
+            State::Deleted => "deleted",
+        }
+    }
+}
+
+/// One entry of a message's history.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Transition {
+    pub state: State,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest: Option<String>,
+    /// Why: a failure reason, `stored` / `already held`, and so on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A message's record in one run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MessageRecord {
+    pub queue: QueueKind,
+    /// Lower-case hex BLAKE3 of the spool file.
+    pub hash: String,
+    pub size: u64,
+    pub state: State,
+    /// The destination of the latest `sent` / `acked`.
+    #[serde(default)]
+    pub dest: Option<String>,
+    /// Destinations that rejected it permanently, with the reason.
+    #[serde(default)]
+    pub rejected_by: Vec<(String, String)>,
+    /// Set when it was sent to a second destination while the first may hold it.
+    #[serde(default)]
+    pub possible_duplicate: bool,
+    /// The last failure to remove the local copy, if any.
+    #[serde(default)]
+    pub remove_failed: Option<String>,
+    pub history: Vec<Transition>,
+}
+
+/// Lifecycle of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// In progress, or killed while in progress (SIGKILL, crash): `drain resume` settles it.
+    Running,
+    /// Ended with messages still in doubt (`sent` or `acked`): `drain resume` settles it.
+    Interrupted,
+    /// Ended with nothing in doubt; what was not delivered is back in the spool's hands.
+    Finished,
+}
+
+/// One drain run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    /// Local sequence number (the key).
+    pub seq: u64,
+    /// Globally unique run id sent to receivers (scopes their dedupe), 32 hex digits.
+    pub id: String,
+    pub started_at: Timestamp,
+    #[serde(default)]
+    pub ended_at: Option<Timestamp>,
+    pub destinations: Vec<String>,
+    /// The options the run was started with, as given.
+    pub options: serde_json::Value,
+    pub status: RunStatus,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The final report, as JSON.
+    #[serde(default)]
+    pub summary: Option<serde_json::Value>,
+    /// How many times this run was continued after an interruption.
+    #[serde(default)]
+    pub resumed: u32,
+}
+
+/// A file the run could not read.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnreadableRecord {
+    /// `unreadable` (I/O error) or `corrupt` (bad contents).
+    pub kind: String,
+    pub reason: String,
+    pub at: Timestamp,
+}
+
+/// One change to the journal.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Insert or replace a run record.
+    PutRun(RunRecord),
+    /// A message was read and hashed (new, or read again while not in flight).
+    Read {
+        run: u64,
+        id: MessageId,
+        queue: QueueKind,
+        hash: String,
+        size: u64,
+    },
+    /// About to send to `dest`. Must be durable before the request leaves.
+    Sent {
+        run: u64,
+        id: MessageId,
+        dest: String,
+        /// Sent elsewhere while an earlier destination may hold it (`--reassign-after`).
+        possible_duplicate: bool,
+    },
+    /// The destination certainly does not hold it (refused before the request was sent, or
+    /// answered that it does not hold it): back to `read`.
+    NotDelivered {
+        run: u64,
+        id: MessageId,
+        dest: String,
+        reason: String,
+    },
+    /// Rejected by `dest`; permanent rejections are remembered so it is not offered there again.
+    Rejected {
+        run: u64,
+        id: MessageId,
+        dest: String,
+        reason: String,
+        permanent: bool,
+    },
+    /// `dest` acknowledged it durably (`note`: stored or already held).
+    Acked {
+        run: u64,
+        id: MessageId,
+        dest: String,
+        note: String,
+    },
+    /// The local copy was removed durably.
+    Deleted { run: u64, id: MessageId },
+    /// Removing the local copy failed; the message stays `acked`.
+    RemoveFailed {
+        run: u64,
+        id: MessageId,
+        reason: String,
+    },
+    /// A spool file could not be read.
+    Unreadable {
+        run: u64,
+        path: String,
+        kind: String,
+        reason: String,
+    },
+}
+
+impl Op {
+    /// The message this op is about, if any.
+    pub fn message_key(&self) -> Option<(u64, MessageId)> {
+        match self {
+            Op::Read { run, id, .. }
+            | Op::Sent { run, id, .. }
+            | Op::NotDelivered { run, id, .. }
+            | Op::Rejected { run, id, .. }
+            | Op::Acked { run, id, .. }
+            | Op::Deleted { run, id }
+            | Op::RemoveFailed { run, id, .. } => Some((*run, *id)),
+            Op::PutRun(_) | Op::Unreadable { .. } => None,
+        }
+    }
+
+    /// Applies a message op to the current record (None: not yet journaled), checking the
+    /// transition. Returns the new record, or why the transition is invalid.
+    pub fn apply_to(&self, cur: Option<MessageRecord>) -> Result<MessageRecord, String> {
+        let now = Timestamp::now();
+        let tr = |state, dest: Option<&String>, note: Option<String>| Transition {
+            state,
+            at: now,
+            dest: dest.cloned(),
+            note,
+        };
+        match (self, cur) {
+            (
+                Op::Read {
+                    queue, hash, size, ..
+                },
+                cur,
+            ) => {
+                let mut rec = match cur {
+                    None => MessageRecord {
+                        queue: *queue,
+                        hash: hash.clone(),
+                        size: *size,
+                        state: State::Read,
+                        dest: None,
+                        rejected_by: Vec::new(),
+                        possible_duplicate: false,
+                        remove_failed: None,
+                        history: Vec::new(),
+                    },
+                    Some(r) if r.state == State::Read => r,
+                    Some(r) => return Err(format!("read while {}", r.state.as_str())),
+                };
+                if rec.hash != *hash {
+                    // The file changed since it was last read: earlier rejections no longer apply.
+                    rec.rejected_by.clear();
+                }
+                rec.hash = hash.clone();
+                rec.size = *size;
+                rec.queue = *queue;
+                rec.history.push(tr(State::Read, None, None));
+                Ok(rec)
+            }
+            (
+                Op::Sent {
+                    dest,
+                    possible_duplicate,
+                    ..
+                },
+                Some(mut r),
+            ) => {
+                if r.state != State::Read {
+                    return Err(format!("sent to {dest} while {}", r.state.as_str()));
+                }
+                r.state = State::Sent;
+                r.dest = Some(dest.clone());
+                r.possible_duplicate |= *possible_duplicate;
+                let note = possible_duplicate.then(|| "possible duplicate: reassigned".to_string());
+                r.history.push(tr(State::Sent, Some(dest), note));
+                Ok(r)
+            }
+            (Op::NotDelivered { dest, reason, .. }, Some(mut r)) => {
+                if r.state != State::Sent {
+                    return Err(format!("not-delivered while {}", r.state.as_str()));
+                }
+                r.state = State::Read;
+                r.history
+                    .push(tr(State::Read, Some(dest), Some(reason.clone())));
+                Ok(r)
+            }
+            (
+                Op::Rejected {
+                    dest,
+                    reason,
+                    permanent,
+                    ..
+                },
+                Some(mut r),
+            ) => {
+                if r.state != State::Sent {
+                    return Err(format!("rejected while {}", r.state.as_str()));
+                }
+                r.state = State::Read;
+                let kind = if *permanent {
+                    "rejected"
+                } else {
+                    "refused (transient)"
+                };
+                if *permanent && !r.rejected_by.iter().any(|(d, _)| d == dest) {
+                    r.rejected_by.push((dest.clone(), reason.clone()));
+                }
+                r.history.push(tr(
+                    State::Read,
+                    Some(dest),
+                    Some(format!("{kind}: {reason}")),
+                ));
+                Ok(r)
+            }
+            (Op::Acked { dest, note, .. }, Some(mut r)) => {
+                if r.state != State::Sent || r.dest.as_deref() != Some(dest.as_str()) {
+                    return Err(format!(
+                        "acked by {dest} while {} to {:?}",
+                        r.state.as_str(),
+                        r.dest
+                    ));
+                }
+                r.state = State::Acked;
+                r.history
+                    .push(tr(State::Acked, Some(dest), Some(note.clone())));
+                Ok(r)
+            }
+            (Op::Deleted { .. }, Some(mut r)) => {
+                if r.state != State::Acked {
+                    return Err(format!("deleted while {}", r.state.as_str()));
+                }
+                r.state = State::Deleted;
+                r.remove_failed = None;
+                r.history.push(tr(State::Deleted, None, None));
+                Ok(r)
+            }
+            (Op::RemoveFailed { reason, .. }, Some(mut r)) => {
+                if r.state != State::Acked {
+                    return Err(format!("remove-failed while {}", r.state.as_str()));
+                }
+                r.remove_failed = Some(reason.clone());
+                r.history.push(tr(
+                    State::Acked,
+                    None,
+                    Some(format!("removing the local copy failed: {reason}")),
+                ));
+                Ok(r)
+            }
+            (op, None) => Err(format!("{op:?} on a message never read")),
+            (op, Some(_)) => Err(format!("{op:?} is not a message transition")),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! `drain`: retire a mail-server instance by moving its queued messages to other instances
+//! over HTTPS, with nothing lost and nothing delivered twice, even after SIGKILL.
+//!
+//! A message's path through the modules, in order:
+//! - [`spool`]: where it is read from (and, on the receiver, written to); its file format;
+//! - [`journal`]: where its state is recorded durably (`read -> sent -> acked -> deleted`);
+//! - [`wire`]: how it travels (protocol v1);
+//! - [`engine`]: who sends it, to which destination, and removes the local copy after the ack;
+//! - [`intake`]: who receives it (`drain serve`) and makes it durable before acknowledging;
+//! - [`cli`]: the command line on top of all of it.
+//!
+//! Supporting modules: [`instance`] (the data directory), [`groupcommit`] (shared commits for
+//! redb), [`tls`] (certificates).
+
+pub mod cli;
+pub mod demo;
+pub mod engine;
+pub mod groupcommit;
+pub mod instance;
+pub mod intake;
+pub mod journal;
+pub mod spool;
+pub mod tls;
+pub mod wire;

@@ -1,0 +1,392 @@
+//! The spool file format: one message per file, the same bytes on every instance.
+//!
+//! A spool file is what travels: the drain sends a file's bytes unchanged and the receiver
+//! writes them unchanged, so a message's `hash` (BLAKE3 of the whole file) is the same on every
+//! instance it passes through, and invariant 4 (id, envelope, body, queue, attempts, next retry
+//! time kept exactly) holds by construction.
+//!
+//! ```text
+//! DRAIN-SPOOL/1 <header-length>\n      first line, ASCII; header-length in decimal bytes
+//! <header JSON, one line>\n            exactly header-length bytes, then one LF
+//! <body>                               exactly header.body_len bytes, kept byte for byte
+//! ```
+//!
+//! The header is a JSON object (unknown fields are ignored, so a later version may add some):
+//!
+//! | field | type | meaning |
+//! | --- | --- | --- |
+//! | `id` | 32 lower-case hex digits | 128-bit id assigned when the message was first stored |
+//! | `queue` | `queue`, `bounce-lite`, `bounce-full`, `submission` | the queue kind |
+//! | `from` | string | envelope sender |
+//! | `to` | array of strings | envelope recipients (at least one) |
+//! | `attempts` | integer | delivery attempts made so far |
+//! | `next_retry_at` | RFC 3339 UTC or null | when the next attempt is due; null: never attempted |
+//! | `created_at` | RFC 3339 UTC | when the message was first stored |
+//! | `properties` | object of string to string | free-form properties |
+//! | `body_len` | integer | length of the body in bytes (detects truncation) |
+//!
+//! Parsing never trusts the input: the first line is bounded, the header length is capped at
+//! [`MAX_HEADER_LEN`], and the file length must equal header plus body exactly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Magic prefix of the first line.
+pub const MAGIC: &[u8] = b"DRAIN-SPOOL/";
+/// The only version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// Largest header accepted (recipients lists can be long, but not unbounded).
+pub const MAX_HEADER_LEN: usize = 4 << 20;
+/// Longest first line accepted: magic, version, space, length, LF.
+const MAX_FIRST_LINE: usize = 40;
+
+/// Why a spool file's bytes are not a valid message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FormatError {
+    #[error("not a spool file (bad magic on the first line)")]
+    BadMagic,
+    #[error("unsupported spool format version {0} (this build reads version {VERSION})")]
+    Version(u32),
+    #[error("malformed first line")]
+    FirstLine,
+    #[error("header length {0} exceeds the limit of {MAX_HEADER_LEN} bytes")]
+    HeaderTooLarge(usize),
+    #[error("file truncated: {0}")]
+    Truncated(&'static str),
+    #[error("invalid header: {0}")]
+    Header(String),
+    #[error("body is {actual} bytes but the header says {expected}")]
+    BodyLength { expected: u64, actual: u64 },
+}
+
+/// A message id: 128 bits, written as 32 lower-case hex digits. Only a value that parses as
+/// one ever names a file, so no path can come from input.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    /// A fresh random id.
+    pub fn random() -> std::io::Result<Self> {
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(MessageId(b))
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+/// Parses exactly `N` bytes from `2N` hex digits (either case).
+pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.as_bytes();
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid message id {0:?}: expected 32 hex digits")]
+pub struct BadId(pub String);
+
+impl FromStr for MessageId {
+    type Err = BadId;
+    fn from_str(s: &str) -> Result<Self, BadId> {
+        parse_hex::<16>(s)
+            .map(MessageId)
+            .ok_or_else(|| BadId(s.chars().take(80).collect()))
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The four queue kinds of an instance. Each is one directory of the spool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueKind {
+    Queue,
+    BounceLite,
+    BounceFull,
+    Submission,
+}
+
+impl QueueKind {
+    pub const ALL: [QueueKind; 4] = [
+        QueueKind::Queue,
+        QueueKind::BounceLite,
+        QueueKind::BounceFull,
+        QueueKind::Submission,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueKind::Queue => "queue",
+            QueueKind::BounceLite => "bounce-lite",
+            QueueKind::BounceFull => "bounce-full",
+            QueueKind::Submission => "submission",
+        }
+    }
+}
+
+impl fmt::Display for QueueKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for QueueKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        QueueKind::ALL
+            .into_iter()
+            .find(|q| q.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown queue kind {s:?} (expected queue, bounce-lite, bounce-full or submission)")
+            })
+    }
+}
+
+/// A point in time, kept as UTC with the precision it was given, written as RFC 3339.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub OffsetDateTime);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Timestamp(OffsetDateTime::now_utc())
+    }
+
+    /// Parses any RFC 3339 time and normalises it to UTC (the same instant).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        OffsetDateTime::parse(s, &Rfc3339)
+            .map(|t| Timestamp(t.to_offset(time::UtcOffset::UTC)))
+            .map_err(|e| format!("invalid RFC 3339 time {s:?}: {e}"))
+    }
+
+    pub fn unix_nanos(self) -> i128 {
+        self.0.unix_timestamp_nanos()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.format(&Rfc3339) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => write!(f, "{}", self.0.unix_timestamp()),
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Timestamp::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The envelope and metadata of a message: everything but the body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub id: MessageId,
+    pub queue: QueueKind,
+    pub from: String,
+    pub to: Vec<String>,
+    pub attempts: u32,
+    pub next_retry_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    pub body_len: u64,
+}
+
+/// Encodes a whole spool file. `header.body_len` is set from `body`.
+pub fn encode(header: &Header, body: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let mut header = header.clone();
+    header.body_len = body.len() as u64;
+    if header.to.is_empty() {
+        return Err(FormatError::Header("no recipients".into()));
+    }
+    let json = serde_json::to_vec(&header).map_err(|e| FormatError::Header(e.to_string()))?;
+    if json.len() > MAX_HEADER_LEN {
+        return Err(FormatError::HeaderTooLarge(json.len()));
+    }
+    let first = format!("DRAIN-SPOOL/{VERSION} {}\n", json.len());
+    let mut out = Vec::with_capacity(first.len() + json.len() + 1 + body.len());
+    out.extend_from_slice(first.as_bytes());
+    out.extend_from_slice(&json);
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// A parsed spool file: the header and where the body starts in the bytes.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    pub header: Header,
+    pub body_offset: usize,
+}
+
+/// Parses the first line only; returns (header length, offset of the header).
+fn parse_first_line(bytes: &[u8]) -> Result<(usize, usize), FormatError> {
+    let window = &bytes[..bytes.len().min(MAX_FIRST_LINE)];
+    if !window.starts_with(MAGIC) {
+        if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) {
+            return Err(FormatError::Truncated("in the first line"));
+        }
+        return Err(FormatError::BadMagic);
+    }
+    let nl = window
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or(if bytes.len() < MAX_FIRST_LINE {
+            FormatError::Truncated("in the first line")
+        } else {
+            FormatError::FirstLine
+        })?;
+    let line = std::str::from_utf8(&window[MAGIC.len()..nl]).map_err(|_| FormatError::FirstLine)?;
+    let (ver, len) = line.split_once(' ').ok_or(FormatError::FirstLine)?;
+    let ver: u32 = ver.parse().map_err(|_| FormatError::FirstLine)?;
+    if ver != VERSION {
+        return Err(FormatError::Version(ver));
+    }
+    let len: usize = len.parse().map_err(|_| FormatError::FirstLine)?;
+    if len > MAX_HEADER_LEN {
+        return Err(FormatError::HeaderTooLarge(len));
+    }
+    Ok((len, nl + 1))
+}
+
+/// Parses a whole spool file's bytes, checking every length.
+pub fn parse(bytes: &[u8]) -> Result<Parsed, FormatError> {
+    let (hlen, hstart) = parse_first_line(bytes)?;
+    let hend = hstart + hlen;
+    if bytes.len() < hend + 1 {
+        return Err(FormatError::Truncated("in the header"));
+    }
+    if bytes[hend] != b'\n' {
+        return Err(FormatError::Header(
+            "header not followed by a line feed".into(),
+        ));
+    }
+    let header: Header = serde_json::from_slice(&bytes[hstart..hend])
+        .map_err(|e| FormatError::Header(e.to_string()))?;
+    if header.to.is_empty() {
+        return Err(FormatError::Header("no recipients".into()));
+    }
+    let body_offset = hend + 1;
+    let actual = (bytes.len() - body_offset) as u64;
+    if actual != header.body_len {
+        return Err(FormatError::BodyLength {
+            expected: header.body_len,
+            actual,
+        });
+    }
+    Ok(Parsed {
+        header,
+        body_offset,
+    })
+}
+
+/// BLAKE3 of a whole spool file, the message's `hash` everywhere.
+pub fn hash(bytes: &[u8]) -> blake3::Hash {
+    blake3::hash(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(body: &[u8]) -> Vec<u8> {
+        let h = Header {
+            id: MessageId([7; 16]),
+            queue: QueueKind::BounceFull,
+            from: "a@example.com".into(),
+            to: vec!["b@example.com".into()],
+            attempts: 3,
+            next_retry_at: Some(Timestamp::parse("2030-01-02T03:04:05.123456789+02:00").unwrap()),
+            created_at: Timestamp::parse("2026-01-01T00:00:00Z").unwrap(),
+            properties: BTreeMap::from([("k".into(), "v\nw".into())]),
+            body_len: 0,
+        };
+        encode(&h, body).unwrap()
+    }
+
+    #[test]
+    fn round_trip_keeps_everything() {
+        let body = b"line\r\nbare\nno final\xff\x00";
+        let bytes = sample(body);
+        let p = parse(&bytes).unwrap();
+        assert_eq!(&bytes[p.body_offset..], body);
+        assert_eq!(p.header.attempts, 3);
+        assert_eq!(
+            p.header.next_retry_at.unwrap().to_string(),
+            "2030-01-02T01:04:05.123456789Z"
+        );
+        assert_eq!(p.header.queue, QueueKind::BounceFull);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = sample(b"hello");
+        for n in 0..bytes.len() {
+            assert!(parse(&bytes[..n]).is_err(), "prefix of {n} bytes parsed");
+        }
+        let mut longer = bytes.clone();
+        longer.push(b'x');
+        assert!(matches!(
+            parse(&longer),
+            Err(FormatError::BodyLength { .. })
+        ));
+    }
+
+    #[test]
+    fn ids_parse_strictly() {
+        assert!("../../etc/passwd".parse::<MessageId>().is_err());
+        assert!(
+            "0123456789abcdef0123456789abcdeg"
+                .parse::<MessageId>()
+                .is_err()
+        );
+        let id: MessageId = "0123456789ABCDEF0123456789abcdef".parse().unwrap();
+        assert_eq!(id.to_string(), "0123456789abcdef0123456789abcdef");
+    }
+}

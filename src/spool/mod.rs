@@ -1,0 +1,352 @@
+//! The spool: an instance's queued messages on disk, one file per message.
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! spool/<queue-kind>/<id>.msg     one message (format in `format`), named only by a parsed id
+//! spool/.tmp/                     files being written; never a message until renamed
+//! ```
+//!
+//! Invariants: a message file appears only whole (temp file, fsync, rename, directory fsync),
+//! and disappears only through [`Spool::remove`], which fsyncs the directory so the removal
+//! survives a crash. Scanning streams the directories (memory does not grow with the number of
+//! files). Callers: the CLI (`spool add|ls|cat`), the drain engine (scan, read, remove) and the
+//! intake server (store).
+
+pub mod format;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+pub use format::{FormatError, Header, MessageId, QueueKind, Timestamp};
+
+/// Why a spool operation failed, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: corrupt spool file: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    #[error("{path}: file name is not <id>.msg")]
+    BadName { path: PathBuf },
+    #[error(
+        "{path}: header says id {header_id} in queue {header_queue}, but the file is named otherwise"
+    )]
+    Misplaced {
+        path: PathBuf,
+        header_id: MessageId,
+        header_queue: QueueKind,
+    },
+    #[error("message {0} is not in the spool")]
+    NotFound(MessageId),
+}
+
+impl SpoolError {
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        SpoolError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The file this error is about, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            SpoolError::Io { path, .. }
+            | SpoolError::Corrupt { path, .. }
+            | SpoolError::BadName { path }
+            | SpoolError::Misplaced { path, .. } => Some(path),
+            SpoolError::NotFound(_) => None,
+        }
+    }
+
+    /// A short machine-friendly reason: `unreadable` or `corrupt`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SpoolError::Io { .. } | SpoolError::NotFound(_) => "unreadable",
+            _ => "corrupt",
+        }
+    }
+}
+
+/// A message read from the spool: its whole file and what it says.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub header: Header,
+    /// The whole file, exactly as it travels.
+    pub bytes: bytes::Bytes,
+    pub body_offset: usize,
+    pub hash: blake3::Hash,
+}
+
+impl Message {
+    /// Parses and hashes a whole file's bytes.
+    pub fn from_bytes(bytes: bytes::Bytes) -> Result<Self, FormatError> {
+        let parsed = format::parse(&bytes)?;
+        let hash = format::hash(&bytes);
+        Ok(Message {
+            header: parsed.header,
+            body_offset: parsed.body_offset,
+            bytes,
+            hash,
+        })
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[self.body_offset..]
+    }
+}
+
+/// One file found by a scan, not yet read.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub queue: QueueKind,
+    pub id: MessageId,
+    pub path: PathBuf,
+}
+
+/// The spool of one data directory.
+#[derive(Clone, Debug)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Spool, SpoolError> {
+        let root = data_dir.join("spool");
+        let spool = Spool { root };
+        for dir in QueueKind::ALL
+            .iter()
+            .map(|q| spool.queue_dir(*q))
+            .chain([spool.tmp_dir()])
+        {
+            if !dir.is_dir() {
+                fs::create_dir_all(&dir).map_err(|e| SpoolError::io(&dir, e))?;
+                sync_dir(&spool.root)?;
+                sync_dir(data_dir)?;
+            }
+        }
+        Ok(spool)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn queue_dir(&self, queue: QueueKind) -> PathBuf {
+        self.root.join(queue.as_str())
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join(".tmp")
+    }
+
+    /// Where a message lives. The id is a parsed value, so this never leaves the spool.
+    pub fn path_of(&self, queue: QueueKind, id: MessageId) -> PathBuf {
+        self.queue_dir(queue).join(format!("{id}.msg"))
+    }
+
+    /// Stores a new message built from an envelope and body; returns it.
+    pub fn add(&self, header: &Header, body: &[u8]) -> Result<Message, SpoolError> {
+        let bytes = format::encode(header, body).map_err(|source| SpoolError::Corrupt {
+            path: self.path_of(header.queue, header.id),
+            source,
+        })?;
+        let msg = Message::from_bytes(bytes.into()).map_err(|source| SpoolError::Corrupt {
+            path: self.path_of(header.queue, header.id),
+            source,
+        })?;
+        self.store_many(std::slice::from_ref(&msg))?;
+        Ok(msg)
+    }
+
+    /// Stores whole messages durably, sharing the directory fsyncs between them (group
+    /// commit): each file is written to `.tmp`, fsynced and renamed into place, then each
+    /// queue directory touched is fsynced once. When this returns `Ok`, every file survives a
+    /// crash.
+    pub fn store_many(&self, msgs: &[Message]) -> Result<(), SpoolError> {
+        let mut touched = [false; 4];
+        for m in msgs {
+            let tmp = self.tmp_dir().join(format!(
+                "{}.{}.tmp",
+                m.header.id,
+                MessageId::random().map_err(|e| SpoolError::io(self.tmp_dir(), e))?
+            ));
+            let write = || -> io::Result<()> {
+                let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+                f.write_all(&m.bytes)?;
+                f.sync_all()
+            };
+            if let Err(e) = write() {
+                let _ = fs::remove_file(&tmp);
+                return Err(SpoolError::io(&tmp, e));
+            }
+            let dest = self.path_of(m.header.queue, m.header.id);
+            if let Err(e) = fs::rename(&tmp, &dest) {
+                let _ = fs::remove_file(&tmp);
+                return Err(SpoolError::io(&dest, e));
+            }
+            touched[queue_index(m.header.queue)] = true;
+        }
+        for q in QueueKind::ALL {
+            if touched[queue_index(q)] {
+                sync_dir(&self.queue_dir(q))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks one message file. The name must match the header.
+    pub fn read(&self, entry: &Entry) -> Result<Message, SpoolError> {
+        let bytes = read_file(&entry.path)?;
+        let msg = Message::from_bytes(bytes.into()).map_err(|source| SpoolError::Corrupt {
+            path: entry.path.clone(),
+            source,
+        })?;
+        if msg.header.id != entry.id || msg.header.queue != entry.queue {
+            return Err(SpoolError::Misplaced {
+                path: entry.path.clone(),
+                header_id: msg.header.id,
+                header_queue: msg.header.queue,
+            });
+        }
+        Ok(msg)
+    }
+
+    /// Finds a message by id in any queue.
+    pub fn find(&self, id: MessageId) -> Option<Entry> {
+        QueueKind::ALL.into_iter().find_map(|queue| {
+            let path = self.path_of(queue, id);
+            path.exists().then_some(Entry { queue, id, path })
+        })
+    }
+
+    /// Reads a message by id from whichever queue holds it.
+    pub fn get(&self, id: MessageId) -> Result<Message, SpoolError> {
+        let entry = self.find(id).ok_or(SpoolError::NotFound(id))?;
+        self.read(&entry)
+    }
+
+    /// Removes message files durably: unlink each, then fsync each directory once.
+    /// Returns, per entry, the error if its removal failed (a file already gone is removed).
+    pub fn remove_many(&self, entries: &[Entry]) -> Vec<Result<(), SpoolError>> {
+        let mut out: Vec<Result<(), SpoolError>> = entries
+            .iter()
+            .map(|e| match fs::remove_file(&e.path) {
+                Ok(()) => Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(err) => Err(SpoolError::io(&e.path, err)),
+            })
+            .collect();
+        for q in QueueKind::ALL {
+            if entries.iter().any(|e| e.queue == q)
+                && let Err(err) = sync_dir(&self.queue_dir(q))
+            {
+                // The unlink is not known durable: report every removal in that directory.
+                let msg = err.to_string();
+                for (i, e) in entries.iter().enumerate() {
+                    if e.queue == q && out[i].is_ok() {
+                        out[i] = Err(SpoolError::io(&e.path, io::Error::other(msg.clone())));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Streams every file in the spool, queue by queue, without reading them. A name that is
+    /// not `<id>.msg` is reported as [`SpoolError::BadName`] so that it is never ignored.
+    pub fn scan(&self) -> Scan {
+        Scan {
+            spool: self.clone(),
+            queue_idx: 0,
+            dir: None,
+        }
+    }
+}
+
+/// Streaming iterator over the spool's files (see [`Spool::scan`]).
+pub struct Scan {
+    spool: Spool,
+    queue_idx: usize,
+    dir: Option<fs::ReadDir>,
+}
+
+impl Iterator for Scan {
+    type Item = Result<Entry, SpoolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let queue = *QueueKind::ALL.get(self.queue_idx)?;
+            let dir_path = self.spool.queue_dir(queue);
+            if self.dir.is_none() {
+                match fs::read_dir(&dir_path) {
+                    Ok(d) => self.dir = Some(d),
+                    Err(e) => {
+                        self.queue_idx += 1;
+                        if e.kind() == io::ErrorKind::NotFound {
+                            continue;
+                        }
+                        return Some(Err(SpoolError::io(dir_path, e)));
+                    }
+                }
+            }
+            let dir = self.dir.as_mut()?;
+            match dir.next() {
+                None => {
+                    self.dir = None;
+                    self.queue_idx += 1;
+                }
+                Some(Err(e)) => return Some(Err(SpoolError::io(dir_path, e))),
+                Some(Ok(de)) => {
+                    let path = de.path();
+                    let name = de.file_name();
+                    let id = name
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".msg"))
+                        .and_then(|n| n.parse::<MessageId>().ok());
+                    return Some(match id {
+                        Some(id) => Ok(Entry { queue, id, path }),
+                        None => Err(SpoolError::BadName { path }),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn queue_index(q: QueueKind) -> usize {
+    match q {
+        QueueKind::Queue => 0,
+        QueueKind::BounceLite => 1,
+        QueueKind::BounceFull => 2,
+        QueueKind::Submission => 3,
+    }
+}
+
+/// Reads a whole file, naming it on error.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, SpoolError> {
+    let mut f = File::open(path).map_err(|e| SpoolError::io(path, e))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::with_capacity(len as usize);
+    f.read_to_end(&mut buf)
+        .map_err(|e| SpoolError::io(path, e))?;
+    Ok(buf)
+}
+
+/// fsyncs a directory so that renames and unlinks in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SpoolError::io(dir, e))
+}

@@ -1,0 +1,86 @@
+//! TLS material: loading certificates and keys, server configuration, and self-signed
+//! certificates for the demo and tests. rustls with the ring provider everywhere.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    Pem { path: PathBuf, reason: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Makes ring the process-wide rustls provider (idempotent).
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Pem {
+            path: path.into(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    let certs = certs.map_err(|e| TlsError::Pem {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.into(),
+            reason: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The server side: certificate chain and key from PEM files, HTTP/2 and HTTP/1.1 by ALPN.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    install_provider();
+    let certs = load_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
+        path: key.into(),
+        reason: e.to_string(),
+    })?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Writes a self-signed certificate valid for `names` (IP addresses or DNS names) as
+/// `<dir>/<stem>.crt` and `<dir>/<stem>.key`; returns their paths.
+pub fn write_self_signed(
+    names: &[String],
+    dir: &Path,
+    stem: &str,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    let ck = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let cert_path = dir.join(format!("{stem}.crt"));
+    let key_path = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert_path, ck.cert.pem()).map_err(|source| TlsError::Io {
+        path: cert_path.clone(),
+        source,
+    })?;
+    std::fs::write(&key_path, ck.signing_key.serialize_pem()).map_err(|source| TlsError::Io {
+        path: key_path.clone(),
+        source,
+    })?;
+    Ok((cert_path, key_path))
+}

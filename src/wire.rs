@@ -1,0 +1,191 @@
+//! Wire protocol v1 between a draining instance (client) and `drain serve` (server), over HTTPS.
+//!
+//! Every path carries the protocol version; a later version gets new paths and a server may
+//! serve several. Both requests identify the sender with two headers:
+//!
+//! | header | value |
+//! | --- | --- |
+//! | `Drain-Sender` | the sending instance's id, 32 hex digits (`<data-dir>/instance-id`) |
+//! | `Drain-Run` | the sending run's id, 32 hex digits |
+//!
+//! ## `POST /v1/transfer`: store messages
+//!
+//! Body (`Content-Type: application/vnd.drain.batch.v1`): one or more frames back to back,
+//!
+//! ```text
+//! hash      32 bytes   BLAKE3 of the spool file, as the sender computed it
+//! length    8 bytes    big-endian length of the spool file
+//! file      length bytes, the spool file exactly as on the sender's disk (see spool::format)
+//! ```
+//!
+//! The server recomputes each hash and rejects a mismatch, stores each message in its own
+//! spool durably (fsync) and only then answers `200` with a [`TransferResponse`]: one
+//! [`ItemResult`] per frame, in order. An outcome is `stored`, `already_held` (the same message
+//! of the same run was stored before: the request was repeated), `rejected_permanent`
+//! (will not change on retry: hash mismatch, malformed file, id conflict) or
+//! `rejected_transient`. Whole-request answers: `403` peer not allowed, `413` request too
+//! large, `400` malformed body or headers, `503` not accepting (draining, shutting down).
+//! A `5xx` other than `503`, a dropped connection or a timeout leaves the outcome unknown:
+//! the sender must ask with `/v1/query` before doing anything else with those messages.
+//!
+//! ## `POST /v1/query`: which of these does the server hold for this run?
+//!
+//! JSON [`QueryRequest`] `{"hashes": [...]}` (at most [`MAX_QUERY`]); answer
+//! [`QueryResponse`] `{"version": 1, "held": [...]}`: the hashes stored for the
+//! `Drain-Sender` and `Drain-Run` of the request. Durable: a hash listed is on the server's
+//! disk.
+//!
+//! ## `GET /v1/health`
+//!
+//! `200` with `{"version":1,"accepting":true}` while the server takes messages.
+
+use bytes::{Buf, Bytes};
+use serde::{Deserialize, Serialize};
+
+pub const TRANSFER_PATH: &str = "/v1/transfer";
+pub const QUERY_PATH: &str = "/v1/query";
+pub const HEALTH_PATH: &str = "/v1/health";
+pub const HDR_SENDER: &str = "drain-sender";
+pub const HDR_RUN: &str = "drain-run";
+pub const BATCH_CONTENT_TYPE: &str = "application/vnd.drain.batch.v1";
+pub const VERSION: u32 = 1;
+/// Most frames in one transfer request.
+pub const MAX_FRAMES: usize = 4096;
+/// Most hashes in one query.
+pub const MAX_QUERY: usize = 10_000;
+/// Bytes of a frame before the file.
+pub const FRAME_HEADER_LEN: usize = 40;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("batch truncated in frame {0}")]
+    Truncated(usize),
+    #[error("batch has more than {MAX_FRAMES} frames")]
+    TooManyFrames,
+    #[error("empty batch")]
+    Empty,
+}
+
+/// Appends one frame header; the caller appends the file bytes after it.
+pub fn put_frame_header(buf: &mut Vec<u8>, hash: &blake3::Hash, len: u64) {
+    buf.extend_from_slice(hash.as_bytes());
+    buf.extend_from_slice(&len.to_be_bytes());
+}
+
+/// One frame of a transfer body.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub hash: [u8; 32],
+    pub file: Bytes,
+}
+
+/// Splits a transfer body into frames without copying file bytes.
+pub fn decode_batch(mut body: Bytes) -> Result<Vec<Frame>, WireError> {
+    let mut frames = Vec::new();
+    while body.has_remaining() {
+        if frames.len() == MAX_FRAMES {
+            return Err(WireError::TooManyFrames);
+        }
+        if body.len() < FRAME_HEADER_LEN {
+            return Err(WireError::Truncated(frames.len()));
+        }
+        let mut hash = [0u8; 32];
+        body.copy_to_slice(&mut hash);
+        let len = body.get_u64();
+        if (body.len() as u64) < len {
+            return Err(WireError::Truncated(frames.len()));
+        }
+        let file = body.split_to(len as usize);
+        frames.push(Frame { hash, file });
+    }
+    if frames.is_empty() {
+        return Err(WireError::Empty);
+    }
+    Ok(frames)
+}
+
+/// Outcome of one message of a transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Stored,
+    AlreadyHeld,
+    RejectedPermanent,
+    RejectedTransient,
+}
+
+impl Outcome {
+    pub fn is_acked(self) -> bool {
+        matches!(self, Outcome::Stored | Outcome::AlreadyHeld)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemResult {
+    /// The hash as sent in the frame, lower-case hex.
+    pub hash: String,
+    /// The message id, when the file could be parsed.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferResponse {
+    pub version: u32,
+    pub results: Vec<ItemResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryRequest {
+    pub hashes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryResponse {
+    pub version: u32,
+    pub held: Vec<String>,
+}
+
+/// Body of every non-200 answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub version: u32,
+    pub error: String,
+}
+
+/// Checks a `Drain-Sender` / `Drain-Run` value: exactly 32 hex digits.
+pub fn valid_token(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_truncation_is_detected() {
+        let mut buf = Vec::new();
+        for body in [&b""[..], b"abc", b"\x00\xff"] {
+            let h = blake3::hash(body);
+            put_frame_header(&mut buf, &h, body.len() as u64);
+            buf.extend_from_slice(body);
+        }
+        let frames = decode_batch(Bytes::from(buf.clone())).unwrap();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(&frames[1].file[..], b"abc");
+        assert_eq!(frames[2].hash, *blake3::hash(b"\x00\xff").as_bytes());
+        for n in 1..buf.len() {
+            if n == 40 || n == 83 {
+                continue; // ends exactly on a frame boundary
+            }
+            assert!(
+                decode_batch(Bytes::copy_from_slice(&buf[..n])).is_err(),
+                "{n}"
+            );
+        }
+        assert_eq!(decode_batch(Bytes::new()).unwrap_err(), WireError::Empty);
+    }
+}

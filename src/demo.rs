@@ -105,6 +105,7 @@ fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
             batch_size: None,
             resume: false,
             settle_only: false,
+            reassign_after: None,
         },
         false,
     )?;

@@ -35,6 +35,15 @@
 //! `Drain-Sender` and `Drain-Run` of the request. Durable: a hash listed is on the server's
 //! disk.
 //!
+//! A query waits until every transfer that reached the server before it has finished, so a
+//! "not held" can never be followed by a late store from a request the sender lost.
+//!
+//! ## `POST /v1/finish`: the run has finished
+//!
+//! Empty body. The server may forget its dedupe keys for (`Drain-Sender`, `Drain-Run`): every
+//! message of the run is settled, so no retry of it can come. Keys also expire after the
+//! server's `--dedupe-retention` (default 7 days) in case this never arrives.
+//!
 //! ## `GET /v1/health`
 //!
 //! `200` with `{"version":1,"accepting":true}` while the server takes messages.
@@ -45,6 +54,7 @@ use serde::{Deserialize, Serialize};
 pub const TRANSFER_PATH: &str = "/v1/transfer";
 pub const QUERY_PATH: &str = "/v1/query";
 pub const HEALTH_PATH: &str = "/v1/health";
+pub const FINISH_PATH: &str = "/v1/finish";
 pub const HDR_SENDER: &str = "drain-sender";
 pub const HDR_RUN: &str = "drain-run";
 pub const BATCH_CONTENT_TYPE: &str = "application/vnd.drain.batch.v1";

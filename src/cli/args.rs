@@ -75,6 +75,10 @@ pub struct DrainArgs {
     /// Bytes of message data held in memory at once.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_in_flight_bytes: u64,
+    /// Let messages in doubt with a destination that stays unreachable this long go to another
+    /// one, each flagged in the journal as a possible duplicate (`90s`, `10m`). Default: wait.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub reassign_after: Option<std::time::Duration>,
     /// Messages per request (default: concurrency / 4).
     #[arg(long, hide = true)]
     pub batch_size: Option<usize>,
@@ -88,6 +92,28 @@ impl DrainArgs {
         self.concurrency
             .unwrap_or_else(crate::engine::default_concurrency)
             .max(1)
+    }
+
+    /// The engine's options for these flags.
+    pub fn options(
+        &self,
+        data_dir: PathBuf,
+        destinations: Vec<Destination>,
+        resume: bool,
+        settle_only: bool,
+    ) -> crate::engine::DrainOptions {
+        crate::engine::DrainOptions {
+            data_dir,
+            destinations,
+            concurrency: self.concurrency(),
+            bind_ip: self.bind_ip,
+            ca_cert: self.ca_cert.clone(),
+            max_in_flight_bytes: self.max_in_flight_bytes,
+            batch_size: self.batch_size,
+            resume,
+            settle_only,
+            reassign_after: self.reassign_after,
+        }
     }
 }
 
@@ -159,6 +185,9 @@ pub struct ServeArgs {
     /// Largest transfer request accepted, in bytes (413 beyond).
     #[arg(long, default_value_t = 256 << 20)]
     pub max_request_size: usize,
+    /// How long dedupe keys are kept when a sender never says its run finished.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "7d", value_name = "DURATION")]
+    pub dedupe_retention: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -186,6 +215,7 @@ impl ServeArgs {
             },
             workers: self.incoming_drain_workers.max(1),
             max_request_bytes: self.max_request_size,
+            dedupe_retention: self.dedupe_retention,
         })
     }
 }

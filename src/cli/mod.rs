@@ -34,6 +34,7 @@ fn init_logging(format: LogFormat, quiet: bool) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match format {
         LogFormat::Json => b.json().init(),
@@ -68,17 +69,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Some(Command::Spool(cmd)) => spool_cmd::run(&need_dir()?, cmd),
         Some(Command::Resume(a)) => {
-            let opts = DrainOptions {
-                data_dir: need_dir()?,
-                destinations: args::parse_destinations(&a.destinations)?,
-                concurrency: a.drain.concurrency(),
-                bind_ip: a.drain.bind_ip,
-                ca_cert: a.drain.ca_cert.clone(),
-                max_in_flight_bytes: a.drain.max_in_flight_bytes,
-                batch_size: a.drain.batch_size,
-                resume: true,
-                settle_only: a.settle_only,
-            };
+            let dests = args::parse_destinations(&a.destinations)?;
+            let opts = a.drain.options(need_dir()?, dests, true, a.settle_only);
             drain(opts, a.drain.json)
         }
         Some(Command::Inspect(_)) => {
@@ -92,17 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 anyhow::bail!("no destination given (see `drain --help`)");
             }
             let destinations = args::parse_destinations(&cli.destinations)?;
-            let opts = DrainOptions {
-                data_dir: need_dir()?,
-                destinations,
-                concurrency: cli.drain.concurrency(),
-                bind_ip: cli.drain.bind_ip,
-                ca_cert: cli.drain.ca_cert.clone(),
-                max_in_flight_bytes: cli.drain.max_in_flight_bytes,
-                batch_size: cli.drain.batch_size,
-                resume: false,
-                settle_only: false,
-            };
+            let opts = cli.drain.options(need_dir()?, destinations, false, false);
             drain(opts, cli.drain.json)
         }
     }

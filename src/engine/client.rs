@@ -96,6 +96,17 @@ impl fmt::Display for Destination {
     }
 }
 
+/// Why a query got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// Try again later: unreachable, timed out, busy, server error.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The destination refuses this sender altogether (403): it holds nothing of ours.
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// How a transfer request ended.
 #[derive(Debug)]
 pub enum Delivery {
@@ -210,7 +221,8 @@ impl Client {
         &self,
         dest: &Destination,
         hashes: &[String],
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, QueryError> {
+        use QueryError::Unavailable;
         let mut held = Vec::new();
         for chunk in hashes.chunks(wire::MAX_QUERY) {
             let resp = self
@@ -224,24 +236,52 @@ impl Client {
                     serde_json::to_vec(&QueryRequest {
                         hashes: chunk.to_vec(),
                     })
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| Unavailable(e.to_string()))?,
                 )
                 .send()
                 .await
-                .map_err(|e| error_chain(&e))?;
+                .map_err(|e| Unavailable(error_chain(&e)))?;
             let status = resp.status();
             if status != StatusCode::OK {
-                return Err(error_text(status, resp).await);
+                let text = error_text(status, resp).await;
+                // Refused outright (not allowed, not a drain endpoint): the same check guards
+                // storing, so it cannot hold messages of ours. Anything else: ask again later.
+                return Err(match status.as_u16() {
+                    403 | 404 | 405 => QueryError::Refused(text),
+                    _ => Unavailable(text),
+                });
             }
-            let body = resp
-                .bytes()
-                .await
-                .map_err(|e| format!("reading the query answer failed: {}", error_chain(&e)))?;
+            let body = resp.bytes().await.map_err(|e| {
+                Unavailable(format!(
+                    "reading the query answer failed: {}",
+                    error_chain(&e)
+                ))
+            })?;
             let q: QueryResponse = serde_json::from_slice(&body)
-                .map_err(|e| format!("unreadable query answer: {e}"))?;
+                .map_err(|e| Unavailable(format!("unreadable query answer: {e}")))?;
             held.extend(q.held);
         }
         Ok(held)
+    }
+}
+
+impl Client {
+    /// Tells the destination this run has finished, so it may drop its dedupe keys.
+    pub async fn finish(&self, dest: &Destination) -> Result<(), String> {
+        let resp = self
+            .http
+            .post(dest.url(wire::FINISH_PATH))
+            .header(wire::HDR_SENDER, &self.sender)
+            .header(wire::HDR_RUN, &self.run)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            return Err(error_text(status, resp).await);
+        }
+        Ok(())
     }
 }
 

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use super::Ctx;
 use super::client::Delivery;
 use super::report::Problem;
+use super::settle::Confirmed;
 use crate::journal::Op;
 use crate::spool::{Entry, Message};
 use crate::wire::{self, ItemResult, Outcome};
@@ -215,9 +216,16 @@ pub(crate) async fn send(
         match deliver(ctx, d, items).await? {
             Step::Done(sorted) => return Ok(sorted),
             Step::Ambiguous(pinned) => match super::settle::confirm(ctx, d, pinned, true).await? {
-                Some(rest) if !rest.is_empty() => items = rest,
+                Confirmed::NotHeld(rest) if !rest.is_empty() => items = rest,
+                Confirmed::Reassigned(retry) | Confirmed::Refused(retry) => {
+                    return Ok(Sorted {
+                        retry,
+                        dest_failed: true,
+                        split: false,
+                    });
+                }
                 // All confirmed held, or stopped with them still in doubt.
-                _ => return Ok(Sorted::default()),
+                Confirmed::NotHeld(_) | Confirmed::Stopped => return Ok(Sorted::default()),
             },
         }
     }
@@ -446,6 +454,7 @@ pub(crate) async fn remove_local(ctx: &Ctx, entries: Vec<Entry>) -> anyhow::Resu
             }
             Err(err) => {
                 tracing::error!(id = %e.id, "delivered, but removing the local copy failed: {err}");
+                ctx.mark_failed(e.id.to_string());
                 ops.push(Op::RemoveFailed {
                     run: ctx.run_seq,
                     id: e.id,

@@ -54,6 +54,9 @@ pub struct DrainOptions {
     pub resume: bool,
     /// Settle in-doubt messages and end the run without draining the rest.
     pub settle_only: bool,
+    /// Let messages pinned to an unreachable destination go elsewhere after this long,
+    /// flagged as possible duplicates. None: wait for it indefinitely.
+    pub reassign_after: Option<Duration>,
 }
 
 /// Default `--concurrency`: 2 x CPUs, clamped to 10..=64.
@@ -108,10 +111,9 @@ pub(crate) struct Ctx {
     pub batch_bytes: u64,
     pub report: Mutex<Report>,
     pub stop: Stop,
+    pub reassign_after: Option<Duration>,
     /// Messages and files that already failed in this invocation (not retried by a rescan).
     pub failed: Mutex<HashSet<String>>,
-    /// The run existed before this invocation: scanned messages may already be journaled.
-    pub continuing: bool,
 }
 
 impl Ctx {
@@ -187,10 +189,20 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
             r
         }
         None if opts.resume => {
-            anyhow::bail!(
-                "nothing to resume: {} has no unfinished drain run",
-                journal.path().display()
-            );
+            let what = match journal.last_run()? {
+                Some(r) => format!(
+                    "the last drain run (#{}, {}) finished with exit {}",
+                    r.seq,
+                    r.id,
+                    r.exit_code.map_or("?".to_string(), |c| c.to_string())
+                ),
+                None => "no drain has run on this data directory".to_string(),
+            };
+            return Ok(Report {
+                exit_code: 0,
+                outcome: format!("nothing to resume: {what}"),
+                ..Report::default()
+            });
         }
         None => {
             if opts.destinations.is_empty() {
@@ -261,8 +273,8 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
             ..Report::default()
         }),
         stop: stop.clone(),
+        reassign_after: opts.reassign_after,
         failed: Mutex::new(HashSet::new()),
-        continuing,
     });
     tracing::info!(
         run = %run.id,
@@ -296,7 +308,9 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
     let (code, outcome) = exit_code(&report, stop.is_set(), opts.settle_only);
     report.exit_code = code;
     report.outcome = outcome.to_string();
-    run.status = if in_doubt == 0 {
+    // Stopped by a signal: the rest of the spool belongs to this run, so it stays open for
+    // `drain resume` (same run id, same dedupe scope) even with nothing in doubt.
+    run.status = if in_doubt == 0 && !stop.is_set() {
         RunStatus::Finished
     } else {
         RunStatus::Interrupted
@@ -304,7 +318,16 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
     run.ended_at = Some(Timestamp::now());
     run.exit_code = Some(code);
     run.summary = serde_json::to_value(&report).ok();
+    let finished = run.status == RunStatus::Finished;
     journal.commit(vec![Op::PutRun(run)]).await?;
+    if finished {
+        // Receivers may forget this run's dedupe keys now (best effort: they also expire).
+        for d in &ctx.dests {
+            if let Err(e) = ctx.client.finish(d).await {
+                tracing::info!(dest = %d, "could not tell {d} the run finished: {e}");
+            }
+        }
+    }
     Ok(report)
 }
 

@@ -8,41 +8,91 @@
 //! removed.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
 
 use super::Ctx;
+use super::client::QueryError;
 use super::dispatch::{self, Item, backoff};
 use crate::journal::{Op, State};
 use crate::spool::{Entry, MessageId, SpoolError};
 
+/// How confirming in-doubt messages with their destination ended.
+pub(crate) enum Confirmed {
+    /// A stop was requested first: they stay in doubt for `drain resume`.
+    Stopped,
+    /// The destination answered; these (still `sent` to it) it does not hold: re-send to it.
+    NotHeld(Vec<Item>),
+    /// `--reassign-after` expired with the destination unreachable: these are `read` again,
+    /// flagged as possible duplicates, and excluded from that destination.
+    Reassigned(Vec<Item>),
+    /// The destination refuses this sender (403), so it holds none of them: `read` again,
+    /// excluded from that destination.
+    Refused(Vec<Item>),
+}
+
 /// Queries `d` for `items` (journaled `sent` to `d`) until it answers; acknowledges and removes
-/// what it holds. Returns the ones it does not hold (still `sent` to `d`), or `None` when a
-/// stop was requested first (they stay in doubt for `drain resume`).
+/// what it holds.
 pub(crate) async fn confirm(
     ctx: &Ctx,
     d: usize,
     items: Vec<Item>,
     wait_first: bool,
-) -> anyhow::Result<Option<Vec<Item>>> {
+) -> anyhow::Result<Confirmed> {
     let dest = ctx.dests[d].clone();
     let dname = dest.to_string();
     let mut attempt = 0u32;
+    let mut unreachable_since: Option<Instant> = None;
     loop {
         if (wait_first || attempt > 0) && ctx.stop.sleep(backoff(attempt + 1)).await {
-            return Ok(None);
+            return Ok(Confirmed::Stopped);
         }
         if ctx.stop.is_set() {
-            return Ok(None);
+            return Ok(Confirmed::Stopped);
         }
         attempt += 1;
         let hashes: Vec<String> = items.iter().map(|i| i.hash.clone()).collect();
         match ctx.client.query(&dest, &hashes).await {
-            Err(e) => {
+            Err(QueryError::Refused(e)) => {
+                tracing::warn!(dest = %dname, "{dname} refuses this sender ({e}): it holds none of the {} messages", items.len());
+                ctx.note_failure(&dname, &e);
+                ctx.journal
+                    .commit(
+                        items
+                            .iter()
+                            .map(|i| Op::Rejected {
+                                run: ctx.run_seq,
+                                id: i.entry.id,
+                                dest: dname.clone(),
+                                reason: e.clone(),
+                                permanent: true,
+                            })
+                            .collect(),
+                    )
+                    .await?;
+                return Ok(Confirmed::Refused(
+                    items
+                        .into_iter()
+                        .map(|mut i| {
+                            i.rejected.push(d);
+                            i.reasons.push(format!("{dname}: {e}"));
+                            i
+                        })
+                        .collect(),
+                ));
+            }
+            Err(QueryError::Unavailable(e)) => {
                 tracing::warn!(
                     dest = %dname,
                     "cannot confirm {} in-doubt messages with {dname} (attempt {attempt}): {e}",
                     items.len()
                 );
                 ctx.note_failure(&dname, &format!("query: {e}"));
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if let Some(after) = ctx.reassign_after
+                    && since.elapsed() >= after
+                {
+                    return reassign(ctx, d, items, &e).await;
+                }
             }
             Ok(held) => {
                 let held: HashSet<String> = held.into_iter().collect();
@@ -59,10 +109,44 @@ pub(crate) async fn confirm(
                     .map(|i| (i, "held (confirmed by query)".to_string()))
                     .collect();
                 dispatch::finish_acked(ctx, &dname, acked).await?;
-                return Ok(Some(no));
+                return Ok(Confirmed::NotHeld(no));
             }
         }
     }
+}
+
+/// Releases messages pinned to an unreachable destination (`--reassign-after`).
+async fn reassign(ctx: &Ctx, d: usize, items: Vec<Item>, why: &str) -> anyhow::Result<Confirmed> {
+    let dname = ctx.dests[d].to_string();
+    tracing::error!(
+        dest = %dname,
+        "{dname} stayed unreachable past --reassign-after: sending {} in-doubt messages elsewhere; \
+         each is flagged as a possible duplicate in the journal",
+        items.len()
+    );
+    ctx.journal
+        .commit(
+            items
+                .iter()
+                .map(|i| Op::Reassigned {
+                    run: ctx.run_seq,
+                    id: i.entry.id,
+                    from: dname.clone(),
+                    reason: why.to_string(),
+                })
+                .collect(),
+        )
+        .await?;
+    Ok(Confirmed::Reassigned(
+        items
+            .into_iter()
+            .map(|mut i| {
+                i.rejected.push(d);
+                i.reasons.push(format!("{dname}: unreachable, reassigned"));
+                i
+            })
+            .collect(),
+    ))
 }
 
 /// Settles what an earlier attempt of this run left `sent` or `acked`, before anything new is
@@ -146,9 +230,23 @@ async fn settle_chunk(
     })
     .await?;
     let mut items = Vec::new();
+    let mut changed = Vec::new();
     for ((entry, r), (_, rec)) in read.into_iter().zip(chunk) {
         match r {
-            Ok(msg) => items.push(Item::new(entry, msg, Vec::new())),
+            Ok(msg) => {
+                let rejected = rec
+                    .rejected_by
+                    .iter()
+                    .filter_map(|(dn, _)| ctx.dests.iter().position(|x| x.to_string() == *dn))
+                    .collect();
+                let mut item = Item::new(entry, msg, rejected);
+                if item.hash != rec.hash {
+                    // The file changed since it was sent: ask about what was sent.
+                    item.hash = rec.hash.clone();
+                    changed.push(item.entry.id);
+                }
+                items.push(item);
+            }
             Err(err) => {
                 let missing = matches!(&err, SpoolError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
                 lost_local(ctx, d, entry, rec, &err.to_string(), missing).await?;
@@ -158,13 +256,40 @@ async fn settle_chunk(
     if items.is_empty() {
         return Ok(());
     }
-    let Some(rest) = confirm(ctx, d, items, false).await? else {
-        return Ok(());
+    let rest = match confirm(ctx, d, items, false).await? {
+        Confirmed::Stopped => return Ok(()),
+        Confirmed::Reassigned(items) | Confirmed::Refused(items) => {
+            return dispatch::process_batch(ctx, items, false).await;
+        }
+        Confirmed::NotHeld(rest) => rest,
     };
-    if rest.is_empty() {
+    // A changed file goes back through `read` with its new content; the rest is re-sent to
+    // the destination it is pinned to.
+    let (changed, same): (Vec<Item>, Vec<Item>) = rest
+        .into_iter()
+        .partition(|i| changed.contains(&i.entry.id));
+    if !changed.is_empty() {
+        let dname = ctx.dests[d].to_string();
+        dispatch::release(
+            ctx,
+            &dname,
+            &changed,
+            "the local file changed since it was sent",
+        )
+        .await?;
+        let fresh = changed
+            .into_iter()
+            .map(|mut i| {
+                i.hash = i.msg.hash.to_hex().to_string();
+                i
+            })
+            .collect();
+        dispatch::process_batch(ctx, fresh, true).await?;
+    }
+    if same.is_empty() {
         return Ok(());
     }
-    let sorted = dispatch::send(ctx, d, rest, true).await?;
+    let sorted = dispatch::send(ctx, d, same, true).await?;
     dispatch::process_batch(ctx, sorted.retry, false).await
 }
 

@@ -161,13 +161,11 @@ async fn worker(
     }
 }
 
-/// A message read in a continued run may already be journaled: only `read` ones (or new ones)
-/// are sent; `sent` / `acked` ones belong to `settle`.
+/// A message may already be journaled in this run (a continued run, or a rescan): only `read`
+/// ones (or new ones) are sent; `sent` / `acked` ones belong to `settle`.
 fn admit(ctx: &Ctx, entry: Entry, msg: crate::spool::Message) -> anyhow::Result<Option<Item>> {
     let mut rejected = Vec::new();
-    if ctx.continuing
-        && let Some(rec) = ctx.journal.message(ctx.run_seq, entry.id)?
-    {
+    if let Some(rec) = ctx.journal.message(ctx.run_seq, entry.id)? {
         match rec.state {
             State::Read => {
                 if rec.hash == msg.hash.to_hex().as_str() {
@@ -197,7 +195,7 @@ async fn unreadable(ctx: &Ctx, err: SpoolError) -> anyhow::Result<bool> {
     let path = err
         .path()
         .map(|p| p.display().to_string())
-        .unwrap_or_default();
+        .unwrap_or_else(|| err.to_string());
     if !ctx.mark_failed(path.clone()) {
         return Ok(false);
     }

@@ -46,6 +46,7 @@ pub(crate) async fn handle(
         ),
         (&Method::POST, wire::TRANSFER_PATH) => transfer(&state, peer, req).await,
         (&Method::POST, wire::QUERY_PATH) => query(&state, peer, req).await,
+        (&Method::POST, wire::FINISH_PATH) => finish(&state, peer, req).await,
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no such endpoint: {} {}", route.0, route.1),
@@ -132,12 +133,28 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reject
     }
 }
 
+/// Reads and drops a refused request's body (bounded), so the client reads our answer instead
+/// of a connection reset it would have to treat as "maybe stored".
+async fn discard_body(req: Request<Incoming>) {
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        Limited::new(req.into_body(), 64 << 20).collect(),
+    )
+    .await;
+}
+
 async fn transfer(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp {
     let caller = match check_caller(state, peer, &req) {
         Ok(c) => c,
-        Err(r) => return r.into(),
+        Err(r) => {
+            discard_body(req).await;
+            return r.into();
+        }
     };
+    // From here until the messages are durable (or refused), queries wait for this request.
+    let guard = state.store.begin_transfer();
     if !state.accepting.load(Ordering::Relaxed) {
+        discard_body(req).await;
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this instance is not accepting messages (draining or shutting down)".into(),
@@ -154,7 +171,7 @@ async fn transfer(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Re
     let n = frames.len();
     match state
         .store
-        .transfer(&caller.sender, &caller.run, frames)
+        .transfer(&caller.sender, &caller.run, frames, guard)
         .await
     {
         Ok(results) => {
@@ -221,6 +238,20 @@ async fn query(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp 
             }
         }
     }
+    // A transfer that started before this query (perhaps the very one the sender lost) must
+    // finish first, or "not held" could be followed by a late store.
+    if tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        state.store.wait_for_earlier_transfers(),
+    )
+    .await
+    .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transfers still in progress; ask again".into(),
+        );
+    }
     match state.store.held(&caller.sender, &caller.run, &hashes) {
         Ok(held) => json(
             StatusCode::OK,
@@ -232,6 +263,27 @@ async fn query(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp 
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("query failed: {e}"),
+        ),
+    }
+}
+
+async fn finish(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    let caller = match check_caller(state, peer, &req) {
+        Ok(c) => c,
+        Err(r) => return r.into(),
+    };
+    state.store.wait_for_earlier_transfers().await;
+    match state.store.forget_run(&caller.sender, &caller.run).await {
+        Ok(()) => {
+            tracing::info!(client = %caller.client, run = %caller.run, "drain run finished; its dedupe keys are dropped");
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"version": wire::VERSION, "forgotten": true}),
+            )
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("finish failed: {e}"),
         ),
     }
 }

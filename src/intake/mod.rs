@@ -33,6 +33,8 @@ pub struct ServeOptions {
     pub workers: usize,
     /// Largest transfer request body accepted (413 beyond).
     pub max_request_bytes: usize,
+    /// Dedupe keys of runs that never said they finished are dropped after this.
+    pub dedupe_retention: Duration,
 }
 
 /// Shared by every connection.
@@ -44,6 +46,33 @@ pub(crate) struct State {
     pub accepting: AtomicBool,
 }
 
+/// Invariant 6: an instance whose last drain run is unfinished does not serve, because a
+/// message it still holds may also be on a destination until `drain resume` settles it.
+fn refuse_if_draining(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    if !data_dir.join("journal.redb").exists() {
+        return Ok(());
+    }
+    let journal = crate::journal::Journal::open(data_dir).map_err(|e| {
+        anyhow::anyhow!("cannot check this instance's drain journal (is a drain running?): {e}")
+    })?;
+    if let Some(run) = journal.last_run()?
+        && run.status != crate::journal::RunStatus::Finished
+    {
+        anyhow::bail!(
+            "refusing to serve: drain run #{} ({}) on {} is unfinished ({:?}); settle it first with \
+             `drain --data-dir {} resume` (or `drain --data-dir {} resume --settle-only` to settle \
+             the messages in doubt and keep the rest here)",
+            run.seq,
+            run.id,
+            data_dir.display(),
+            run.status,
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Runs the server until `shutdown` completes, then lets requests in flight finish (up to 30
 /// seconds). Writes `<data-dir>/serve.addr` with the bound address once it accepts.
 pub async fn serve(
@@ -51,6 +80,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
+    refuse_if_draining(&opts.data_dir)?;
     let tls = crate::tls::server_config(&opts.tls_cert, &opts.tls_key)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let store = Store::open(&opts.data_dir, opts.workers)?;
@@ -73,6 +103,19 @@ pub async fn serve(
         tracing::warn!("accept_drain_from is empty: every drain will be refused with 403");
     }
 
+    let sweeper = {
+        let store = state.store.clone();
+        let retention = opts.dedupe_retention;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.expire(retention).await {
+                    tracing::warn!("expiring old dedupe keys failed: {e}");
+                }
+            }
+        })
+    };
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -117,6 +160,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    sweeper.abort();
     tracing::info!("drain serve: shutting down, finishing requests in flight");
     if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
         .await

@@ -13,13 +13,13 @@
 //! Dedupe keys are scoped to the sender's instance id and run id, so a message that comes back
 //! in a later run (A->B, B->A, A->B) is stored again rather than mistaken for a duplicate.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::groupcommit::Committer;
 use crate::spool::{Message, MessageId, Spool, SpoolError, Timestamp};
@@ -51,15 +51,57 @@ struct DedupeEntry {
     id: MessageId,
 }
 
+/// One request to the dedupe store's writer.
+enum Write {
+    Insert(Vec<DedupeEntry>),
+    /// The sender's run finished: its keys are no longer needed.
+    ForgetRun {
+        sender: String,
+        run: String,
+    },
+    /// Drop keys stored before this time (retention).
+    ExpireBefore(Timestamp),
+}
+
 /// The receiving side's storage.
 #[derive(Clone)]
 pub struct Store {
     spool: Spool,
     db: Arc<Database>,
     db_path: String,
-    committer: Committer<Vec<DedupeEntry>>,
+    committer: Committer<Write>,
     workers: Arc<Semaphore>,
     worker_count: usize,
+    inflight: Arc<InFlight>,
+}
+
+/// Transfers being processed, so that a query waits for those that started before it: a
+/// sender whose connection dropped asks "do you hold these?" only once the request it lost
+/// has either stored its messages or stopped, never in between.
+#[derive(Default)]
+struct InFlight {
+    state: Mutex<(u64, BTreeSet<u64>)>,
+    changed: Notify,
+}
+
+/// Held from the moment a transfer request is accepted until its messages are durable (or it
+/// failed); kept alive by the storing task even if the client disconnects.
+pub struct TransferGuard {
+    inflight: Arc<InFlight>,
+    seq: u64,
+}
+
+impl Drop for TransferGuard {
+    fn drop(&mut self) {
+        let mut st = self
+            .inflight
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        st.1.remove(&self.seq);
+        drop(st);
+        self.inflight.changed.notify_waiters();
+    }
 }
 
 impl Store {
@@ -71,28 +113,47 @@ impl Store {
             path: db_path.clone(),
             reason: e.to_string(),
         };
-        let db = Database::create(&path).map_err(|e| dberr(&e))?;
+        // A fixed cache: memory must not grow with the number of messages taken in.
+        let db = redb::Builder::new()
+            .set_cache_size(16 << 20)
+            .create(&path)
+            .map_err(|e| dberr(&e))?;
         let txn = db.begin_write().map_err(|e| dberr(&e))?;
         txn.open_table(DEDUPE).map_err(|e| dberr(&e))?;
         txn.commit().map_err(|e| dberr(&e))?;
         let db = Arc::new(db);
-        let committer = Committer::spawn(
-            "intake-writer",
-            db.clone(),
-            |txn, groups: &[Vec<DedupeEntry>]| {
-                let mut t = txn.open_table(DEDUPE).map_err(|e| e.to_string())?;
-                for e in groups.iter().flatten() {
-                    let rec = DedupeRecord {
-                        id: e.id,
-                        stored_at: Timestamp::now(),
-                    };
-                    let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
-                    t.insert((e.sender.as_str(), e.run.as_str(), e.hash), v.as_slice())
+        let committer = Committer::spawn("intake-writer", db.clone(), |txn, writes: &[Write]| {
+            let mut t = txn.open_table(DEDUPE).map_err(|e| e.to_string())?;
+            for w in writes {
+                match w {
+                    Write::Insert(entries) => {
+                        for e in entries {
+                            let rec = DedupeRecord {
+                                id: e.id,
+                                stored_at: Timestamp::now(),
+                            };
+                            let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+                            t.insert((e.sender.as_str(), e.run.as_str(), e.hash), v.as_slice())
+                                .map_err(|e| e.to_string())?;
+                        }
+                    }
+                    Write::ForgetRun { sender, run } => {
+                        let (s, r) = (sender.as_str(), run.as_str());
+                        t.retain_in((s, r, [0u8; 32])..=(s, r, [0xffu8; 32]), |_, _| false)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Write::ExpireBefore(cutoff) => {
+                        t.retain(|_, v| {
+                            serde_json::from_slice::<DedupeRecord>(v)
+                                .map(|r| r.stored_at >= *cutoff)
+                                .unwrap_or(false)
+                        })
                         .map_err(|e| e.to_string())?;
+                    }
                 }
-                Ok(())
-            },
-        )
+            }
+            Ok(())
+        })
         .map_err(|e| dberr(&e))?;
         let worker_count = workers.max(1);
         Ok(Store {
@@ -102,7 +163,51 @@ impl Store {
             committer,
             workers: Arc::new(Semaphore::new(worker_count)),
             worker_count,
+            inflight: Arc::default(),
         })
+    }
+
+    /// Registers a transfer request as in progress.
+    pub fn begin_transfer(&self) -> TransferGuard {
+        let mut st = self
+            .inflight
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        st.0 += 1;
+        let seq = st.0;
+        st.1.insert(seq);
+        TransferGuard {
+            inflight: self.inflight.clone(),
+            seq,
+        }
+    }
+
+    /// Waits until every transfer that began before this call has finished.
+    pub async fn wait_for_earlier_transfers(&self) {
+        let snapshot = self
+            .inflight
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        loop {
+            let changed = self.inflight.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let oldest = self
+                .inflight
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .1
+                .first()
+                .copied();
+            match oldest {
+                Some(seq) if seq <= snapshot => changed.await,
+                _ => return,
+            }
+        }
     }
 
     fn db_err(&self, e: impl std::fmt::Display) -> StoreError {
@@ -110,6 +215,26 @@ impl Store {
             path: self.db_path.clone(),
             reason: e.to_string(),
         }
+    }
+
+    /// Forgets the dedupe keys of a finished run.
+    pub async fn forget_run(&self, sender: &str, run: &str) -> Result<(), StoreError> {
+        self.committer
+            .submit(Write::ForgetRun {
+                sender: sender.to_string(),
+                run: run.to_string(),
+            })
+            .await
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Drops dedupe keys older than `retention`.
+    pub async fn expire(&self, retention: std::time::Duration) -> Result<(), StoreError> {
+        let cutoff = time::OffsetDateTime::now_utc() - retention;
+        self.committer
+            .submit(Write::ExpireBefore(Timestamp(cutoff)))
+            .await
+            .map_err(|e| self.db_err(e))
     }
 
     /// Which of `hashes` are recorded as stored for (sender, run).
@@ -135,32 +260,41 @@ impl Store {
 
     /// Stores a transfer's frames; one result per frame, in order. Returns only when every
     /// `stored` / `already_held` message is durable.
+    /// The work runs in its own task holding `guard`, so it completes (and queries wait for
+    /// it) even if the client goes away.
     pub async fn transfer(
         &self,
         sender: &str,
         run: &str,
         frames: Vec<Frame>,
+        guard: TransferGuard,
     ) -> Result<Vec<ItemResult>, StoreError> {
-        let permits = frames.len().clamp(1, self.worker_count) as u32;
-        let _permit = self
-            .workers
-            .clone()
-            .acquire_many_owned(permits)
-            .await
-            .map_err(|e| StoreError::Worker(e.to_string()))?;
         let this = self.clone();
         let (s, r) = (sender.to_string(), run.to_string());
-        let (results, entries) =
-            tokio::task::spawn_blocking(move || this.store_frames(&s, &r, frames))
+        tokio::spawn(async move {
+            let _guard = guard;
+            let permits = frames.len().clamp(1, this.worker_count) as u32;
+            let _permit = this
+                .workers
+                .clone()
+                .acquire_many_owned(permits)
                 .await
-                .map_err(|e| StoreError::Worker(e.to_string()))??;
-        if !entries.is_empty() {
-            self.committer
-                .submit(entries)
-                .await
-                .map_err(|e| self.db_err(e))?;
-        }
-        Ok(results)
+                .map_err(|e| StoreError::Worker(e.to_string()))?;
+            let worker = this.clone();
+            let (results, entries) =
+                tokio::task::spawn_blocking(move || worker.store_frames(&s, &r, frames))
+                    .await
+                    .map_err(|e| StoreError::Worker(e.to_string()))??;
+            if !entries.is_empty() {
+                this.committer
+                    .submit(Write::Insert(entries))
+                    .await
+                    .map_err(|e| this.db_err(e))?;
+            }
+            Ok(results)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
     }
 
     fn store_frames(
@@ -228,10 +362,16 @@ impl Store {
                             id,
                         });
                     }
-                    _ => results.push(reject(
+                    Ok(_) => results.push(reject(
                         Some(id.to_string()),
                         format!("id conflict: a different message with id {id} is held here"),
                     )),
+                    Err(e) => results.push(ItemResult {
+                        hash: hex.clone(),
+                        id: Some(id.to_string()),
+                        outcome: Outcome::RejectedTransient,
+                        reason: Some(format!("cannot check the copy already held: {e}")),
+                    }),
                 }
                 continue;
             }

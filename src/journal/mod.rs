@@ -33,6 +33,9 @@ pub(crate) const MESSAGES: TableDefinition<(u64, [u8; 16]), &[u8]> =
 pub(crate) const UNREADABLE: TableDefinition<(u64, &str), &[u8]> =
     TableDefinition::new("unreadable");
 
+/// redb's page cache for the journal (redb's default would grow up to 1 GiB).
+const CACHE_BYTES: usize = 16 << 20;
+
 /// The journal format version this build writes.
 pub const FORMAT_VERSION: &str = "1";
 
@@ -76,7 +79,11 @@ impl Journal {
     /// Opens (creating if needed) the journal in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Journal, JournalError> {
         let path = data_dir.join("journal.redb");
-        let db = Database::create(&path).map_err(|e| db_err(&path, e))?;
+        // A fixed cache: memory must not grow with the number of messages (invariant 5).
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| db_err(&path, e))?;
         let txn = db.begin_write().map_err(|e| db_err(&path, e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| db_err(&path, e))?;

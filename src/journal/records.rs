@@ -164,6 +164,14 @@ pub enum Op {
         id: MessageId,
         reason: String,
     },
+    /// `--reassign-after`: the destination it was sent to stayed unreachable; it may go
+    /// elsewhere and is flagged as a possible duplicate.
+    Reassigned {
+        run: u64,
+        id: MessageId,
+        from: String,
+        reason: String,
+    },
     /// A spool file could not be read.
     Unreadable {
         run: u64,
@@ -183,6 +191,7 @@ impl Op {
             | Op::Rejected { run, id, .. }
             | Op::Acked { run, id, .. }
             | Op::Deleted { run, id }
+            | Op::Reassigned { run, id, .. }
             | Op::RemoveFailed { run, id, .. } => Some((*run, *id)),
             Op::PutRun(_) | Op::Unreadable { .. } => None,
         }
@@ -249,8 +258,12 @@ impl Op {
                 Ok(r)
             }
             (Op::NotDelivered { dest, reason, .. }, Some(mut r)) => {
-                if r.state != State::Sent {
-                    return Err(format!("not-delivered while {}", r.state.as_str()));
+                if r.state != State::Sent || r.dest.as_deref() != Some(dest.as_str()) {
+                    return Err(format!(
+                        "not-delivered by {dest} while {} to {:?}",
+                        r.state.as_str(),
+                        r.dest
+                    ));
                 }
                 r.state = State::Read;
                 r.history
@@ -266,8 +279,12 @@ impl Op {
                 },
                 Some(mut r),
             ) => {
-                if r.state != State::Sent {
-                    return Err(format!("rejected while {}", r.state.as_str()));
+                if r.state != State::Sent || r.dest.as_deref() != Some(dest.as_str()) {
+                    return Err(format!(
+                        "rejected by {dest} while {} to {:?}",
+                        r.state.as_str(),
+                        r.dest
+                    ));
                 }
                 r.state = State::Read;
                 let kind = if *permanent {
@@ -296,6 +313,23 @@ impl Op {
                 r.state = State::Acked;
                 r.history
                     .push(tr(State::Acked, Some(dest), Some(note.clone())));
+                Ok(r)
+            }
+            (Op::Reassigned { from, reason, .. }, Some(mut r)) => {
+                if r.state != State::Sent || r.dest.as_deref() != Some(from.as_str()) {
+                    return Err(format!(
+                        "reassigned from {from} while {} to {:?}",
+                        r.state.as_str(),
+                        r.dest
+                    ));
+                }
+                r.state = State::Read;
+                r.possible_duplicate = true;
+                r.history.push(tr(
+                    State::Read,
+                    Some(from),
+                    Some(format!("reassigned, possible duplicate: {reason}")),
+                ));
                 Ok(r)
             }
             (Op::Deleted { .. }, Some(mut r)) => {

@@ -1,0 +1,279 @@
+//! Test harness: temporary instances, real `drain serve` processes with real TLS on loopback,
+//! and helpers that drive the real `drain` binary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_drain");
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).expect("random");
+        let name: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let p = std::env::temp_dir().join(format!("drain-test-{tag}-{name}"));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn sub(&self, name: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::create_dir_all(&p).expect("create dir");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("DRAIN_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A running `drain serve` destination.
+pub struct Server {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    log: PathBuf,
+}
+
+pub struct ServeConfig<'a> {
+    pub ip: &'a str,
+    pub accept: &'a str,
+    pub trusted_proxies: Option<&'a str>,
+    pub port: u16,
+}
+
+impl<'a> ServeConfig<'a> {
+    pub fn on(ip: &'a str) -> Self {
+        ServeConfig {
+            ip,
+            accept: "127.0.0.0/8",
+            trusted_proxies: None,
+            port: 0,
+        }
+    }
+}
+
+impl Server {
+    pub fn start(tmp: &TempDir, name: &str, cfg: ServeConfig<'_>) -> Server {
+        let data_dir = tmp.sub(name);
+        let (cert, key) =
+            drain::tls::write_self_signed(&[cfg.ip.to_string()], tmp.path(), name).expect("cert");
+        Self::spawn(
+            data_dir,
+            cert,
+            key,
+            &cfg,
+            tmp.path().join(format!("{name}.log")),
+        )
+    }
+
+    fn spawn(
+        data_dir: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+        cfg: &ServeConfig<'_>,
+        log: PathBuf,
+    ) -> Server {
+        let _ = std::fs::remove_file(data_dir.join("serve.addr"));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data-dir")
+            .arg(&data_dir)
+            .args(["serve", "--listen", &format!("{}:{}", cfg.ip, cfg.port)])
+            .args(["--accept-drain-from", cfg.accept])
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        if let Some(p) = cfg.trusted_proxies {
+            cmd.args(["--trusted-proxy-ips", p]);
+        }
+        let mut child = cmd.spawn().expect("spawn drain serve");
+        let addr = wait_for_addr(&data_dir.join("serve.addr"), &mut child, &log);
+        Server {
+            child,
+            data_dir,
+            addr,
+            cert,
+            key,
+            log,
+        }
+    }
+
+    /// `IP:PORT` as a destination argument.
+    pub fn dest(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn ls(&self) -> Vec<LsEntry> {
+        spool_ls(&self.data_dir)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_addr(path: &Path, child: &mut Child, log: &Path) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && s.ends_with('\n')
+        {
+            return s.trim().parse().expect("serve.addr holds an address");
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "drain serve exited early ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "drain serve did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A CA bundle trusting every given server's certificate.
+pub fn ca_bundle(tmp: &TempDir, servers: &[&Server]) -> PathBuf {
+    let mut pem = String::new();
+    for s in servers {
+        pem.push_str(&std::fs::read_to_string(&s.cert).expect("cert"));
+    }
+    let p = tmp.path().join(format!("ca-{}.pem", servers.len()));
+    std::fs::write(&p, pem).expect("write bundle");
+    p
+}
+
+/// A loopback port with nothing listening.
+pub fn closed_port(ip: &str) -> u16 {
+    let l = TcpListener::bind(format!("{ip}:0")).expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Runs `drain --data-dir DIR ARGS...` to completion.
+pub fn drain(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run drain")
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+pub fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// One line of `drain spool ls --json`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct LsEntry {
+    pub id: String,
+    pub queue: String,
+    pub hash: String,
+    pub size: u64,
+    pub next_retry_at: Option<String>,
+    pub attempts: u32,
+}
+
+pub fn spool_ls(dir: &Path) -> Vec<LsEntry> {
+    let o = drain(dir, &["spool", "ls", "--json"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("ls line is JSON"))
+        .collect()
+}
+
+/// Adds a message through the real binary; returns its id.
+pub fn spool_add(
+    dir: &Path,
+    queue: &str,
+    attempts: u32,
+    next_retry: Option<&str>,
+    body: &[u8],
+) -> String {
+    let tmp = dir.join(".body");
+    std::fs::write(&tmp, body).expect("write body");
+    let mut args = vec![
+        "spool",
+        "add",
+        "--queue",
+        queue,
+        "--from",
+        "a@example.com",
+        "--to",
+        "b@example.net",
+        "--to",
+        "c@example.org",
+    ];
+    let attempts = attempts.to_string();
+    args.extend(["--attempts", &attempts]);
+    if let Some(t) = next_retry {
+        args.extend(["--next-retry", t]);
+    }
+    let path = tmp.to_string_lossy().into_owned();
+    args.push(&path);
+    let o = drain(dir, &args);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    let _ = std::fs::remove_file(&tmp);
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Fills a spool quickly through the library (the same code `spool add` uses).
+pub fn fill(dir: &Path, n: usize) -> BTreeMap<String, (String, String)> {
+    drain::demo::fill(dir, n)
+        .expect("fill")
+        .into_iter()
+        .map(|(id, (q, h, _))| (id.to_string(), (q.to_string(), h.to_hex().to_string())))
+        .collect()
+}
+
+/// Every message of every server, by id; panics on a message held twice.
+pub fn census(servers: &[&Server]) -> BTreeMap<String, (usize, LsEntry)> {
+    let mut all = BTreeMap::new();
+    for (i, s) in servers.iter().enumerate() {
+        for e in s.ls() {
+            if let Some((j, _)) = all.insert(e.id.clone(), (i, e.clone())) {
+                panic!("message {} is on destination {j} and {i}", e.id);
+            }
+        }
+    }
+    all
+}

@@ -1,0 +1,261 @@
+//! The receiver's side of wire protocol v1, spoken directly to a real `drain serve` over TLS:
+//! idempotence, hash verification, the query endpoint, access control and trusted proxies.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use common::*;
+use drain::spool::{Header, Message, MessageId, QueueKind, Timestamp};
+use drain::wire::{self, Outcome, QueryResponse, TransferResponse};
+
+fn message(body: &[u8]) -> Message {
+    let h = Header {
+        id: MessageId::random().unwrap(),
+        queue: QueueKind::BounceLite,
+        from: "a@example.com".into(),
+        to: vec!["b@example.net".into()],
+        attempts: 2,
+        next_retry_at: Some(Timestamp::parse("2031-01-01T00:00:00Z").unwrap()),
+        created_at: Timestamp::now(),
+        properties: BTreeMap::new(),
+        body_len: 0,
+    };
+    Message::from_bytes(drain::spool::format::encode(&h, body).unwrap().into()).unwrap()
+}
+
+fn batch(msgs: &[(&Message, blake3::Hash)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (m, h) in msgs {
+        wire::put_frame_header(&mut b, h, m.bytes.len() as u64);
+        b.extend_from_slice(&m.bytes);
+    }
+    b
+}
+
+fn client(server: &Server, bind: &str) -> reqwest::Client {
+    drain::tls::install_provider();
+    let pem = std::fs::read(&server.cert).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+        .local_address(bind.parse::<IpAddr>().unwrap())
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+const SENDER: &str = "00000000000000000000000000000abc";
+const RUN: &str = "11111111111111111111111111111111";
+
+async fn post(
+    c: &reqwest::Client,
+    s: &Server,
+    path: &str,
+    run: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut r = c
+        .post(format!("https://{}{path}", s.addr))
+        .header(wire::HDR_SENDER, SENDER)
+        .header(wire::HDR_RUN, run)
+        .body(body);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = r.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn the_same_request_twice_is_stored_once_and_a_bad_hash_is_rejected() {
+    let tmp = TempDir::new("idem");
+    let s = Server::start(&tmp, "a", ServeConfig::on("127.0.0.2"));
+    let c = client(&s, "127.0.0.1");
+    let m1 = message(b"first\r\n");
+    let m2 = message(b"second\n");
+    let body = batch(&[(&m1, m1.hash), (&m2, m2.hash)]);
+    rt().block_on(async {
+        let (st, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, body.clone(), &[]).await;
+        assert_eq!(st, 200, "{text}");
+        let r: TransferResponse = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            r.results.iter().map(|x| x.outcome).collect::<Vec<_>>(),
+            vec![Outcome::Stored, Outcome::Stored]
+        );
+        // Again, as a sender would after losing the answer: acknowledged, not stored twice.
+        let (st, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, body.clone(), &[]).await;
+        assert_eq!(st, 200);
+        let r: TransferResponse = serde_json::from_str(&text).unwrap();
+        assert!(
+            r.results.iter().all(|x| x.outcome == Outcome::AlreadyHeld),
+            "{text}"
+        );
+        let ls = s.ls();
+        assert_eq!(ls.len(), 2);
+        let ids: Vec<String> = ls.iter().map(|e| e.id.clone()).collect();
+        assert!(ids.contains(&m1.header.id.to_string()) && ids.contains(&m2.header.id.to_string()));
+        let e1 = ls
+            .iter()
+            .find(|e| e.id == m1.header.id.to_string())
+            .unwrap();
+        assert_eq!(e1.hash, m1.hash.to_hex().as_str());
+        assert_eq!((e1.queue.as_str(), e1.attempts), ("bounce-lite", 2));
+
+        // The query endpoint answers for this run only.
+        let q = serde_json::to_vec(&wire::QueryRequest {
+            hashes: vec![
+                m1.hash.to_hex().to_string(),
+                blake3::hash(b"x").to_hex().to_string(),
+            ],
+        })
+        .unwrap();
+        let (st, text) = post(&c, &s, wire::QUERY_PATH, RUN, q.clone(), &[]).await;
+        assert_eq!(st, 200, "{text}");
+        let held: QueryResponse = serde_json::from_str(&text).unwrap();
+        assert_eq!(held.held, vec![m1.hash.to_hex().to_string()]);
+        let other_run = "22222222222222222222222222222222";
+        let (_, text) = post(&c, &s, wire::QUERY_PATH, other_run, q, &[]).await;
+        let held: QueryResponse = serde_json::from_str(&text).unwrap();
+        assert!(held.held.is_empty(), "dedupe is scoped to the run: {text}");
+
+        // A frame whose hash does not match its content is rejected, nothing stored.
+        let m3 = message(b"third");
+        let body = batch(&[(&m3, blake3::hash(b"something else"))]);
+        let (st, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, body, &[]).await;
+        assert_eq!(st, 200);
+        let r: TransferResponse = serde_json::from_str(&text).unwrap();
+        assert_eq!(r.results[0].outcome, Outcome::RejectedPermanent);
+        assert!(
+            r.results[0]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("hash mismatch")
+        );
+        assert_eq!(s.ls().len(), 2);
+
+        // Malformed bodies and headers get 400, naming the problem.
+        let (st, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, b"short".to_vec(), &[]).await;
+        assert_eq!(st, 400, "{text}");
+        assert!(text.contains("malformed batch"));
+        let (st, text) = post(
+            &c,
+            &s,
+            wire::TRANSFER_PATH,
+            "nope",
+            batch(&[(&m3, m3.hash)]),
+            &[],
+        )
+        .await;
+        assert_eq!(st, 400);
+        assert!(text.contains("drain-run"), "{text}");
+    });
+}
+
+#[test]
+fn a_message_that_comes_back_in_a_later_run_is_stored_again() {
+    // A->B in run 1, then B drains it away (B->A), then A->B again in run 3: B must store it.
+    let tmp = TempDir::new("return");
+    let s = Server::start(&tmp, "b", ServeConfig::on("127.0.0.2"));
+    let c = client(&s, "127.0.0.1");
+    let m = message(b"boomerang");
+    let body = batch(&[(&m, m.hash)]);
+    rt().block_on(async {
+        let (_, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, body.clone(), &[]).await;
+        assert!(text.contains("\"stored\""), "{text}");
+        // B's copy leaves B (as its own drain would remove it).
+        let path = s
+            .data_dir
+            .join(format!("spool/bounce-lite/{}.msg", m.header.id));
+        std::fs::remove_file(&path).unwrap();
+        let run3 = "33333333333333333333333333333333";
+        let (_, text) = post(&c, &s, wire::TRANSFER_PATH, run3, body.clone(), &[]).await;
+        assert!(
+            text.contains("\"stored\""),
+            "stored again in a new run: {text}"
+        );
+        assert!(path.is_file());
+        // Within run 1, a late retry is still recognised.
+        std::fs::remove_file(&path).unwrap();
+        let (_, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, body, &[]).await;
+        assert!(text.contains("already_held"), "{text}");
+    });
+}
+
+#[test]
+fn forwarded_for_is_honoured_only_from_trusted_proxies() {
+    let tmp = TempDir::new("xff");
+    let mut cfg = ServeConfig::on("127.0.0.2");
+    cfg.accept = "127.0.0.20/32";
+    cfg.trusted_proxies = Some("127.0.0.9");
+    let s = Server::start(&tmp, "a", cfg);
+    let m = message(b"via proxy");
+    let body = batch(&[(&m, m.hash)]);
+    rt().block_on(async {
+        let proxy = client(&s, "127.0.0.9");
+        let other = client(&s, "127.0.0.7");
+        // The trusted proxy forwards for an allowed client: accepted.
+        let (st, text) = post(
+            &proxy,
+            &s,
+            wire::TRANSFER_PATH,
+            RUN,
+            body.clone(),
+            &[("x-forwarded-for", "127.0.0.20")],
+        )
+        .await;
+        assert_eq!(st, 200, "{text}");
+        // The same header from a peer that is not a trusted proxy is ignored: refused.
+        let (st, _) = post(
+            &other,
+            &s,
+            wire::TRANSFER_PATH,
+            RUN,
+            body.clone(),
+            &[("x-forwarded-for", "127.0.0.20")],
+        )
+        .await;
+        assert_eq!(st, 403);
+        // The trusted proxy forwarding for a client that is not allowed: refused.
+        let (st, text) = post(
+            &proxy,
+            &s,
+            wire::TRANSFER_PATH,
+            RUN,
+            body.clone(),
+            &[("x-forwarded-for", "127.0.0.21")],
+        )
+        .await;
+        assert_eq!(st, 403);
+        assert!(text.contains("127.0.0.21"), "{text}");
+        // Client-IP works the same way.
+        let (st, _) = post(
+            &proxy,
+            &s,
+            wire::TRANSFER_PATH,
+            RUN,
+            body.clone(),
+            &[("client-ip", "127.0.0.20")],
+        )
+        .await;
+        assert_eq!(st, 200);
+        // The proxy itself is not allowed to drain.
+        let (st, _) = post(&proxy, &s, wire::TRANSFER_PATH, RUN, body, &[]).await;
+        assert_eq!(st, 403);
+    });
+    let log = s.log();
+    assert!(
+        log.contains("127.0.0.7") && log.contains("127.0.0.21"),
+        "refusals are logged: {log}"
+    );
+}

@@ -247,7 +247,7 @@ impl Client {
                 // Refused outright (not allowed, not a drain endpoint): the same check guards
                 // storing, so it cannot hold messages of ours. Anything else: ask again later.
                 return Err(match status.as_u16() {
-                    403 | 404 | 405 => QueryError::Refused(text),
+                    403..=405 => QueryError::Refused(text),
                     _ => Unavailable(text),
                 });
             }

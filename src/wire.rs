@@ -30,10 +30,12 @@
 //!
 //! ## `POST /v1/query`: which of these does the server hold for this run?
 //!
-//! JSON [`QueryRequest`] `{"hashes": [...]}` (at most [`MAX_QUERY`]); answer
-//! [`QueryResponse`] `{"version": 1, "held": [...]}`: the hashes stored for the
-//! `Drain-Sender` and `Drain-Run` of the request. Durable: a hash listed is on the server's
-//! disk.
+//! JSON [`QueryRequest`] `{"messages": [{"id": ..., "hash": ...}, ...]}` (at most
+//! [`MAX_QUERY`]); answer [`QueryResponse`] `{"version": 1, "held": [hash, ...]}`: the messages
+//! the server holds for the `Drain-Sender` and `Drain-Run` of the request, either recorded in
+//! its dedupe store or present in its spool with that id and hash (a server killed between
+//! writing the file and recording it still answers truthfully). Durable: a hash listed is on
+//! the server's disk, so "not held" means the message is not there and will not appear.
 //!
 //! A query waits until every transfer that reached the server before it has finished, so a
 //! "not held" can never be followed by a late store from a request the sender lost.
@@ -148,9 +150,16 @@ pub struct TransferResponse {
     pub results: Vec<ItemResult>,
 }
 
+/// One message asked about: its id and the hash that was sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryItem {
+    pub id: String,
+    pub hash: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryRequest {
-    pub hashes: Vec<String>,
+    pub messages: Vec<QueryItem>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

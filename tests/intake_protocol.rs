@@ -101,7 +101,7 @@ fn the_same_request_twice_is_stored_once_and_a_bad_hash_is_rejected() {
             "{text}"
         );
         let ls = s.ls();
-        assert_eq!(ls.len(), 2);
+        assert_eq!(ls.len(), 2, "{ls:?}");
         let ids: Vec<String> = ls.iter().map(|e| e.id.clone()).collect();
         assert!(ids.contains(&m1.header.id.to_string()) && ids.contains(&m2.header.id.to_string()));
         let e1 = ls
@@ -111,22 +111,41 @@ fn the_same_request_twice_is_stored_once_and_a_bad_hash_is_rejected() {
         assert_eq!(e1.hash, m1.hash.to_hex().as_str());
         assert_eq!((e1.queue.as_str(), e1.attempts), ("bounce-lite", 2));
 
-        // The query endpoint answers for this run only.
-        let q = serde_json::to_vec(&wire::QueryRequest {
-            hashes: vec![
-                m1.hash.to_hex().to_string(),
-                blake3::hash(b"x").to_hex().to_string(),
-            ],
-        })
-        .unwrap();
-        let (st, text) = post(&c, &s, wire::QUERY_PATH, RUN, q.clone(), &[]).await;
-        assert_eq!(st, 200, "{text}");
-        let held: QueryResponse = serde_json::from_str(&text).unwrap();
-        assert_eq!(held.held, vec![m1.hash.to_hex().to_string()]);
+        // The query endpoint: held through the dedupe record of this run, or the spool.
+        let item = |m: &Message| wire::QueryItem {
+            id: m.header.id.to_string(),
+            hash: m.hash.to_hex().to_string(),
+        };
+        let unknown = wire::QueryItem {
+            id: MessageId::random().unwrap().to_string(),
+            hash: blake3::hash(b"x").to_hex().to_string(),
+        };
+        let query = |run: &'static str, messages: Vec<wire::QueryItem>| {
+            let (c, s) = (&c, &s);
+            async move {
+                let q = serde_json::to_vec(&wire::QueryRequest { messages }).unwrap();
+                let (st, text) = post(c, s, wire::QUERY_PATH, run, q, &[]).await;
+                assert_eq!(st, 200, "{text}");
+                serde_json::from_str::<QueryResponse>(&text).unwrap().held
+            }
+        };
+        let m1_hash = vec![m1.hash.to_hex().to_string()];
+        assert_eq!(query(RUN, vec![item(&m1), unknown.clone()]).await, m1_hash);
+        // Once the copy has left this instance, the run that stored it still sees it...
+        let path = s
+            .data_dir
+            .join(format!("spool/bounce-lite/{}.msg", m1.header.id));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(query(RUN, vec![item(&m1)]).await, m1_hash);
+        // ...and no other run does: dedupe is scoped to the run.
         let other_run = "22222222222222222222222222222222";
-        let (_, text) = post(&c, &s, wire::QUERY_PATH, other_run, q, &[]).await;
-        let held: QueryResponse = serde_json::from_str(&text).unwrap();
-        assert!(held.held.is_empty(), "dedupe is scoped to the run: {text}");
+        assert!(query(other_run, vec![item(&m1)]).await.is_empty());
+        // A copy in the spool is held whatever the record says (a receiver killed between
+        // writing the file and recording it must not answer "not held").
+        assert_eq!(
+            query(other_run, vec![item(&m2)]).await,
+            vec![m2.hash.to_hex().to_string()]
+        );
 
         // A frame whose hash does not match its content is rejected, nothing stored.
         let m3 = message(b"third");
@@ -142,7 +161,11 @@ fn the_same_request_twice_is_stored_once_and_a_bad_hash_is_rejected() {
                 .unwrap()
                 .contains("hash mismatch")
         );
-        assert_eq!(s.ls().len(), 2);
+        assert_eq!(
+            s.ls().len(),
+            1,
+            "only m2 is left (m1 was removed above); nothing new"
+        );
 
         // Malformed bodies and headers get 400, naming the problem.
         let (st, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, b"short".to_vec(), &[]).await;

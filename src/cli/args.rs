@@ -60,6 +60,8 @@ pub enum LogFormat {
     Json,
 }
 
+const DEFAULT_IN_FLIGHT: u64 = 64 << 20;
+
 /// Options shared by `drain` and `drain resume`.
 #[derive(Args, Debug, Clone)]
 pub struct DrainArgs {
@@ -73,7 +75,7 @@ pub struct DrainArgs {
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
     /// Bytes of message data held in memory at once.
-    #[arg(long, default_value_t = 64 << 20)]
+    #[arg(long, default_value_t = DEFAULT_IN_FLIGHT)]
     pub max_in_flight_bytes: u64,
     /// Let messages in doubt with a destination that stays unreachable this long go to another
     /// one, each flagged in the journal as a possible duplicate (`90s`, `10m`). Default: wait.
@@ -92,6 +94,24 @@ impl DrainArgs {
         self.concurrency
             .unwrap_or_else(crate::engine::default_concurrency)
             .max(1)
+    }
+
+    /// These flags, with any not given here taken from `outer` (the same flags written before
+    /// the subcommand: `drain --ca-cert X resume`).
+    pub fn or(&self, outer: &DrainArgs) -> DrainArgs {
+        DrainArgs {
+            bind_ip: self.bind_ip.or(outer.bind_ip),
+            concurrency: self.concurrency.or(outer.concurrency),
+            ca_cert: self.ca_cert.clone().or_else(|| outer.ca_cert.clone()),
+            max_in_flight_bytes: if self.max_in_flight_bytes != DEFAULT_IN_FLIGHT {
+                self.max_in_flight_bytes
+            } else {
+                outer.max_in_flight_bytes
+            },
+            reassign_after: self.reassign_after.or(outer.reassign_after),
+            batch_size: self.batch_size.or(outer.batch_size),
+            json: self.json || outer.json,
+        }
     }
 
     /// The engine's options for these flags.

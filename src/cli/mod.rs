@@ -4,6 +4,7 @@
 mod args;
 mod spool_cmd;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -20,7 +21,7 @@ pub fn main() -> ExitCode {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("drain: error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "drain: error: {e:#}");
             1
         }
     };
@@ -35,6 +36,8 @@ fn init_logging(format: LogFormat, quiet: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr (a restarted log collector) must not turn into a panic.
+        .log_internal_errors(false)
         .with_target(false);
     match format {
         LogFormat::Json => b.json().init(),
@@ -56,6 +59,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             .clone()
             .context("--data-dir (or DRAIN_DATA_DIR) is required: the instance's data directory")
     };
+    if cli.command.is_some() && !cli.destinations.is_empty() {
+        anyhow::bail!(
+            "destinations go after the subcommand (`drain resume DEST...`), not before it: {:?}",
+            cli.destinations
+        );
+    }
     match cli.command {
         Some(Command::Serve(a)) => {
             let opts = a.into_options(need_dir()?)?;
@@ -70,8 +79,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Spool(cmd)) => spool_cmd::run(&need_dir()?, cmd),
         Some(Command::Resume(a)) => {
             let dests = args::parse_destinations(&a.destinations)?;
-            let opts = a.drain.options(need_dir()?, dests, true, a.settle_only);
-            drain(opts, a.drain.json)
+            let flags = a.drain.or(&cli.drain);
+            let opts = flags.options(need_dir()?, dests, true, a.settle_only);
+            drain(opts, flags.json)
         }
         Some(Command::Inspect(_)) => {
             anyhow::bail!(
@@ -110,11 +120,13 @@ pub fn drain(opts: DrainOptions, json: bool) -> anyhow::Result<i32> {
         });
         engine::run(opts, stop).await
     })?;
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
+    let text = if json {
+        format!("{}\n", serde_json::to_string(&report)?)
     } else {
-        print!("{}", report.to_text());
-    }
+        report.to_text()
+    };
+    // The exit code is the contract; a closed stdout must not change it.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
     Ok(report.exit_code)
 }
 

@@ -220,11 +220,11 @@ impl Client {
     pub async fn query(
         &self,
         dest: &Destination,
-        hashes: &[String],
+        items: &[(crate::spool::MessageId, String)],
     ) -> Result<Vec<String>, QueryError> {
         use QueryError::Unavailable;
         let mut held = Vec::new();
-        for chunk in hashes.chunks(wire::MAX_QUERY) {
+        for chunk in items.chunks(wire::MAX_QUERY) {
             let resp = self
                 .http
                 .post(dest.url(wire::QUERY_PATH))
@@ -234,7 +234,13 @@ impl Client {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(
                     serde_json::to_vec(&QueryRequest {
-                        hashes: chunk.to_vec(),
+                        messages: chunk
+                            .iter()
+                            .map(|(id, hash)| wire::QueryItem {
+                                id: id.to_string(),
+                                hash: hash.clone(),
+                            })
+                            .collect(),
                     })
                     .map_err(|e| Unavailable(e.to_string()))?,
                 )

@@ -50,8 +50,8 @@ pub(crate) async fn confirm(
             return Ok(Confirmed::Stopped);
         }
         attempt += 1;
-        let hashes: Vec<String> = items.iter().map(|i| i.hash.clone()).collect();
-        match ctx.client.query(&dest, &hashes).await {
+        let asked: Vec<_> = items.iter().map(|i| (i.entry.id, i.hash.clone())).collect();
+        match ctx.client.query(&dest, &asked).await {
             Err(QueryError::Refused(e)) => {
                 tracing::warn!(dest = %dname, "{dname} refuses this sender ({e}): it holds none of the {} messages", items.len());
                 ctx.note_failure(&dname, &e);
@@ -306,7 +306,7 @@ async fn lost_local(
     let dname = ctx.dests[d].to_string();
     let held = ctx
         .client
-        .query(&ctx.dests[d], std::slice::from_ref(&rec.hash))
+        .query(&ctx.dests[d], &[(entry.id, rec.hash.clone())])
         .await;
     match held {
         Ok(h) if h.contains(&rec.hash) => {

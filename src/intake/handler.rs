@@ -220,20 +220,22 @@ async fn query(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp 
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed query: {e}")),
     };
-    if q.hashes.len() > wire::MAX_QUERY {
+    if q.messages.len() > wire::MAX_QUERY {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("at most {} hashes per query", wire::MAX_QUERY),
+            format!("at most {} messages per query", wire::MAX_QUERY),
         );
     }
-    let mut hashes = Vec::with_capacity(q.hashes.len());
-    for h in &q.hashes {
-        match crate::spool::format::parse_hex::<32>(h) {
-            Some(b) => hashes.push(b),
-            None => {
+    let mut asked = Vec::with_capacity(q.messages.len());
+    for m in &q.messages {
+        let id = m.id.parse::<crate::spool::MessageId>();
+        let hash = crate::spool::format::parse_hex::<32>(&m.hash);
+        match (id, hash) {
+            (Ok(id), Some(h)) => asked.push((id, h)),
+            _ => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("malformed hash {h:?} in query"),
+                    format!("malformed id {:?} or hash {:?} in query", m.id, m.hash),
                 );
             }
         }
@@ -252,7 +254,7 @@ async fn query(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp 
             "transfers still in progress; ask again".into(),
         );
     }
-    match state.store.held(&caller.sender, &caller.run, &hashes) {
+    match state.store.held(&caller.sender, &caller.run, asked).await {
         Ok(held) => json(
             StatusCode::OK,
             &QueryResponse {

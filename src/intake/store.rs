@@ -237,25 +237,67 @@ impl Store {
             .map_err(|e| self.db_err(e))
     }
 
-    /// Which of `hashes` are recorded as stored for (sender, run).
-    pub fn held(
+    /// Which of `asked` (id, hash) this instance holds for (sender, run): recorded in the
+    /// dedupe table, or present in the spool with that hash (stored by a request whose
+    /// dedupe record was lost to a crash; the record is added now and the file's directory
+    /// fsynced, so the answer is durable).
+    pub async fn held(
         &self,
         sender: &str,
         run: &str,
-        hashes: &[[u8; 32]],
+        asked: Vec<(MessageId, [u8; 32])>,
     ) -> Result<Vec<[u8; 32]>, StoreError> {
+        let this = self.clone();
+        let (s, r) = (sender.to_string(), run.to_string());
+        let (held, entries) =
+            tokio::task::spawn_blocking(move || this.held_blocking(&s, &r, &asked))
+                .await
+                .map_err(|e| StoreError::Worker(e.to_string()))??;
+        if !entries.is_empty() {
+            self.committer
+                .submit(Write::Insert(entries))
+                .await
+                .map_err(|e| self.db_err(e))?;
+        }
+        Ok(held)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn held_blocking(
+        &self,
+        sender: &str,
+        run: &str,
+        asked: &[(MessageId, [u8; 32])],
+    ) -> Result<(Vec<[u8; 32]>, Vec<DedupeEntry>), StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let t = txn.open_table(DEDUPE).map_err(|e| self.db_err(e))?;
-        let mut out = Vec::new();
-        for h in hashes {
+        let mut held = Vec::new();
+        let mut entries = Vec::new();
+        let mut dirs = BTreeSet::new();
+        for (id, h) in asked {
             if t.get((sender, run, *h))
                 .map_err(|e| self.db_err(e))?
                 .is_some()
             {
-                out.push(*h);
+                held.push(*h);
+            } else if let Some(entry) = self.spool.find(*id)
+                && let Ok(m) = self.spool.read(&entry)
+                && m.hash.as_bytes() == h
+            {
+                held.push(*h);
+                dirs.insert(entry.queue);
+                entries.push(DedupeEntry {
+                    sender: sender.into(),
+                    run: run.into(),
+                    hash: *h,
+                    id: *id,
+                });
             }
         }
-        Ok(out)
+        for q in dirs {
+            crate::spool::sync_dir(&self.spool.queue_dir(q))?;
+        }
+        Ok((held, entries))
     }
 
     /// Stores a transfer's frames; one result per frame, in order. Returns only when every
@@ -309,6 +351,7 @@ impl Store {
         let mut entries = Vec::new();
         let mut to_store = Vec::new();
         let mut seen = HashSet::new();
+        let mut held_dirs = BTreeSet::new();
         for frame in frames {
             let hex = hex(&frame.hash);
             let reject = |id: Option<String>, reason: String| ItemResult {
@@ -354,6 +397,7 @@ impl Store {
             if let Some(existing) = self.spool.find(id) {
                 match self.spool.read(&existing) {
                     Ok(m) if m.hash == msg.hash => {
+                        held_dirs.insert(existing.queue);
                         results.push(held("already in the spool"));
                         entries.push(DedupeEntry {
                             sender: sender.into(),
@@ -392,6 +436,10 @@ impl Store {
         drop(dedupe);
         drop(txn);
         self.spool.store_many(&to_store)?;
+        // A copy found in the spool may predate a crash that lost its directory fsync.
+        for q in held_dirs {
+            crate::spool::sync_dir(&self.spool.queue_dir(q))?;
+        }
         Ok((results, entries))
     }
 }

@@ -52,6 +52,8 @@ pub struct Server {
     pub cert: PathBuf,
     pub key: PathBuf,
     log: PathBuf,
+    accept: String,
+    trusted_proxies: Option<String>,
 }
 
 pub struct ServeConfig<'a> {
@@ -86,7 +88,7 @@ impl Server {
         )
     }
 
-    fn spawn(
+    pub fn spawn(
         data_dir: PathBuf,
         cert: PathBuf,
         key: PathBuf,
@@ -105,7 +107,13 @@ impl Server {
             .arg(&key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"));
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("log file"),
+            );
         if let Some(p) = cfg.trusted_proxies {
             cmd.args(["--trusted-proxy-ips", p]);
         }
@@ -118,7 +126,55 @@ impl Server {
             cert,
             key,
             log,
+            accept: cfg.accept.to_string(),
+            trusted_proxies: cfg.trusted_proxies.map(str::to_string),
         }
+    }
+
+    /// Starts a destination whose certificate is valid for several addresses (a proxy's too).
+    pub fn start_with_names(
+        tmp: &TempDir,
+        name: &str,
+        cfg: ServeConfig<'_>,
+        names: &[&str],
+    ) -> Server {
+        let data_dir = tmp.sub(name);
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let (cert, key) = drain::tls::write_self_signed(&names, tmp.path(), name).expect("cert");
+        Self::spawn(
+            data_dir,
+            cert,
+            key,
+            &cfg,
+            tmp.path().join(format!("{name}.log")),
+        )
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same address and port with the same data.
+    pub fn restart(&mut self) {
+        self.kill();
+        let ip = self.addr.ip().to_string();
+        let cfg = ServeConfig {
+            ip: &ip,
+            accept: &self.accept,
+            trusted_proxies: self.trusted_proxies.as_deref(),
+            port: self.addr.port(),
+        };
+        let log = self.log.clone();
+        let fresh = Self::spawn(
+            self.data_dir.clone(),
+            self.cert.clone(),
+            self.key.clone(),
+            &cfg,
+            log,
+        );
+        drop(std::mem::replace(self, fresh)); // its child is already reaped
     }
 
     /// `IP:PORT` as a destination argument.
@@ -158,6 +214,53 @@ fn wait_for_addr(path: &Path, child: &mut Child, log: &Path) -> SocketAddr {
         }
         assert!(Instant::now() < deadline, "drain serve did not start");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A small seeded random generator (xorshift64*): kill moments are reproducible from the seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seed from `var` if set, else random; printed so a failure can be replayed.
+    pub fn from_env(var: &str) -> Rng {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).expect("random");
+                u64::from_le_bytes(b) | 1
+            });
+        eprintln!("seed {seed} (replay with {var}={seed})");
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// How many kill points a harness run makes: `DRAIN_KILL_POINTS`, default 20 (CI); the soak
+/// runs 500.
+pub fn kill_points() -> usize {
+    std::env::var("DRAIN_KILL_POINTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20)
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a pid we own; no memory is shared.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
     }
 }
 

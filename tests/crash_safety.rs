@@ -1,0 +1,238 @@
+//! Interruptions the operator sees: SIGTERM (exit 42), failed local removals (exit 40), the
+//! restart guard on `drain serve`, and `drain resume` settling each without sending twice.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+/// Makes a directory immutable (even root cannot unlink in it) until dropped.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    fn set(dirs: Vec<PathBuf>) -> Immutable {
+        for d in &dirs {
+            let st = Command::new("chattr")
+                .arg("+i")
+                .arg(d)
+                .status()
+                .expect("chattr");
+            assert!(
+                st.success(),
+                "chattr +i {} failed (needs ext4 and root)",
+                d.display()
+            );
+        }
+        Immutable(dirs)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = Command::new("chattr").arg("-i").arg(d).status();
+        }
+    }
+}
+
+fn queue_dirs(src: &Path) -> Vec<PathBuf> {
+    ["queue", "bounce-lite", "bounce-full", "submission"]
+        .iter()
+        .map(|q| src.join("spool").join(q))
+        .collect()
+}
+
+#[test]
+fn failed_removals_exit_40_and_resume_removes_without_resending() {
+    let tmp = TempDir::new("exit40");
+    let a = Server::start(&tmp, "a", ServeConfig::on("127.0.0.51"));
+    let src = tmp.sub("src");
+    let originals = fill(&src, 40);
+    let ca = ca_bundle(&tmp, &[&a]);
+    let guard = Immutable::set(queue_dirs(&src));
+    let o = drain(
+        &src,
+        &["--ca-cert", ca.to_str().unwrap(), "--json", &a.dest()],
+    );
+    assert_eq!(code(&o), 40, "{}", show(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("report");
+    assert_eq!(report["remove_failed"].as_array().unwrap().len(), 40);
+    assert_eq!(spool_ls(&src).len(), 40, "local copies are still there");
+    assert_eq!(a.ls().len(), 40, "and every message is on the destination");
+
+    // The instance may not serve until the run is settled (invariant 6).
+    let (cert, key) =
+        drain::tls::write_self_signed(&["127.0.0.52".into()], tmp.path(), "self").unwrap();
+    let o = drain(
+        &src,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.52:0",
+            "--accept-drain-from",
+            "127.0.0.1",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unfinished") && err.contains("resume"),
+        "{err}"
+    );
+
+    drop(guard);
+    // Resume removes the local copies without sending anything again.
+    let o = drain(
+        &src,
+        &["--ca-cert", ca.to_str().unwrap(), "--json", "resume"],
+    );
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("report");
+    assert_eq!(report["removed"], 40);
+    assert!(
+        report["delivered"].as_object().unwrap().is_empty(),
+        "nothing re-sent: {report}"
+    );
+    assert!(spool_ls(&src).is_empty());
+    let all = census(&[&a]);
+    assert_eq!(all.len(), originals.len());
+    for (id, (_, hash)) in &originals {
+        assert_eq!(&all[id].1.hash, hash);
+    }
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_42_and_resume_finishes() {
+    let tmp = TempDir::new("sigterm");
+    let port = closed_port("127.0.0.53");
+    let src = tmp.sub("src");
+    let originals = fill(&src, 30);
+    // The destination is down: the drain keeps retrying with backoff until told to stop.
+    let (cert, key) =
+        drain::tls::write_self_signed(&["127.0.0.53".into()], tmp.path(), "late").unwrap();
+    let ca = tmp.path().join("ca.pem");
+    std::fs::copy(&cert, &ca).unwrap();
+    let dest = format!("127.0.0.53:{port}");
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&src)
+        .args(["--ca-cert", ca.to_str().unwrap(), &dest])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Readiness: the drain says every destination failed and it is backing off.
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the drain logs its retries");
+        let retrying = line.contains("every destination failed");
+        seen.push(line);
+        if retrying {
+            break;
+        }
+    }
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "{seen:?}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(spool_ls(&src).len(), 30, "nothing removed");
+
+    // Interrupted: serving is refused until the run is settled.
+    let o = drain(
+        &src,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.54:0",
+            "--accept-drain-from",
+            "127.0.0.1",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resume"));
+
+    // The destination comes up on the address the run recorded; resume finishes the run.
+    let mut cfg = ServeConfig::on("127.0.0.53");
+    cfg.port = port;
+    let server = Server::spawn(
+        tmp.sub("dest"),
+        cert.clone(),
+        key.clone(),
+        &cfg,
+        tmp.path().join("dest.log"),
+    );
+    let o = drain(&src, &["--ca-cert", ca.to_str().unwrap(), "resume"]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    assert!(spool_ls(&src).is_empty());
+    let all = census(&[&server]);
+    assert_eq!(
+        all.keys().collect::<Vec<_>>(),
+        originals.keys().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn settle_only_ends_the_run_and_keeps_the_rest_for_the_instance() {
+    let tmp = TempDir::new("settle");
+    let port = closed_port("127.0.0.55");
+    let src = tmp.sub("src");
+    fill(&src, 10);
+    let dest = format!("127.0.0.55:{port}");
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&src)
+        .arg(&dest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines().map_while(Result::ok) {
+        if line.contains("every destination failed") {
+            break;
+        }
+    }
+    signal(&child, libc::SIGINT);
+    assert_eq!(child.wait().unwrap().code(), Some(42));
+    let o = drain(&src, &["resume", "--settle-only"]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    assert_eq!(
+        spool_ls(&src).len(),
+        10,
+        "undrained messages stay for the instance"
+    );
+    let o = drain(&src, &["resume"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("nothing to resume"),
+        "{}",
+        show(&o)
+    );
+}

@@ -100,6 +100,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// How long a SIGTERM/SIGINT waits for requests in flight.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs a drain with signal handling and prints the report; returns the exit code.
 pub fn drain(opts: DrainOptions, json: bool) -> anyhow::Result<i32> {
     let rt = runtime()?;
@@ -112,10 +115,20 @@ pub fn drain(opts: DrainOptions, json: bool) -> anyhow::Result<i32> {
                 "signal received: finishing requests in flight, then stopping (exit 42)"
             );
             s.request();
-            wait_for_signal().await;
-            // Every journal record is durable before it is acted on, so stopping now is as
-            // safe as SIGKILL: `drain resume` settles what is in flight.
-            tracing::warn!("second signal: stopping now; run `drain resume` to settle");
+            // Bounded: a second signal, or requests still in flight after the grace period,
+            // stop at once. Every journal record is durable before it is acted on, so this is
+            // as safe as SIGKILL: `drain resume` settles what was in flight.
+            tokio::select! {
+                _ = wait_for_signal() => {
+                    tracing::warn!("second signal: stopping now; run `drain resume` to settle");
+                }
+                _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                    tracing::warn!(
+                        "requests still in flight after {SHUTDOWN_GRACE:?}: stopping now; \
+                         run `drain resume` to settle"
+                    );
+                }
+            }
             std::process::exit(42);
         });
         engine::run(opts, stop).await

@@ -207,4 +207,30 @@ mod tests {
         }
         assert_eq!(decode_batch(Bytes::new()).unwrap_err(), WireError::Empty);
     }
+
+    /// Invariant 7 for request bodies: arbitrary bytes decode or fail cleanly, and a frame's
+    /// length can never reach past the body.
+    #[test]
+    fn arbitrary_bodies_never_panic() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for n in 0..5_000usize {
+            let len = n % 200;
+            let mut body = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                body.push(x as u8);
+            }
+            if len >= 40 && n % 3 == 0 {
+                // A plausible length field, sometimes just right, sometimes off by one.
+                let l = (len - 40) as u64 + (n % 2) as u64;
+                body[32..40].copy_from_slice(&l.to_be_bytes());
+            }
+            if let Ok(frames) = decode_batch(Bytes::from(body)) {
+                let total: usize = frames.iter().map(|f| 40 + f.file.len()).sum();
+                assert_eq!(total, len);
+            }
+        }
+    }
 }

@@ -9,7 +9,8 @@
 //! destination until it answers a query.
 //!
 //! Invariants (product.md): a local file is removed only after a durable acknowledgement; a
-//! message is never sent to a second destination while the first may hold it; memory is
+//! message is never sent to a second destination while the first may hold it (unless the
+//! operator opts in with `--reassign-after`, and then it is flagged); memory is
 //! bounded by `--concurrency` and the byte budget, not by the spool's size.
 //! Called by the CLI (`drain <DESTINATION>...` and `drain resume`).
 
@@ -112,6 +113,8 @@ pub(crate) struct Ctx {
     pub report: Mutex<Report>,
     pub stop: Stop,
     pub reassign_after: Option<Duration>,
+    /// Since when each destination has failed to answer queries (for `--reassign-after`).
+    unreachable: Mutex<std::collections::HashMap<usize, Instant>>,
     /// Messages and files that already failed in this invocation (not retried by a rescan).
     pub failed: Mutex<HashSet<String>>,
 }
@@ -143,6 +146,24 @@ impl Ctx {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key)
+    }
+
+    /// When destination `d` started failing to answer (now, if it just did).
+    pub fn unreachable_since(&self, d: usize) -> Instant {
+        *self
+            .unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(d)
+            .or_insert_with(Instant::now)
+    }
+
+    /// Destination `d` answered.
+    pub fn reachable(&self, d: usize) {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&d);
     }
 
     pub fn failed_count(&self) -> u64 {
@@ -274,6 +295,7 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
         }),
         stop: stop.clone(),
         reassign_after: opts.reassign_after,
+        unreachable: Mutex::new(std::collections::HashMap::new()),
         failed: Mutex::new(HashSet::new()),
     });
     tracing::info!(

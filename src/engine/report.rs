@@ -133,7 +133,7 @@ impl Report {
                 if list.len() > 50 {
                     let _ = writeln!(
                         s,
-                        "    ... and {} more (see drain inspect)",
+                        "    ... and {} more (the journal has them all)",
                         list.len() - 50
                     );
                 }

@@ -5,10 +5,11 @@
 //! is never offered to another destination while the one it was sent to may hold it: we query
 //! that destination (with backoff, until it answers or a stop is requested), acknowledge what
 //! it holds, and re-send the rest to it alone. `acked` messages only need their local copy
-//! removed.
+//! removed. The one exception to "never elsewhere" is `--reassign-after`: when the destination
+//! stays unreachable that long (measured per destination), the messages go elsewhere and each
+//! is flagged in the journal as a possible duplicate.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Instant;
 
 use super::Ctx;
 use super::client::QueryError;
@@ -41,7 +42,6 @@ pub(crate) async fn confirm(
     let dest = ctx.dests[d].clone();
     let dname = dest.to_string();
     let mut attempt = 0u32;
-    let mut unreachable_since: Option<Instant> = None;
     loop {
         if (wait_first || attempt > 0) && ctx.stop.sleep(backoff(attempt + 1)).await {
             return Ok(Confirmed::Stopped);
@@ -87,7 +87,7 @@ pub(crate) async fn confirm(
                     items.len()
                 );
                 ctx.note_failure(&dname, &format!("query: {e}"));
-                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                let since = ctx.unreachable_since(d);
                 if let Some(after) = ctx.reassign_after
                     && since.elapsed() >= after
                 {
@@ -95,6 +95,7 @@ pub(crate) async fn confirm(
                 }
             }
             Ok(held) => {
+                ctx.reachable(d);
                 let held: HashSet<String> = held.into_iter().collect();
                 let (yes, no): (Vec<Item>, Vec<Item>) =
                     items.into_iter().partition(|i| held.contains(&i.hash));
@@ -259,7 +260,15 @@ async fn settle_chunk(
     let rest = match confirm(ctx, d, items, false).await? {
         Confirmed::Stopped => return Ok(()),
         Confirmed::Reassigned(items) | Confirmed::Refused(items) => {
-            return dispatch::process_batch(ctx, items, false).await;
+            // Back to `read`: journal them read again with their current content.
+            let items = items
+                .into_iter()
+                .map(|mut i| {
+                    i.hash = i.msg.hash.to_hex().to_string();
+                    i
+                })
+                .collect();
+            return dispatch::process_batch(ctx, items, true).await;
         }
         Confirmed::NotHeld(rest) => rest,
     };
@@ -321,7 +330,9 @@ async fn lost_local(
             dispatch::remove_local(ctx, vec![entry]).await
         }
         other => {
-            let why = match other {
+            // Settle the record when the destination answered, so the run can finish; the
+            // unreadable file itself is reported by the scan (exit 11).
+            let why = match &other {
                 Ok(_) => {
                     format!("{dname} does not hold it and the local copy cannot be read ({err})")
                 }
@@ -329,6 +340,25 @@ async fn lost_local(
                     format!("cannot ask {dname} ({e}) and the local copy cannot be read ({err})")
                 }
             };
+            let op = match other {
+                Ok(_) => Some(Op::NotDelivered {
+                    run: ctx.run_seq,
+                    id: entry.id,
+                    dest: dname.clone(),
+                    reason: why.clone(),
+                }),
+                Err(QueryError::Refused(e)) => Some(Op::Rejected {
+                    run: ctx.run_seq,
+                    id: entry.id,
+                    dest: dname.clone(),
+                    reason: e,
+                    permanent: true,
+                }),
+                Err(QueryError::Unavailable(_)) => None,
+            };
+            if let Some(op) = op {
+                ctx.journal.commit(vec![op]).await?;
+            }
             tracing::error!(id = %entry.id, missing, "in-doubt message: {why}");
             ctx.mark_failed(entry.id.to_string());
             ctx.report().undelivered.push(super::report::Problem {

@@ -281,8 +281,8 @@ impl Store {
             {
                 held.push(*h);
             } else if let Some(entry) = self.spool.find(*id)
-                && let Ok(m) = self.spool.read(&entry)
-                && m.hash.as_bytes() == h
+                // A copy we cannot read is an error, not "not held": the sender asks again.
+                && self.spool.read(&entry)?.hash.as_bytes() == h
             {
                 held.push(*h);
                 dirs.insert(entry.queue);

@@ -9,7 +9,8 @@
 //!
 //! All writes go through one writer thread that applies every pending request in one write
 //! transaction and one commit (group commit, see `writer`), so many sending tasks share each
-//! fsync. Readers open their own read transactions. Callers: the drain engine and `inspect`.
+//! fsync. Readers open their own read transactions. Callers: the drain engine, and `drain serve`
+//! (which refuses to start while the last run is unfinished).
 
 mod records;
 mod writer;

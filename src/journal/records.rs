@@ -73,7 +73,8 @@ pub struct MessageRecord {
 pub enum RunStatus {
     /// In progress, or killed while in progress (SIGKILL, crash): `drain resume` settles it.
     Running,
-    /// Ended with messages still in doubt (`sent` or `acked`): `drain resume` settles it.
+    /// Ended with messages still in doubt (`sent` or `acked`), or stopped by a signal:
+    /// `drain resume` settles it and drains the rest under the same run id.
     Interrupted,
     /// Ended with nothing in doubt; what was not delivered is back in the spool's hands.
     Finished,

@@ -378,6 +378,41 @@ mod tests {
         ));
     }
 
+    /// Invariant 7 for the spool format: any mutation of a valid file parses or is rejected
+    /// with an error, never a panic, and whatever parses round-trips.
+    #[test]
+    fn random_mutations_never_panic() {
+        let base = sample(b"Subject: x\r\n\r\nbody\r\n");
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut b = base.clone();
+            for _ in 0..(rnd() % 4 + 1) {
+                let i = (rnd() as usize) % b.len();
+                match rnd() % 4 {
+                    0 => b[i] = rnd() as u8,
+                    1 => {
+                        b.remove(i);
+                    }
+                    2 => b.insert(i, rnd() as u8),
+                    _ => b.truncate(i),
+                }
+                if b.is_empty() {
+                    b.push(b'D');
+                }
+            }
+            if let Ok(p) = parse(&b) {
+                let again = encode(&p.header, &b[p.body_offset..]).unwrap();
+                assert_eq!(parse(&again).unwrap().header, p.header);
+            }
+        }
+    }
+
     #[test]
     fn ids_parse_strictly() {
         assert!("../../etc/passwd".parse::<MessageId>().is_err());

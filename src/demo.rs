@@ -108,6 +108,10 @@ fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
             reassign_after: None,
         },
         false,
+        Some(crate::control::EventWait {
+            wait: true,
+            max: None,
+        }),
     )?;
 
     // The audit: every original on exactly one destination, byte-identical.

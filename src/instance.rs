@@ -76,3 +76,65 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     res.map_err(|e| SpoolError::io(path, e))?;
     sync_dir(dir)
 }
+
+/// Why the instance lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("data directory {dir} is in use by {holder}")]
+    Held { dir: PathBuf, holder: String },
+    #[error("{path}: cannot lock: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The instance's exclusive lock (`<data-dir>/lock`), held by `drain serve` while it serves and
+/// by a drain while it drains; released when dropped or when the process dies (flock).
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: fs::File,
+}
+
+impl Instance {
+    /// Takes the exclusive lock at once, or fails naming its holder. `role` is written into
+    /// the lock file for the next one to read ("drain serve", "drain").
+    pub fn try_lock(&self, role: &str) -> Result<InstanceLock, LockError> {
+        let path = self.data_dir.join("lock");
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "another process".to_string());
+                return Err(LockError::Held {
+                    dir: self.data_dir.clone(),
+                    holder,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let holder = format!(
+            "pid {} ({role}, since {})",
+            std::process::id(),
+            crate::spool::Timestamp::now()
+        );
+        file.set_len(0).map_err(io)?;
+        file.write_all(holder.as_bytes()).map_err(io)?;
+        Ok(InstanceLock { _file: file })
+    }
+}

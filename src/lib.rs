@@ -9,12 +9,15 @@
 //! - [`intake`]: who receives it (`drain serve`) and makes it durable before acknowledging;
 //! - [`cli`]: the command line on top of all of it.
 //!
-//! Supporting modules: [`instance`] (the data directory), [`groupcommit`] (shared commits for
+//! Supporting modules: [`instance`] (the data directory and its lock), [`control`] (stopping a
+//! running instance before a drain), [`events`] (the event queue and its processor), [`groupcommit`] (shared commits for
 //! redb), [`tls`] (certificates).
 
 pub mod cli;
+pub mod control;
 pub mod demo;
 pub mod engine;
+pub mod events;
 pub mod groupcommit;
 pub mod instance;
 pub mod intake;

@@ -70,9 +70,29 @@ fn two_destinations_every_message_exactly_once_byte_identical() {
     );
 
     let ca = ca_bundle(&tmp, &[&a, &b]);
+    // `spool add` recorded events, and no `drain serve` runs here to deliver them: the drain
+    // refuses with exit 10 and touches nothing...
     let o = drain(
         &src,
         &["--ca-cert", ca.to_str().unwrap(), &a.dest(), &b.dest()],
+    );
+    assert_eq!(code(&o), 10, "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("7 events are pending"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(spool_ls(&src), before);
+    // ...unless told not to wait for them.
+    let o = drain(
+        &src,
+        &[
+            "--ca-cert",
+            ca.to_str().unwrap(),
+            "--no-wait-on-events",
+            &a.dest(),
+            &b.dest(),
+        ],
     );
     assert_eq!(code(&o), 0, "{}", show(&o));
 

@@ -87,6 +87,12 @@ pub struct DrainArgs {
     /// Print the final report as JSON on standard output.
     #[arg(long)]
     pub json: bool,
+    /// Do not wait for the instance's event queue to empty before draining.
+    #[arg(long)]
+    pub no_wait_on_events: bool,
+    /// Give up with exit 10 if events are still pending after this long (`15s`, `2m`).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub max_event_wait: Option<std::time::Duration>,
 }
 
 impl DrainArgs {
@@ -111,6 +117,8 @@ impl DrainArgs {
             reassign_after: self.reassign_after.or(outer.reassign_after),
             batch_size: self.batch_size.or(outer.batch_size),
             json: self.json || outer.json,
+            no_wait_on_events: self.no_wait_on_events || outer.no_wait_on_events,
+            max_event_wait: self.max_event_wait.or(outer.max_event_wait),
         }
     }
 
@@ -205,6 +213,9 @@ pub struct ServeArgs {
     /// Largest transfer request accepted, in bytes (413 beyond).
     #[arg(long, default_value_t = 256 << 20)]
     pub max_request_size: usize,
+    /// Where the event processor POSTs events, as a JSON array (repeatable).
+    #[arg(long = "event-endpoint", value_name = "URL")]
+    pub event_endpoints: Vec<String>,
     /// How long dedupe keys are kept when a sender never says its run finished.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "7d", value_name = "DURATION")]
     pub dedupe_retention: std::time::Duration,
@@ -236,6 +247,7 @@ impl ServeArgs {
             workers: self.incoming_drain_workers.max(1),
             max_request_bytes: self.max_request_size,
             dedupe_retention: self.dedupe_retention,
+            event_endpoints: self.event_endpoints,
         })
     }
 }

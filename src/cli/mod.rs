@@ -12,6 +12,7 @@ use clap::Parser;
 
 pub use args::{Cli, Command, LogFormat};
 
+use crate::control::{EventWait, PrepareError};
 use crate::engine::{self, DrainOptions, Stop};
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
@@ -81,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let dests = args::parse_destinations(&a.destinations)?;
             let flags = a.drain.or(&cli.drain);
             let opts = flags.options(need_dir()?, dests, true, a.settle_only);
-            drain(opts, flags.json)
+            drain(opts, flags.json, None)
         }
         Some(Command::Inspect(_)) => {
             anyhow::bail!(
@@ -95,7 +96,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             let destinations = args::parse_destinations(&cli.destinations)?;
             let opts = cli.drain.options(need_dir()?, destinations, false, false);
-            drain(opts, cli.drain.json)
+            let wait = EventWait {
+                wait: !cli.drain.no_wait_on_events,
+                max: cli.drain.max_event_wait,
+            };
+            drain(opts, cli.drain.json, Some(wait))
         }
     }
 }
@@ -104,9 +109,23 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs a drain with signal handling and prints the report; returns the exit code.
-pub fn drain(opts: DrainOptions, json: bool) -> anyhow::Result<i32> {
+pub fn drain(opts: DrainOptions, json: bool, events: Option<EventWait>) -> anyhow::Result<i32> {
     let rt = runtime()?;
     let stop = Stop::default();
+    // The instance's exclusive lock, held for the whole run: a fresh drain first stops a
+    // running `drain serve` (after its events are delivered); a resume just takes the lock.
+    let inst = crate::instance::Instance::open(&opts.data_dir)?;
+    let _lock = match events {
+        Some(wait) => match rt.block_on(crate::control::prepare(&inst, wait)) {
+            Ok(lock) => lock,
+            Err(PrepareError::EventsPending(msg)) => {
+                let _ = writeln!(std::io::stderr(), "drain: {msg}");
+                return Ok(10);
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => inst.try_lock("drain resume")?,
+    };
     let report = rt.block_on(async {
         let s = stop.clone();
         tokio::spawn(async move {

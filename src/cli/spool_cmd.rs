@@ -12,7 +12,7 @@ use crate::spool::{Header, MessageId, QueueKind, Spool, Timestamp};
 pub fn run(data_dir: &Path, cmd: SpoolCommand) -> anyhow::Result<i32> {
     let spool = Spool::open(data_dir)?;
     match cmd {
-        SpoolCommand::Add(a) => add(&spool, a),
+        SpoolCommand::Add(a) => add(&spool, data_dir, a),
         SpoolCommand::Ls(a) => ls(&spool, a.json),
         SpoolCommand::Cat { id } => {
             let id: MessageId = id.parse()?;
@@ -25,7 +25,7 @@ pub fn run(data_dir: &Path, cmd: SpoolCommand) -> anyhow::Result<i32> {
     }
 }
 
-fn add(spool: &Spool, a: SpoolAddArgs) -> anyhow::Result<i32> {
+fn add(spool: &Spool, data_dir: &Path, a: SpoolAddArgs) -> anyhow::Result<i32> {
     let queue: QueueKind = a.queue.parse().map_err(anyhow::Error::msg)?;
     let next_retry_at = a
         .next_retry
@@ -64,6 +64,10 @@ fn add(spool: &Spool, a: SpoolAddArgs) -> anyhow::Result<i32> {
         body_len: body.len() as u64,
     };
     let msg = spool.add(&header, &body)?;
+    let inst = crate::instance::Instance::open(data_dir)?;
+    let event =
+        crate::events::Event::new("message.spooled", &inst.id, msg.header.id, msg.header.queue);
+    crate::events::EventQueue::open(data_dir)?.record(&[event])?;
     println!("{}", msg.header.id);
     Ok(0)
 }

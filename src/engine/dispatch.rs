@@ -163,7 +163,7 @@ pub(crate) async fn process_batch(
 }
 
 /// Exponential backoff: 1 s, 2 s, 4 s ... capped at 30 s.
-pub(crate) fn backoff(round: u32) -> Duration {
+pub fn backoff(round: u32) -> Duration {
     Duration::from_secs(1u64 << round.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 

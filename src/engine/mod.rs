@@ -16,6 +16,7 @@
 
 pub mod client;
 mod dispatch;
+pub use dispatch::backoff;
 pub mod report;
 mod settle;
 mod worker;

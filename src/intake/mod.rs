@@ -14,6 +14,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+
+use crate::control::ServeControl;
+use crate::events::EventQueue;
+use crate::events::processor::{self, Endpoint};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -35,6 +39,8 @@ pub struct ServeOptions {
     pub max_request_bytes: usize,
     /// Dedupe keys of runs that never said they finished are dropped after this.
     pub dedupe_retention: Duration,
+    /// Where the event processor POSTs events.
+    pub event_endpoints: Vec<String>,
 }
 
 /// Shared by every connection.
@@ -43,7 +49,7 @@ pub(crate) struct State {
     pub access: Access,
     pub max_request_bytes: usize,
     /// Cleared while the instance is draining or shutting down: intake answers 503.
-    pub accepting: AtomicBool,
+    pub accepting: Arc<AtomicBool>,
 }
 
 /// Invariant 6: an instance whose last drain run is unfinished does not serve, because a
@@ -80,16 +86,37 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
+    let endpoints = opts
+        .event_endpoints
+        .iter()
+        .map(|u| Endpoint::new(u).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let inst = crate::instance::Instance::open(&opts.data_dir)?;
+    // Held for as long as we serve: a drain of this directory must stop us first.
+    let _lock = inst.try_lock("drain serve")?;
     refuse_if_draining(&opts.data_dir)?;
     let tls = crate::tls::server_config(&opts.tls_cert, &opts.tls_key)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let store = Store::open(&opts.data_dir, opts.workers)?;
+    let events = EventQueue::open(&opts.data_dir)?;
+    let store = Store::open(&opts.data_dir, opts.workers, &inst.id, events.clone())?;
+    let accepting = Arc::new(AtomicBool::new(true));
     let state = Arc::new(State {
         store,
         access: opts.access.clone(),
         max_request_bytes: opts.max_request_bytes,
-        accepting: AtomicBool::new(true),
+        accepting: accepting.clone(),
     });
+    let control = ServeControl::new(accepting, endpoints.len());
+    let control_task = {
+        let (dir, ctl) = (opts.data_dir.clone(), control.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::control::serve_socket(&dir, ctl).await {
+                tracing::error!("{e}; a drain of this instance will have to stop it by signal");
+            }
+        })
+    };
+    let event_stats = Arc::new(processor::Stats::default());
+    let processor_task = tokio::spawn(processor::run(events, endpoints, event_stats));
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -157,10 +184,12 @@ pub async fn serve(
                 });
             }
             _ = shutdown.as_mut() => break,
+            _ = control.shutdown_requested() => break,
         }
     }
     drop(listener);
     sweeper.abort();
+    control_task.abort();
     tracing::info!("drain serve: shutting down, finishing requests in flight");
     if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
         .await
@@ -168,6 +197,9 @@ pub async fn serve(
     {
         tracing::warn!("requests still in flight after 30s; stopping anyway");
     }
+    processor_task.abort();
     let _ = std::fs::remove_file(opts.data_dir.join("serve.addr"));
+    let _ = std::fs::remove_file(crate::control::socket_path(&opts.data_dir));
+    tracing::info!("drain serve: stopped");
     Ok(())
 }

@@ -21,6 +21,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 
+use crate::events::{Event, EventQueue};
 use crate::groupcommit::Committer;
 use crate::spool::{Message, MessageId, Spool, SpoolError, Timestamp};
 use crate::wire::{Frame, ItemResult, Outcome};
@@ -73,6 +74,8 @@ pub struct Store {
     workers: Arc<Semaphore>,
     worker_count: usize,
     inflight: Arc<InFlight>,
+    instance: String,
+    events: EventQueue,
 }
 
 /// Transfers being processed, so that a query waits for those that started before it: a
@@ -105,7 +108,12 @@ impl Drop for TransferGuard {
 }
 
 impl Store {
-    pub fn open(data_dir: &Path, workers: usize) -> Result<Store, StoreError> {
+    pub fn open(
+        data_dir: &Path,
+        workers: usize,
+        instance: &str,
+        events: EventQueue,
+    ) -> Result<Store, StoreError> {
         let spool = Spool::open(data_dir)?;
         let path = data_dir.join("intake.redb");
         let db_path = path.display().to_string();
@@ -164,6 +172,8 @@ impl Store {
             workers: Arc::new(Semaphore::new(worker_count)),
             worker_count,
             inflight: Arc::default(),
+            instance: instance.to_string(),
+            events,
         })
     }
 
@@ -440,6 +450,25 @@ impl Store {
         for q in held_dirs {
             crate::spool::sync_dir(&self.spool.queue_dir(q))?;
         }
+        // One event per message taken in, durable before the answer. A message found in the
+        // spool without its dedupe record was stored by a request interrupted before its
+        // event could be recorded, so it gets one now (at least one event per message).
+        let events: Vec<Event> = entries
+            .iter()
+            .map(|e| {
+                let queue = to_store
+                    .iter()
+                    .find(|m| m.header.id == e.id)
+                    .map(|m| m.header.queue)
+                    .or_else(|| self.spool.find(e.id).map(|en| en.queue))
+                    .unwrap_or(crate::spool::QueueKind::Queue);
+                let mut ev = Event::new("message.received", &self.instance, e.id, queue);
+                ev.from_instance = Some(sender.to_string());
+                ev.run = Some(run.to_string());
+                ev
+            })
+            .collect();
+        self.events.record(&events)?;
         Ok((results, entries))
     }
 }

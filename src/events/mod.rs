@@ -121,10 +121,9 @@ impl EventQueue {
                 .file_name()
                 .to_str()
                 .and_then(|n| n.strip_suffix(".json"))
+                .filter(|n| !n.starts_with('.'))
             {
-                if !name.starts_with('.') {
-                    names.push(name.to_string());
-                }
+                names.push(name.to_string());
             }
         }
         names.sort();

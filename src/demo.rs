@@ -106,6 +106,7 @@ fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
             resume: false,
             settle_only: false,
             reassign_after: None,
+            fallback: None,
         },
         false,
         Some(crate::control::EventWait {

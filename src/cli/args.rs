@@ -87,6 +87,14 @@ pub struct DrainArgs {
     /// Print the final report as JSON on standard output.
     #[arg(long)]
     pub json: bool,
+    /// A data directory to move the remaining messages into when the destinations have not
+    /// taken everything within --automatic-fallback-after (exit 13); drain it later with
+    /// `drain --data-dir DIR <DESTINATION>...`.
+    #[arg(long, value_name = "DIR", requires = "automatic_fallback_after")]
+    pub fallback_path: Option<PathBuf>,
+    /// How long the destinations get before the rest goes to --fallback-path (`10m`).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", requires = "fallback_path")]
+    pub automatic_fallback_after: Option<std::time::Duration>,
     /// Do not wait for the instance's event queue to empty before draining.
     #[arg(long)]
     pub no_wait_on_events: bool,
@@ -118,6 +126,13 @@ impl DrainArgs {
             batch_size: self.batch_size.or(outer.batch_size),
             json: self.json || outer.json,
             no_wait_on_events: self.no_wait_on_events || outer.no_wait_on_events,
+            fallback_path: self
+                .fallback_path
+                .clone()
+                .or_else(|| outer.fallback_path.clone()),
+            automatic_fallback_after: self
+                .automatic_fallback_after
+                .or(outer.automatic_fallback_after),
             max_event_wait: self.max_event_wait.or(outer.max_event_wait),
         }
     }
@@ -141,6 +156,10 @@ impl DrainArgs {
             resume,
             settle_only,
             reassign_after: self.reassign_after,
+            fallback: self
+                .fallback_path
+                .clone()
+                .zip(self.automatic_fallback_after),
         }
     }
 }
@@ -297,6 +316,10 @@ pub struct SpoolLsArgs {
     /// One JSON object per line: id, queue, hash, size, next_retry_at, attempts, ...
     #[arg(long)]
     pub json: bool,
+    /// Only messages due now (never attempted, or next retry time passed), in next-retry
+    /// order: what a delivery process should pick up first.
+    #[arg(long)]
+    pub due: bool,
 }
 
 #[derive(Args, Debug)]

@@ -13,7 +13,7 @@ pub fn run(data_dir: &Path, cmd: SpoolCommand) -> anyhow::Result<i32> {
     let spool = Spool::open(data_dir)?;
     match cmd {
         SpoolCommand::Add(a) => add(&spool, data_dir, a),
-        SpoolCommand::Ls(a) => ls(&spool, a.json),
+        SpoolCommand::Ls(a) => ls(&spool, a.json, a.due),
         SpoolCommand::Cat { id } => {
             let id: MessageId = id.parse()?;
             let msg = spool.get(id)?;
@@ -73,9 +73,13 @@ fn add(spool: &Spool, data_dir: &Path, a: SpoolAddArgs) -> anyhow::Result<i32> {
 }
 
 /// One line per message; files that cannot be read are reported on stderr (exit 1 at the end).
-fn ls(spool: &Spool, json: bool) -> anyhow::Result<i32> {
+/// With `due`, only messages due now, sorted by next retry time (never attempted first); the
+/// due lines are held in memory to sort them.
+fn ls(spool: &Spool, json: bool, due: bool) -> anyhow::Result<i32> {
     let mut out = std::io::stdout().lock();
     let mut bad = 0;
+    let now = Timestamp::now();
+    let mut due_lines: Vec<(Option<Timestamp>, String)> = Vec::new();
     for entry in spool.scan() {
         let msg = entry.and_then(|e| spool.read(&e));
         let msg = match msg {
@@ -87,7 +91,10 @@ fn ls(spool: &Spool, json: bool) -> anyhow::Result<i32> {
             }
         };
         let h = &msg.header;
-        if json {
+        if due && h.next_retry_at.is_some_and(|t| t > now) {
+            continue;
+        }
+        let line = if json {
             let v = serde_json::json!({
                 "id": h.id,
                 "queue": h.queue,
@@ -101,10 +108,9 @@ fn ls(spool: &Spool, json: bool) -> anyhow::Result<i32> {
                 "created_at": h.created_at,
                 "properties": h.properties,
             });
-            writeln!(out, "{v}")?;
+            v.to_string()
         } else {
-            writeln!(
-                out,
+            format!(
                 "{} {:<11} {:>9} attempts={} next_retry={} hash={}",
                 h.id,
                 h.queue.as_str(),
@@ -114,8 +120,17 @@ fn ls(spool: &Spool, json: bool) -> anyhow::Result<i32> {
                     .map(|t| t.to_string())
                     .unwrap_or_else(|| "-".into()),
                 msg.hash.to_hex()
-            )?;
+            )
+        };
+        if due {
+            due_lines.push((h.next_retry_at, line));
+        } else {
+            writeln!(out, "{line}")?;
         }
+    }
+    due_lines.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, line) in due_lines {
+        writeln!(out, "{line}")?;
     }
     Ok(if bad > 0 { 1 } else { 0 })
 }

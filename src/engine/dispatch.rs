@@ -109,6 +109,9 @@ pub(crate) async fn process_batch(
             // Not sent: journaled `read`, still in the spool; a later run takes them.
             return Ok(());
         }
+        if let Some(fb) = ctx.fallback_due() {
+            return super::fallback::move_items(ctx, fb, pending).await;
+        }
         let (dead, alive): (Vec<Item>, Vec<Item>) = pending.into_iter().partition(|i| {
             (0..n)
                 .filter(|&d| ctx.active[d])
@@ -129,7 +132,7 @@ pub(crate) async fn process_batch(
             !failed_round.contains(&d) && pending.iter().any(|i| !i.rejected.contains(&d))
         }) else {
             round += 1;
-            let wait = backoff(round);
+            let wait = ctx.until_fallback(backoff(round));
             tracing::warn!(
                 round,
                 waiting = ?wait,

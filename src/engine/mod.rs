@@ -16,6 +16,7 @@
 
 pub mod client;
 mod dispatch;
+mod fallback;
 pub use dispatch::backoff;
 pub mod report;
 mod settle;
@@ -59,6 +60,8 @@ pub struct DrainOptions {
     /// Let messages pinned to an unreachable destination go elsewhere after this long,
     /// flagged as possible duplicates. None: wait for it indefinitely.
     pub reassign_after: Option<Duration>,
+    /// `--fallback-path` and `--automatic-fallback-after`.
+    pub fallback: Option<(PathBuf, Duration)>,
 }
 
 /// Default `--concurrency`: 2 x CPUs, clamped to 10..=64.
@@ -114,6 +117,8 @@ pub(crate) struct Ctx {
     pub report: Mutex<Report>,
     pub stop: Stop,
     pub reassign_after: Option<Duration>,
+    /// Where the remaining messages go when the destinations have not taken them in time.
+    pub fallback: Option<fallback::Fallback>,
     /// Since when each destination has failed to answer queries (for `--reassign-after`).
     unreachable: Mutex<std::collections::HashMap<usize, Instant>>,
     /// Messages and files that already failed in this invocation (not retried by a rescan).
@@ -165,6 +170,19 @@ impl Ctx {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&d);
+    }
+
+    /// The fallback path, once its time has come.
+    pub(crate) fn fallback_due(&self) -> Option<&fallback::Fallback> {
+        self.fallback.as_ref().filter(|f| Instant::now() >= f.due)
+    }
+
+    /// `d`, shortened so a backoff wakes up when the fallback time comes.
+    pub fn until_fallback(&self, d: Duration) -> Duration {
+        match &self.fallback {
+            Some(f) => d.min(f.due.saturating_duration_since(Instant::now())),
+            None => d,
+        }
     }
 
     pub fn failed_count(&self) -> u64 {
@@ -270,6 +288,10 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
     let workers = concurrency.div_ceil(batch_max).max(1);
     let budget_units =
         (opts.max_in_flight_bytes / 1024).clamp(1024, u64::from(u32::MAX >> 4)) as u32;
+    let fallback = match &opts.fallback {
+        Some((dir, after)) => Some(fallback::Fallback::open(dir, started + *after)?),
+        None => None,
+    };
     let client = Client::new(
         opts.bind_ip,
         opts.ca_cert.as_deref(),
@@ -296,6 +318,7 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
         }),
         stop: stop.clone(),
         reassign_after: opts.reassign_after,
+        fallback,
         unreachable: Mutex::new(std::collections::HashMap::new()),
         failed: Mutex::new(HashSet::new()),
     });
@@ -368,6 +391,8 @@ fn exit_code(r: &Report, stopped: bool, settle_only: bool) -> (i32, &'static str
         (12, "some messages could not be distributed")
     } else if !r.unreadable.is_empty() {
         (11, "some messages could not be read")
+    } else if r.fallback.messages > 0 {
+        (13, "the rest was moved to the fallback path")
     } else if settle_only {
         (0, "settled")
     } else {

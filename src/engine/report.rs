@@ -52,6 +52,9 @@ pub struct Report {
     pub remove_failed: Vec<Problem>,
     /// Messages left in doubt (sent, not yet confirmed) when the run stopped.
     pub in_doubt: u64,
+    /// Moved to the fallback path (exit 13), and where.
+    pub fallback: Count,
+    pub fallback_path: Option<String>,
 }
 
 /// Keep the reason part of a failure short and stable so counts group well.
@@ -100,6 +103,14 @@ impl Report {
                 "  -> {d}: {} messages, {}",
                 c.messages,
                 human_bytes(c.bytes)
+            );
+        }
+        if let Some(p) = &self.fallback_path {
+            let _ = writeln!(
+                s,
+                "  -> fallback path {p}: {} messages, {} (drain it later: drain --data-dir {p} <DESTINATION>...)",
+                self.fallback.messages,
+                human_bytes(self.fallback.bytes)
             );
         }
         for (q, c) in &self.by_queue {

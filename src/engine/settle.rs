@@ -181,6 +181,14 @@ pub(crate) async fn resume_in_doubt(ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     for (dname, list) in sent {
+        if let Some(dir) = dname.strip_prefix(super::fallback::PREFIX) {
+            tracing::info!(
+                "{} messages are in doubt with the fallback path {dir}",
+                list.len()
+            );
+            super::fallback::settle(ctx, dir, &list).await?;
+            continue;
+        }
         let Some(d) = ctx.dests.iter().position(|x| x.to_string() == dname) else {
             anyhow::bail!(
                 "journal: messages are in doubt with {dname:?}, which is not a destination of the run"

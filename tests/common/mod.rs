@@ -54,6 +54,7 @@ pub struct Server {
     log: PathBuf,
     accept: String,
     trusted_proxies: Option<String>,
+    extra: Vec<String>,
 }
 
 pub struct ServeConfig<'a> {
@@ -61,6 +62,8 @@ pub struct ServeConfig<'a> {
     pub accept: &'a str,
     pub trusted_proxies: Option<&'a str>,
     pub port: u16,
+    /// More `drain serve` arguments (`--event-endpoint URL`, ...).
+    pub extra: Vec<String>,
 }
 
 impl<'a> ServeConfig<'a> {
@@ -70,6 +73,7 @@ impl<'a> ServeConfig<'a> {
             accept: "127.0.0.0/8",
             trusted_proxies: None,
             port: 0,
+            extra: Vec::new(),
         }
     }
 }
@@ -117,6 +121,7 @@ impl Server {
         if let Some(p) = cfg.trusted_proxies {
             cmd.args(["--trusted-proxy-ips", p]);
         }
+        cmd.args(&cfg.extra);
         let mut child = cmd.spawn().expect("spawn drain serve");
         let addr = wait_for_addr(&data_dir.join("serve.addr"), &mut child, &log);
         Server {
@@ -128,6 +133,7 @@ impl Server {
             log,
             accept: cfg.accept.to_string(),
             trusted_proxies: cfg.trusted_proxies.map(str::to_string),
+            extra: cfg.extra.clone(),
         }
     }
 
@@ -165,6 +171,7 @@ impl Server {
             accept: &self.accept,
             trusted_proxies: self.trusted_proxies.as_deref(),
             port: self.addr.port(),
+            extra: self.extra.clone(),
         };
         let log = self.log.clone();
         let fresh = Self::spawn(
@@ -262,6 +269,86 @@ pub fn signal(child: &Child, sig: i32) {
     unsafe {
         libc::kill(child.id() as i32, sig);
     }
+}
+
+/// A tiny HTTP endpoint for events: answers every POST with the current status and keeps
+/// every event it acknowledged (by id, so a repeat shows).
+pub struct EventSink {
+    pub url: String,
+    pub status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl EventSink {
+    pub fn start(ip: &str) -> EventSink {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::{AtomicU16, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind(format!("{ip}:0")).expect("bind sink");
+        let url = format!("http://{}/events", listener.local_addr().expect("addr"));
+        let status = Arc::new(AtomicU16::new(200));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (st, rx) = (status.clone(), received.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let l = line.trim().to_ascii_lowercase();
+                    if l.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = l.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let code = st.load(Ordering::SeqCst);
+                if code == 200 {
+                    if let Ok(serde_json::Value::Array(events)) = serde_json::from_slice(&body) {
+                        rx.lock().expect("lock").extend(events);
+                    }
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        EventSink {
+            url,
+            status,
+            received,
+        }
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.received
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|e| e["id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+/// Files in `<data-dir>/events` that are pending events.
+pub fn pending_events(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("events"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// A CA bundle trusting every given server's certificate.

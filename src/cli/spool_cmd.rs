@@ -128,7 +128,7 @@ fn ls(spool: &Spool, json: bool, due: bool) -> anyhow::Result<i32> {
             writeln!(out, "{line}")?;
         }
     }
-    due_lines.sort_by(|a, b| a.0.cmp(&b.0));
+    due_lines.sort_by_key(|l| l.0);
     for (_, line) in due_lines {
         writeln!(out, "{line}")?;
     }

@@ -312,10 +312,10 @@ impl EventSink {
                     continue;
                 }
                 let code = st.load(Ordering::SeqCst);
-                if code == 200 {
-                    if let Ok(serde_json::Value::Array(events)) = serde_json::from_slice(&body) {
-                        rx.lock().expect("lock").extend(events);
-                    }
+                if code == 200
+                    && let Ok(serde_json::Value::Array(events)) = serde_json::from_slice(&body)
+                {
+                    rx.lock().expect("lock").extend(events);
                 }
                 let _ = write!(
                     conn,

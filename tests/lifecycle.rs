@@ -173,8 +173,12 @@ fn no_wait_on_events_moves_the_spool_although_events_remain() {
     let src_dir = tmp.sub("src");
     add_some(&src_dir, 3);
     let mut cfg = ServeConfig::on("127.0.0.79");
-    cfg.extra = vec!["--event-endpoint".into(), sink.url.clone()];
-    let _src = Server::start(&tmp, "src", cfg);
+    cfg.extra = vec![
+        "--event-endpoint".into(),
+        sink.url.clone(),
+        "--wait-after-drain".into(),
+    ];
+    let mut src = Server::start(&tmp, "src", cfg);
     let ca = ca_bundle(&tmp, &[&dest]);
     let o = drain(
         &src_dir,
@@ -189,6 +193,10 @@ fn no_wait_on_events_moves_the_spool_although_events_remain() {
     assert!(spool_ls(&src_dir).is_empty());
     assert_eq!(dest.ls().len(), 3);
     assert_eq!(pending_events(&src_dir), 3, "events remain");
+    // --wait-after-drain: the stopped serve stays alive until signalled (a container's PID 1).
+    assert!(src.child.try_wait().unwrap().is_none());
+    signal(&src.child, libc::SIGTERM);
+    assert_eq!(src.child.wait().unwrap().code(), Some(0));
 }
 
 #[test]

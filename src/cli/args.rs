@@ -235,6 +235,11 @@ pub struct ServeArgs {
     /// Where the event processor POSTs events, as a JSON array (repeatable).
     #[arg(long = "event-endpoint", value_name = "URL")]
     pub event_endpoints: Vec<String>,
+    /// After a drain of this instance stopped it, stay alive (serving nothing, holding
+    /// nothing) until SIGTERM/SIGINT: for a container's main process, which must outlive the
+    /// preStop hook that drains it.
+    #[arg(long)]
+    pub wait_after_drain: bool,
     /// How long dedupe keys are kept when a sender never says its run finished.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "7d", value_name = "DURATION")]
     pub dedupe_retention: std::time::Duration,
@@ -267,6 +272,7 @@ impl ServeArgs {
             max_request_bytes: self.max_request_size,
             dedupe_retention: self.dedupe_retention,
             event_endpoints: self.event_endpoints,
+            wait_after_drain: self.wait_after_drain,
         })
     }
 }

@@ -41,6 +41,9 @@ pub struct ServeOptions {
     pub dedupe_retention: Duration,
     /// Where the event processor POSTs events.
     pub event_endpoints: Vec<String>,
+    /// After a drain stopped this serve, keep the process alive (holding nothing) until a
+    /// signal: for a container whose main process must outlive its preStop hook.
+    pub wait_after_drain: bool,
 }
 
 /// Shared by every connection.
@@ -93,7 +96,7 @@ pub async fn serve(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let inst = crate::instance::Instance::open(&opts.data_dir)?;
     // Held for as long as we serve: a drain of this directory must stop us first.
-    let _lock = inst.try_lock("drain serve")?;
+    let lock = inst.try_lock("drain serve")?;
     refuse_if_draining(&opts.data_dir)?;
     let tls = crate::tls::server_config(&opts.tls_cert, &opts.tls_key)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -146,6 +149,7 @@ pub async fn serve(
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut stopped_by_drain = false;
     loop {
         tokio::select! {
             conn = listener.accept() => {
@@ -184,7 +188,10 @@ pub async fn serve(
                 });
             }
             _ = shutdown.as_mut() => break,
-            _ = control.shutdown_requested() => break,
+            _ = control.shutdown_requested() => {
+                stopped_by_drain = true;
+                break;
+            }
         }
     }
     drop(listener);
@@ -200,6 +207,13 @@ pub async fn serve(
     processor_task.abort();
     let _ = std::fs::remove_file(opts.data_dir.join("serve.addr"));
     let _ = std::fs::remove_file(crate::control::socket_path(&opts.data_dir));
+    drop(lock);
     tracing::info!("drain serve: stopped");
+    if stopped_by_drain && opts.wait_after_drain {
+        // In a container whose main process this is, exiting now would kill the preStop hook
+        // that is draining us; stay, holding nothing, until the container is stopped.
+        tracing::info!("stopped for a drain; waiting for SIGTERM/SIGINT (--wait-after-drain)");
+        shutdown.as_mut().await;
+    }
     Ok(())
 }

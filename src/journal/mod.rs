@@ -81,8 +81,10 @@ impl Journal {
     pub fn open(data_dir: &Path) -> Result<Journal, JournalError> {
         let path = data_dir.join("journal.redb");
         // A fixed cache: memory must not grow with the number of messages (invariant 5).
+        // SingleWriter: `drain inspect` may open it read-only from another process meanwhile.
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
             .create(&path)
             .map_err(|e| db_err(&path, e))?;
         let txn = db.begin_write().map_err(|e| db_err(&path, e))?;

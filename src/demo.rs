@@ -107,6 +107,7 @@ fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
             settle_only: false,
             reassign_after: None,
             fallback: None,
+            progress: crate::cli::progress_mode(false, std::time::Duration::from_secs(2)),
         },
         false,
         Some(crate::control::EventWait {

@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -95,6 +96,9 @@ pub struct DrainArgs {
     /// How long the destinations get before the rest goes to --fallback-path (`10m`).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", requires = "fallback_path")]
     pub automatic_fallback_after: Option<std::time::Duration>,
+    /// When standard error is not a terminal, log a progress line this often.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s", value_name = "DURATION")]
+    pub progress_every: std::time::Duration,
     /// Do not wait for the instance's event queue to empty before draining.
     #[arg(long)]
     pub no_wait_on_events: bool,
@@ -126,6 +130,11 @@ impl DrainArgs {
             batch_size: self.batch_size.or(outer.batch_size),
             json: self.json || outer.json,
             no_wait_on_events: self.no_wait_on_events || outer.no_wait_on_events,
+            progress_every: if self.progress_every != Duration::from_secs(5) {
+                self.progress_every
+            } else {
+                outer.progress_every
+            },
             fallback_path: self
                 .fallback_path
                 .clone()
@@ -160,6 +169,7 @@ impl DrainArgs {
                 .fallback_path
                 .clone()
                 .zip(self.automatic_fallback_after),
+            progress: crate::engine::ProgressMode::Off,
         }
     }
 }
@@ -177,6 +187,13 @@ pub enum Command {
     Spool(SpoolCommand),
     /// Start two destinations on 127.0.0.2 and 127.0.0.3, fill a spool, drain it, audit it.
     Demo(DemoArgs),
+    /// Print shell completions (`drain completions bash > /etc/bash_completion.d/drain`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page in roff (`drain man > drain.1; man ./drain.1`).
+    Man,
 }
 
 #[derive(Args, Debug)]

@@ -81,7 +81,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Resume(a)) => {
             let dests = args::parse_destinations(&a.destinations)?;
             let flags = a.drain.or(&cli.drain);
-            let opts = flags.options(need_dir()?, dests, true, a.settle_only);
+            let mut opts = flags.options(need_dir()?, dests, true, a.settle_only);
+            opts.progress = progress_mode(cli.quiet, flags.progress_every);
             drain(opts, flags.json, None)
         }
         Some(Command::Inspect(_)) => {
@@ -89,19 +90,41 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 "`drain inspect` is not built yet; the journal is at <data-dir>/journal.redb"
             )
         }
+        Some(Command::Completions { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "drain", &mut std::io::stdout());
+            Ok(0)
+        }
+        Some(Command::Man) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(0)
+        }
         Some(Command::Demo(a)) => crate::demo::run(a.messages, a.keep),
         None => {
             if cli.destinations.is_empty() {
                 anyhow::bail!("no destination given (see `drain --help`)");
             }
             let destinations = args::parse_destinations(&cli.destinations)?;
-            let opts = cli.drain.options(need_dir()?, destinations, false, false);
+            let mut opts = cli.drain.options(need_dir()?, destinations, false, false);
+            opts.progress = progress_mode(cli.quiet, cli.drain.progress_every);
             let wait = EventWait {
                 wait: !cli.drain.no_wait_on_events,
                 max: cli.drain.max_event_wait,
             };
             drain(opts, cli.drain.json, Some(wait))
         }
+    }
+}
+
+/// Progress on a terminal is a live bar; elsewhere a log line every few seconds; `--quiet`: none.
+pub fn progress_mode(quiet: bool, every: std::time::Duration) -> engine::ProgressMode {
+    if quiet {
+        engine::ProgressMode::Off
+    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        engine::ProgressMode::Bar
+    } else {
+        engine::ProgressMode::Log(every)
     }
 }
 

@@ -17,7 +17,9 @@
 pub mod client;
 mod dispatch;
 mod fallback;
+mod progress;
 pub use dispatch::backoff;
+pub use progress::ProgressMode;
 pub mod report;
 mod settle;
 mod worker;
@@ -62,6 +64,8 @@ pub struct DrainOptions {
     pub reassign_after: Option<Duration>,
     /// `--fallback-path` and `--automatic-fallback-after`.
     pub fallback: Option<(PathBuf, Duration)>,
+    /// How progress is shown while the run goes on.
+    pub progress: ProgressMode,
 }
 
 /// Default `--concurrency`: 2 x CPUs, clamped to 10..=64.
@@ -119,6 +123,8 @@ pub(crate) struct Ctx {
     pub reassign_after: Option<Duration>,
     /// Where the remaining messages go when the destinations have not taken them in time.
     pub fallback: Option<fallback::Fallback>,
+    /// The spool's size when the run started, for progress.
+    totals: progress::Totals,
     /// Since when each destination has failed to answer queries (for `--reassign-after`).
     unreachable: Mutex<std::collections::HashMap<usize, Instant>>,
     /// Messages and files that already failed in this invocation (not retried by a rescan).
@@ -319,6 +325,7 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
         stop: stop.clone(),
         reassign_after: opts.reassign_after,
         fallback,
+        totals: progress::Totals::default(),
         unreachable: Mutex::new(std::collections::HashMap::new()),
         failed: Mutex::new(HashSet::new()),
     });
@@ -330,7 +337,8 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
         "drain run #{} started",
         run.seq
     );
-    let progress = tokio::spawn(worker::progress_logger(ctx.clone(), started));
+    progress::count_spool(&ctx);
+    let progress = tokio::spawn(progress::show(ctx.clone(), started, opts.progress));
 
     if continuing {
         settle::resume_in_doubt(&ctx).await?;
@@ -339,6 +347,7 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
         worker::drain_spool(&ctx, workers).await?;
     }
     progress.abort();
+    let _ = progress.await;
 
     // What is still in doubt decides whether the run is finished.
     let mut in_doubt = 0u64;

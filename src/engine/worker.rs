@@ -2,7 +2,6 @@
 //! the byte budget, journals unreadable files, and hands readable messages to `dispatch`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
 
@@ -213,25 +212,4 @@ async fn unreadable(ctx: &Ctx, err: SpoolError) -> anyhow::Result<bool> {
         reason: err.to_string(),
     });
     Ok(true)
-}
-
-/// Logs one progress line every few seconds while the run goes on.
-pub(super) async fn progress_logger(ctx: Arc<Ctx>, started: Instant) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let (total, failed) = {
-            let r = ctx.report();
-            (r.total(), r.unreadable.len() + r.undelivered.len())
-        };
-        let secs = started.elapsed().as_secs_f64().max(0.001);
-        tracing::info!(
-            messages = total.messages,
-            bytes = total.bytes,
-            failed,
-            rate = format!("{:.0} msg/s", total.messages as f64 / secs),
-            "progress"
-        );
-    }
 }

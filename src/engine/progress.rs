@@ -1,0 +1,166 @@
+//! Progress while a drain runs: a live bar on a terminal, or one structured log line every few
+//! seconds when standard error is not a terminal (systemd, Kubernetes), or nothing (`--quiet`).
+//! The totals come from a quick counting pass over the spool (names and sizes only, streamed),
+//! so "left" and the ETA appear once it is done.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::Ctx;
+use super::report::human_bytes;
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// A live bar on standard error (a terminal).
+    Bar,
+    /// A structured log line (`progress`) at this interval.
+    Log(Duration),
+    Off,
+}
+
+/// Totals of the spool when the run started (`u64::MAX` until counted).
+pub(crate) struct Totals {
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals {
+            messages: AtomicU64::new(u64::MAX),
+            bytes: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+/// Counts the spool in the background (streaming; memory does not grow with it).
+pub(crate) fn count_spool(ctx: &Arc<Ctx>) {
+    let (spool, ctx) = (ctx.spool.clone(), ctx.clone());
+    tokio::task::spawn_blocking(move || {
+        let (mut n, mut b) = (0u64, 0u64);
+        for e in spool.scan().flatten() {
+            n += 1;
+            b += std::fs::metadata(&e.path).map(|m| m.len()).unwrap_or(0);
+        }
+        ctx.totals.bytes.store(b, Ordering::Relaxed);
+        ctx.totals.messages.store(n, Ordering::Relaxed);
+    });
+}
+
+/// One snapshot of where the run is.
+struct Snapshot {
+    done: u64,
+    done_bytes: u64,
+    failed: u64,
+    left: Option<u64>,
+    left_bytes: Option<u64>,
+    rate: f64,
+    byte_rate: f64,
+    eta: Option<Duration>,
+    per_dest: String,
+}
+
+fn snapshot(ctx: &Ctx, started: Instant) -> Snapshot {
+    let (done, done_bytes, failed, per_dest) = {
+        let r = ctx.report();
+        let t = r.total();
+        let per: Vec<String> = r
+            .delivered
+            .iter()
+            .map(|(d, c)| format!("{d}={}", c.messages))
+            .chain((r.fallback.messages > 0).then(|| format!("fallback={}", r.fallback.messages)))
+            .collect();
+        (
+            t.messages + r.fallback.messages,
+            t.bytes + r.fallback.bytes,
+            (r.unreadable.len() + r.undelivered.len()) as u64,
+            per.join(","),
+        )
+    };
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let (tm, tb) = (
+        ctx.totals.messages.load(Ordering::Relaxed),
+        ctx.totals.bytes.load(Ordering::Relaxed),
+    );
+    let known = tm != u64::MAX;
+    let left = known.then(|| tm.saturating_sub(done + failed));
+    let left_bytes = known.then(|| tb.saturating_sub(done_bytes));
+    let rate = done as f64 / secs;
+    let eta = left
+        .filter(|_| rate > 0.0)
+        .map(|l| Duration::from_secs_f64(l as f64 / rate));
+    Snapshot {
+        done,
+        done_bytes,
+        failed,
+        left,
+        left_bytes,
+        rate,
+        byte_rate: done_bytes as f64 / secs,
+        eta,
+        per_dest,
+    }
+}
+
+/// Shows progress until aborted.
+pub(crate) async fn show(ctx: Arc<Ctx>, started: Instant, mode: ProgressMode) {
+    match mode {
+        ProgressMode::Off => {}
+        ProgressMode::Log(every) => loop {
+            tokio::time::sleep(every).await;
+            let s = snapshot(&ctx, started);
+            tracing::info!(
+                done = s.done,
+                done_bytes = s.done_bytes,
+                failed = s.failed,
+                left = s.left,
+                left_bytes = s.left_bytes,
+                rate_msgs = (s.rate * 10.0).round() / 10.0,
+                rate_bytes = s.byte_rate.round() as u64,
+                eta_secs = s.eta.map(|d| d.as_secs()),
+                per_destination = %s.per_dest,
+                "progress"
+            );
+        },
+        ProgressMode::Bar => {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} msgs {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let _clear = ClearOnDrop(bar.clone());
+            loop {
+                let s = snapshot(&ctx, started);
+                bar.set_length(s.left.map_or(s.done, |l| s.done + s.failed + l));
+                bar.set_position(s.done + s.failed);
+                bar.set_message(format!(
+                    "{} ({}/s, {:.0} msg/s){}{} {}",
+                    human_bytes(s.done_bytes),
+                    human_bytes(s.byte_rate as u64),
+                    s.rate,
+                    s.left_bytes
+                        .map(|b| format!(", {} left", human_bytes(b)))
+                        .unwrap_or_default(),
+                    s.eta
+                        .map(|d| format!(", ETA {}s", d.as_secs()))
+                        .unwrap_or_default(),
+                    s.per_dest
+                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Clears the bar when the task is aborted, so the report starts on a clean line.
+struct ClearOnDrop(indicatif::ProgressBar);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}

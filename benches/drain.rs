@@ -12,7 +12,8 @@
 //! Each drain must exit 0 and the destinations must gain exactly N (N/10) message files.
 //! The summary gives drain/baseline throughput and big/small peak RSS (ideal: 1.0).
 //!
-//! Run: `cargo bench --bench drain` (N = 20000) or `cargo bench --bench drain -- --messages N`.
+//! Run: `cargo bench --bench drain` (N = 20000) or `cargo bench --bench drain -- --messages N`;
+//! `DRAIN_BENCH_ARGS="--concurrency 32"` passes extra options to the drain.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -288,10 +289,13 @@ fn drain_run(
     let before = count()?;
 
     let start = Instant::now();
+    // DRAIN_BENCH_ARGS: extra drain options to compare settings ("--concurrency 32").
+    let extra = std::env::var("DRAIN_BENCH_ARGS").unwrap_or_default();
     let mut child = drain_command(&src)
         .arg("--ca-cert")
         .arg(ca)
         .arg("--json")
+        .args(extra.split_whitespace())
         .args(dests)
         .stdout(Stdio::piped())
         .spawn()

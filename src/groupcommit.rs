@@ -16,15 +16,23 @@ type Reply = oneshot::Sender<Result<(), String>>;
 /// Most requests folded into one commit.
 const MAX_GROUP: usize = 4096;
 
+enum Msg<T> {
+    Item(T, Reply),
+    /// Stop the thread (after everything queued before it), releasing its database handle.
+    Close,
+}
+
 /// A handle to a group-commit writer thread; cheap to clone.
 pub struct Committer<T> {
-    tx: mpsc::Sender<(T, Reply)>,
+    tx: mpsc::Sender<Msg<T>>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl<T> Clone for Committer<T> {
     fn clone(&self) -> Self {
         Committer {
             tx: self.tx.clone(),
+            thread: self.thread.clone(),
         }
     }
 }
@@ -35,20 +43,27 @@ impl<T: Send + 'static> Committer<T> {
     where
         F: Fn(&WriteTransaction, &[T]) -> Result<(), String> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel::<(T, Reply)>();
-        std::thread::Builder::new()
+        let (tx, rx) = mpsc::channel::<Msg<T>>();
+        let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut items = Vec::new();
-                    let mut replies = Vec::new();
-                    items.push(first.0);
-                    replies.push(first.1);
+                let mut closing = false;
+                while !closing {
+                    let (first, reply) = match rx.recv() {
+                        Ok(Msg::Item(item, reply)) => (item, reply),
+                        Ok(Msg::Close) | Err(_) => break,
+                    };
+                    let mut items = vec![first];
+                    let mut replies = vec![reply];
                     while items.len() < MAX_GROUP {
                         match rx.try_recv() {
-                            Ok((item, reply)) => {
+                            Ok(Msg::Item(item, reply)) => {
                                 items.push(item);
                                 replies.push(reply);
+                            }
+                            Ok(Msg::Close) => {
+                                closing = true;
+                                break;
                             }
                             Err(_) => break,
                         }
@@ -59,14 +74,28 @@ impl<T: Send + 'static> Committer<T> {
                     }
                 }
             })?;
-        Ok(Committer { tx })
+        Ok(Committer {
+            tx,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Stops the writer thread once everything queued is committed, and waits for it, so the
+    /// database can be closed cleanly (a redb file left open at exit needs a repair on its
+    /// next open). Later submissions fail.
+    pub fn close(&self) {
+        let _ = self.tx.send(Msg::Close);
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 
     /// Queues `item` and waits until it is committed durably.
     pub async fn submit(&self, item: T) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send((item, reply))
+            .send(Msg::Item(item, reply))
             .map_err(|_| "the writer thread has stopped".to_string())?;
         rx.await
             .map_err(|_| "the writer thread stopped before answering".to_string())?

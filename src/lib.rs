@@ -7,6 +7,7 @@
 //! - [`wire`]: how it travels (protocol v1);
 //! - [`engine`]: who sends it, to which destination, and removes the local copy after the ack;
 //! - [`intake`]: who receives it (`drain serve`) and makes it durable before acknowledging;
+//! - [`inspect`]: how it is audited afterwards (`drain inspect`, reading the journal);
 //! - [`cli`]: the command line on top of all of it.
 //!
 //! Supporting modules: [`instance`] (the data directory and its lock), [`control`] (stopping a
@@ -19,6 +20,7 @@ pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod groupcommit;
+pub mod inspect;
 pub mod instance;
 pub mod intake;
 pub mod journal;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::engine::Destination;
-use crate::intake::{Access, NetList, ServeOptions};
+use crate::intake::{NetList, ServeOptions, config};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -178,7 +178,7 @@ impl DrainArgs {
 pub enum Command {
     /// Finish an interrupted drain (after SIGKILL, a crash, exit 40/41/42).
     Resume(ResumeArgs),
-    /// Audit the journal (not built yet).
+    /// Audit the journal: runs, states, destinations, anomalies, one message's history.
     Inspect(InspectArgs),
     /// Run this instance: accept drains from other instances over HTTPS.
     Serve(ServeArgs),
@@ -220,35 +220,93 @@ pub fn parse_destinations(list: &[String]) -> anyhow::Result<Vec<Destination>> {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  drain --data-dir /var/lib/mail inspect                      runs, the last run's detail, anomalies
+  drain --data-dir /var/lib/mail inspect --run 3 --json       run #3 as one JSON document (schema 1)
+  drain --data-dir /var/lib/mail inspect --message 5f2a...    one message's history in every run
+
+Reads the journal read-only: safe while a drain runs. Exit 0, or 1 if the journal cannot be read.")]
 pub struct InspectArgs {
+    /// One JSON document on standard output (schema in README, `"schema": 1`).
     #[arg(long)]
     pub json: bool,
+    /// The run to detail, by sequence number (default: the last run); with --message, look
+    /// only in that run.
+    #[arg(long, value_name = "SEQ")]
+    pub run: Option<u64>,
+    /// Show one message's whole history in every run where it appears (32 hex digits).
+    #[arg(long, value_name = "ID")]
+    pub message: Option<String>,
+    /// Items listed per kind of anomaly in the text view (`--json` lists up to 10,000).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+}
+
+impl InspectArgs {
+    pub fn options(&self, data_dir: PathBuf) -> anyhow::Result<crate::inspect::InspectOptions> {
+        let message = self
+            .message
+            .as_deref()
+            .map(|s| s.trim().parse::<crate::spool::MessageId>())
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--message: {e}"))?;
+        Ok(crate::inspect::InspectOptions {
+            data_dir,
+            json: self.json,
+            run: self.run,
+            message,
+            limit: self.limit,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "\
+Settings come from --config FILE (TOML, keys named after GreenArrow's directives: listen, tls_cert,
+tls_key, accept_drain_from, http_trusted_proxy_ips, incoming_drain_workers, event_endpoints,
+max_request_size, dedupe_retention, wait_after_drain, metrics_listen) and from these flags; a flag
+given wins over the file, and a list flag given replaces the file's list.
+
+Examples:
+  drain --data-dir /var/lib/mail serve --config /etc/drain/serve.toml
+  drain serve --config /etc/drain/serve.toml --check-config      validate, print the effective settings")]
 pub struct ServeArgs {
-    /// Address and port to listen on (port 0: any free port, written to <data-dir>/serve.addr).
-    #[arg(long, default_value = "0.0.0.0:443")]
-    pub listen: SocketAddr,
-    /// Certificate chain (PEM).
+    /// Settings file (TOML); flags given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the settings (file, flags, certificate and key), print the effective ones as
+    /// TOML, and exit: 0 when valid, 1 otherwise. Serves nothing.
     #[arg(long)]
-    pub tls_cert: PathBuf,
-    /// Private key (PEM).
-    #[arg(long)]
-    pub tls_key: PathBuf,
+    pub check_config: bool,
+    /// Address and port to listen on (default 0.0.0.0:443; port 0: any free port, written to
+    /// <data-dir>/serve.addr).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Certificate chain (PEM). Required, here or as tls_cert in --config.
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM). Required, here or as tls_key in --config.
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
     /// Who may drain into this instance: IP or CIDR, repeatable or comma-separated.
     /// Nothing is accepted unless listed.
     #[arg(long = "accept-drain-from", value_name = "IP|CIDR")]
     pub accept_drain_from: Vec<String>,
-    /// Proxies whose X-Forwarded-For / Client-IP headers are honoured (IP or CIDR).
-    #[arg(long = "trusted-proxy-ips", value_name = "IP|CIDR")]
+    /// Proxies whose X-Forwarded-For / Client-IP headers are honoured (IP or CIDR, repeatable
+    /// or comma-separated).
+    #[arg(
+        long = "trusted-proxy-ips",
+        visible_alias = "http-trusted-proxy-ips",
+        value_name = "IP|CIDR"
+    )]
     pub trusted_proxy_ips: Vec<String>,
-    /// Incoming messages processed at once.
-    #[arg(long, default_value_t = 8)]
-    pub incoming_drain_workers: usize,
-    /// Largest transfer request accepted, in bytes (413 beyond).
-    #[arg(long, default_value_t = 256 << 20)]
-    pub max_request_size: usize,
+    /// Incoming messages processed at once (default 8).
+    #[arg(long, value_name = "N")]
+    pub incoming_drain_workers: Option<usize>,
+    /// Largest transfer request accepted, in bytes (413 beyond; default 268435456, 256 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub max_request_size: Option<usize>,
     /// Where the event processor POSTs events, as a JSON array (repeatable).
     #[arg(long = "event-endpoint", value_name = "URL")]
     pub event_endpoints: Vec<String>,
@@ -257,40 +315,78 @@ pub struct ServeArgs {
     /// preStop hook that drains it.
     #[arg(long)]
     pub wait_after_drain: bool,
-    /// How long dedupe keys are kept when a sender never says its run finished.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "7d", value_name = "DURATION")]
-    pub dedupe_retention: std::time::Duration,
+    /// How long dedupe keys are kept when a sender never says its run finished (default 7d).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub dedupe_retention: Option<std::time::Duration>,
+    /// Serve Prometheus metrics (plain HTTP, GET /metrics) on this address; bind it to an
+    /// address only your monitoring reaches.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
-    pub fn into_options(self, data_dir: PathBuf) -> anyhow::Result<ServeOptions> {
-        let mut accept = NetList::default();
-        for s in &self.accept_drain_from {
-            accept
-                .parse_into(s)
-                .map_err(|e| anyhow::anyhow!("--accept-drain-from: {e}"))?;
-        }
-        let mut proxies = NetList::default();
-        for s in &self.trusted_proxy_ips {
-            proxies
-                .parse_into(s)
-                .map_err(|e| anyhow::anyhow!("--trusted-proxy-ips: {e}"))?;
-        }
-        Ok(ServeOptions {
-            data_dir,
+    /// The settings the flags given on the command line make (the rest: `None`).
+    fn flag_layer(&self) -> anyhow::Result<config::Layer> {
+        let nets = |flag: &str, list: &[String]| -> anyhow::Result<Option<NetList>> {
+            if list.is_empty() {
+                return Ok(None);
+            }
+            let mut l = NetList::default();
+            for s in list {
+                l.parse_into(s)
+                    .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+            }
+            Ok(Some(l))
+        };
+        let at_least_one = |flag: &str, v: Option<usize>| -> anyhow::Result<Option<usize>> {
+            match v {
+                Some(0) => anyhow::bail!("{flag}: must be at least 1"),
+                v => Ok(v),
+            }
+        };
+        let endpoints = if self.event_endpoints.is_empty() {
+            None
+        } else {
+            Some(
+                self.event_endpoints
+                    .iter()
+                    .map(|u| {
+                        config::check_endpoint(u)
+                            .map_err(|e| anyhow::anyhow!("--event-endpoint: {e}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            )
+        };
+        Ok(config::Layer {
             listen: self.listen,
-            tls_cert: self.tls_cert,
-            tls_key: self.tls_key,
-            access: Access {
-                accept_from: accept,
-                trusted_proxies: proxies,
-            },
-            workers: self.incoming_drain_workers.max(1),
-            max_request_bytes: self.max_request_size,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            accept_drain_from: nets("--accept-drain-from", &self.accept_drain_from)?,
+            http_trusted_proxy_ips: nets("--trusted-proxy-ips", &self.trusted_proxy_ips)?,
+            incoming_drain_workers: at_least_one(
+                "--incoming-drain-workers",
+                self.incoming_drain_workers,
+            )?,
+            event_endpoints: endpoints,
+            max_request_size: at_least_one("--max-request-size", self.max_request_size)?,
             dedupe_retention: self.dedupe_retention,
-            event_endpoints: self.event_endpoints,
-            wait_after_drain: self.wait_after_drain,
+            wait_after_drain: self.wait_after_drain.then_some(true),
+            metrics_listen: self.metrics_listen,
         })
+    }
+
+    /// The effective settings: the flags given, over the `--config` file, over the defaults.
+    pub fn settings(&self) -> anyhow::Result<config::Settings> {
+        let flags = self.flag_layer()?;
+        let file = match &self.config {
+            Some(p) => Some((p.clone(), config::Layer::from_file(p)?)),
+            None => None,
+        };
+        Ok(config::Settings::resolve(flags, file)?)
+    }
+
+    pub fn into_options(self, data_dir: PathBuf) -> anyhow::Result<ServeOptions> {
+        Ok(self.settings()?.into_options(data_dir))
     }
 }
 

@@ -68,6 +68,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     match cli.command {
         Some(Command::Serve(a)) => {
+            if a.check_config {
+                // Validates without serving: no data directory, lock or listener needed.
+                let settings = a.settings()?;
+                settings.check()?;
+                let _ = std::io::stdout().write_all(settings.to_toml().as_bytes());
+                let _ = writeln!(std::io::stderr(), "drain serve: the settings are valid");
+                return Ok(0);
+            }
             let opts = a.into_options(need_dir()?)?;
             runtime()?.block_on(async {
                 crate::intake::serve(opts, async {
@@ -85,10 +93,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             opts.progress = progress_mode(cli.quiet, flags.progress_every);
             drain(opts, flags.json, None)
         }
-        Some(Command::Inspect(_)) => {
-            anyhow::bail!(
-                "`drain inspect` is not built yet; the journal is at <data-dir>/journal.redb"
-            )
+        Some(Command::Inspect(a)) => {
+            let out = crate::inspect::inspect(&a.options(need_dir()?)?)?;
+            // A closed stdout (`| head`) is not an error of the audit.
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            Ok(0)
         }
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

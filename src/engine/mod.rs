@@ -124,7 +124,7 @@ pub(crate) struct Ctx {
     /// Where the remaining messages go when the destinations have not taken them in time.
     pub fallback: Option<fallback::Fallback>,
     /// The spool's size when the run started, for progress.
-    totals: progress::Totals,
+    totals: Arc<progress::Totals>,
     /// Since when each destination has failed to answer queries (for `--reassign-after`).
     unreachable: Mutex<std::collections::HashMap<usize, Instant>>,
     /// Messages and files that already failed in this invocation (not retried by a rescan).
@@ -325,7 +325,7 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
         stop: stop.clone(),
         reassign_after: opts.reassign_after,
         fallback,
-        totals: progress::Totals::default(),
+        totals: Arc::default(),
         unreachable: Mutex::new(std::collections::HashMap::new()),
         failed: Mutex::new(HashSet::new()),
     });
@@ -383,6 +383,9 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
             }
         }
     }
+    // Close the journal cleanly (every task holding the context has ended).
+    drop(ctx);
+    journal.close();
     Ok(report)
 }
 

@@ -37,15 +37,16 @@ impl Default for Totals {
 
 /// Counts the spool in the background (streaming; memory does not grow with it).
 pub(crate) fn count_spool(ctx: &Arc<Ctx>) {
-    let (spool, ctx) = (ctx.spool.clone(), ctx.clone());
+    // Holds only the spool and the totals: it may outlive the run by a little.
+    let (spool, totals) = (ctx.spool.clone(), ctx.totals.clone());
     tokio::task::spawn_blocking(move || {
         let (mut n, mut b) = (0u64, 0u64);
         for e in spool.scan().flatten() {
             n += 1;
             b += std::fs::metadata(&e.path).map(|m| m.len()).unwrap_or(0);
         }
-        ctx.totals.bytes.store(b, Ordering::Relaxed);
-        ctx.totals.messages.store(n, Ordering::Relaxed);
+        totals.bytes.store(b, Ordering::Relaxed);
+        totals.messages.store(n, Ordering::Relaxed);
     });
 }
 

@@ -35,6 +35,7 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
+    let started = std::time::Instant::now();
     let route = (req.method().clone(), req.uri().path().to_string());
     let resp = match (&route.0, route.1.as_str()) {
         (&Method::GET, wire::HEALTH_PATH) => json(
@@ -52,6 +53,10 @@ pub(crate) async fn handle(
             format!("no such endpoint: {} {}", route.0, route.1),
         ),
     };
+    state.metrics.answered(resp.status());
+    if route.0 == Method::POST && route.1 == wire::TRANSFER_PATH {
+        state.metrics.transfer_took(started.elapsed());
+    }
     Ok(resp)
 }
 
@@ -160,6 +165,10 @@ async fn transfer(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Re
             "this instance is not accepting messages (draining or shutting down)".into(),
         );
     }
+    // Bounded: senders beyond this wait here (their requests are not yet read).
+    let Ok(_body_permit) = state.bodies.clone().acquire_owned().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
+    };
     let body = match read_body(req, state.max_request_bytes).await {
         Ok(b) => b,
         Err(r) => return r.into(),
@@ -169,12 +178,14 @@ async fn transfer(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Re
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed batch: {e}")),
     };
     let n = frames.len();
+    let sizes: Vec<u64> = frames.iter().map(|f| f.file.len() as u64).collect();
     match state
         .store
         .transfer(&caller.sender, &caller.run, frames, guard)
         .await
     {
         Ok(results) => {
+            state.metrics.transfer_results(&results, &sizes);
             let stored = results
                 .iter()
                 .filter(|r| r.outcome == wire::Outcome::Stored)

@@ -7,7 +7,9 @@
 //! message of the same run is stored once however often it arrives. Called by the CLI.
 
 pub mod access;
+pub mod config;
 mod handler;
+pub mod metrics;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -44,6 +46,8 @@ pub struct ServeOptions {
     /// After a drain stopped this serve, keep the process alive (holding nothing) until a
     /// signal: for a container whose main process must outlive its preStop hook.
     pub wait_after_drain: bool,
+    /// Where to serve Prometheus metrics (plain HTTP, `GET /metrics`); none: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Shared by every connection.
@@ -53,6 +57,10 @@ pub(crate) struct State {
     pub max_request_bytes: usize,
     /// Cleared while the instance is draining or shutting down: intake answers 503.
     pub accepting: Arc<AtomicBool>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Request bodies held in memory at once: memory is bounded by this times
+    /// `max_request_bytes`, however many senders connect.
+    pub bodies: Arc<tokio::sync::Semaphore>,
 }
 
 /// Invariant 6: an instance whose last drain run is unfinished does not serve, because a
@@ -64,7 +72,9 @@ fn refuse_if_draining(data_dir: &std::path::Path) -> anyhow::Result<()> {
     let journal = crate::journal::Journal::open(data_dir).map_err(|e| {
         anyhow::anyhow!("cannot check this instance's drain journal (is a drain running?): {e}")
     })?;
-    if let Some(run) = journal.last_run()?
+    let last = journal.last_run();
+    journal.close();
+    if let Some(run) = last?
         && run.status != crate::journal::RunStatus::Finished
     {
         anyhow::bail!(
@@ -103,11 +113,19 @@ pub async fn serve(
     let events = EventQueue::open(&opts.data_dir)?;
     let store = Store::open(&opts.data_dir, opts.workers, &inst.id, events.clone())?;
     let accepting = Arc::new(AtomicBool::new(true));
+    let event_stats = Arc::new(processor::Stats::default());
+    let metrics = Arc::new(metrics::Metrics::new(
+        accepting.clone(),
+        event_stats.clone(),
+        events.dir().to_path_buf(),
+    ));
     let state = Arc::new(State {
         store,
         access: opts.access.clone(),
         max_request_bytes: opts.max_request_bytes,
         accepting: accepting.clone(),
+        metrics: metrics.clone(),
+        bodies: Arc::new(tokio::sync::Semaphore::new(2 * opts.workers.max(1))),
     });
     let control = ServeControl::new(accepting, endpoints.len());
     let control_task = {
@@ -118,8 +136,23 @@ pub async fn serve(
             }
         })
     };
-    let event_stats = Arc::new(processor::Stats::default());
     let processor_task = tokio::spawn(processor::run(events, endpoints, event_stats));
+    // The metrics listener first: its address file exists once serve.addr does.
+    let metrics_task = match opts.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            let local = l.local_addr()?;
+            crate::instance::write_atomic(
+                &opts.data_dir.join("metrics.addr"),
+                format!("{local}\n").as_bytes(),
+            )?;
+            tracing::info!(addr = %local, "metrics: http://{local}/metrics");
+            Some(tokio::spawn(metrics::serve(l, metrics)))
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -205,8 +238,16 @@ pub async fn serve(
         tracing::warn!("requests still in flight after 30s; stopping anyway");
     }
     processor_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+        let _ = std::fs::remove_file(opts.data_dir.join("metrics.addr"));
+    }
     let _ = std::fs::remove_file(opts.data_dir.join("serve.addr"));
     let _ = std::fs::remove_file(crate::control::socket_path(&opts.data_dir));
+    // Close the dedupe store cleanly when no connection still holds it.
+    if let Ok(state) = Arc::try_unwrap(state) {
+        state.store.close();
+    }
     drop(lock);
     tracing::info!("drain serve: stopped");
     if stopped_by_drain && opts.wait_after_drain {

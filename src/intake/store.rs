@@ -26,6 +26,11 @@ use crate::groupcommit::Committer;
 use crate::spool::{Message, MessageId, Spool, SpoolError, Timestamp};
 use crate::wire::{Frame, ItemResult, Outcome};
 
+/// How the reasons of rejected messages begin (the metrics classify rejections by them).
+pub(crate) const REASON_HASH_MISMATCH: &str = "hash mismatch";
+pub(crate) const REASON_MALFORMED: &str = "malformed spool file";
+pub(crate) const REASON_ID_CONFLICT: &str = "id conflict";
+
 /// (sender instance id, sender run id, message hash) -> `DedupeRecord` JSON.
 const DEDUPE: TableDefinition<(&str, &str, [u8; 32]), &[u8]> = TableDefinition::new("dedupe");
 
@@ -175,6 +180,19 @@ impl Store {
             instance: instance.to_string(),
             events,
         })
+    }
+
+    /// Stops the writer after what is queued and closes the database cleanly if this is the
+    /// last handle.
+    pub fn close(self) {
+        self.committer.close();
+        let Store { db, spool, .. } = self;
+        drop(spool);
+        if let Ok(db) = Arc::try_unwrap(db)
+            && let Err(e) = db.close()
+        {
+            tracing::warn!("closing the intake database: {e}");
+        }
     }
 
     /// Registers a transfer request as in progress.
@@ -374,14 +392,17 @@ impl Store {
             if *actual.as_bytes() != frame.hash {
                 results.push(reject(
                     None,
-                    format!("hash mismatch: the content hashes to {}", actual.to_hex()),
+                    format!(
+                        "{REASON_HASH_MISMATCH}: the content hashes to {}",
+                        actual.to_hex()
+                    ),
                 ));
                 continue;
             }
             let msg = match Message::from_bytes(frame.file) {
                 Ok(m) => m,
                 Err(e) => {
-                    results.push(reject(None, format!("malformed spool file: {e}")));
+                    results.push(reject(None, format!("{REASON_MALFORMED}: {e}")));
                     continue;
                 }
             };
@@ -418,7 +439,9 @@ impl Store {
                     }
                     Ok(_) => results.push(reject(
                         Some(id.to_string()),
-                        format!("id conflict: a different message with id {id} is held here"),
+                        format!(
+                            "{REASON_ID_CONFLICT}: a different message with id {id} is held here"
+                        ),
                     )),
                     Err(e) => results.push(ItemResult {
                         hash: hex.clone(),

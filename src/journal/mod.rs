@@ -120,6 +120,20 @@ impl Journal {
         &self.path
     }
 
+    /// Commits what is queued, stops the writer and closes the database cleanly when this is
+    /// the last handle (otherwise the last one dropped closes it). Later commits fail.
+    pub fn close(self) {
+        self.writer.close();
+        match Arc::try_unwrap(self.db) {
+            Ok(db) => {
+                if let Err(e) = db.close() {
+                    tracing::warn!("closing the journal {}: {e}", self.path.display());
+                }
+            }
+            Err(_) => tracing::debug!("journal still shared; it closes with its last handle"),
+        }
+    }
+
     /// Applies `ops` durably: when this returns `Ok`, they survive a crash. Concurrent callers
     /// share one commit.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), JournalError> {

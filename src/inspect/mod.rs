@@ -1,0 +1,257 @@
+//! `drain inspect`: audit the journal (`<data-dir>/journal.redb`) read-only: every run, the
+//! detail of one run (messages and bytes by state, destination and queue kind, throughput),
+//! its anomalies, or one message's whole history.
+//!
+//! Safe at any time, a drain running included: the journal is opened read-only in redb's
+//! `SingleWriter` mode, as the drain opens it, in one read transaction (one consistent
+//! snapshot); nothing is created or modified (see `reader` and, for a journal left unclean by
+//! a SIGKILL, `overlay`). Messages are streamed: memory holds counters and bounded lists, so a
+//! journal of a million messages is summarised in the memory of a small one. A record that
+//! does not decode is listed as an anomaly naming its key; only a journal that cannot be read
+//! at all fails the command (exit 1, naming the file).
+//!
+//! # `--json` (schema 1)
+//!
+//! One JSON document on standard output. Fields are only ever added within a schema number;
+//! renaming, removing or retyping one bumps `schema`. Types: `Count` is
+//! `{"messages": u64, "bytes": u64}` (bytes: spool file sizes); times are RFC 3339 strings
+//! (UTC); ids are 32 hex digits; destinations are `host:port`; `Listing<T>` is
+//! `{"count": u64, "truncated": u64, "items": [T]}`: `count` items in all, the first at most
+//! 10,000 (`JSON_LIST_CAP`) listed, `truncated` = `count` - listed.
+//!
+//! Default view:
+//!
+//! ```text
+//! schema        1
+//! journal       string: the journal's path
+//! exists        bool: false when no drain has run here (then runs is [] and run null)
+//! unclean       bool: no process had the journal open and its last writer did not close it
+//!               (SIGKILL, crash); it was read through an in-memory recovery (`overlay`)
+//! runs          [Run], oldest first:
+//!   seq u64, id string, status "running"|"interrupted"|"finished",
+//!   started_at string, ended_at string|null, destinations [string],
+//!   exit_code i32|null, resumed u32
+//! corrupt_runs  [Corrupt]: run records that do not decode; Corrupt = {key string, reason string}
+//! run           RunDetail|null: the last run, or --run SEQ:
+//!   seq, id, status, started_at, ended_at, exit_code, resumed, destinations   (as in Run)
+//!   by_state        StateCounts: {read, sent, acked, deleted, delivered, total: Count}
+//!                   (delivered = acked + deleted)
+//!   by_destination  {dest: {sent, acked, deleted, delivered: Count}}: messages whose latest
+//!                   destination it is, by state (read ones are not counted)
+//!   by_queue        {"queue"|"bounce-lite"|"bounce-full"|"submission": StateCounts}
+//!   throughput      {elapsed_secs f64, messages_per_sec f64, bytes_per_sec f64}: delivered
+//!                   over the wall-clock time from started_at to ended_at (to now while
+//!                   running), interruptions included
+//!   anomalies:
+//!     in_doubt            Listing<{id, dest string|null, queue, size u64, since string|null}>:
+//!                         state sent (in flight while the run is running; after a crash,
+//!                         `drain resume` asks dest)
+//!     acked_not_removed   Listing<{id, dest, reason string|null}>: acked, and the local copy's
+//!                         removal failed (reason) or the run ended before it (null)
+//!     possible_duplicates Listing<{id, state, dest, reassigned_from [string]}>
+//!     unreadable          Listing<{path, kind "unreadable"|"corrupt", reason, at}>
+//!     corrupt_records     Listing<Corrupt>: message or unreadable records that do not decode
+//!     rejections          [ReasonGroup] with kind "permanent"|"transient"
+//!     failovers           [ReasonGroup] with kind "not_delivered" (connection refused, 503, ...)
+//!     not_delivered       Listing<{id, queue, size, rejected_by [{dest, reason}],
+//!                         last_note string|null}>: still read when the run ended
+//!                         (interrupted or finished); empty while it runs
+//!   ReasonGroup = {dest, kind, reason (cut to 200 characters), messages u64 (distinct),
+//!                  ids [string] (at most 1,000), ids_truncated u64}, most messages first; at
+//!                  most 100 groups per list, then one group {dest "*", reason "(other reasons)"}
+//!                  per kind
+//! ```
+//!
+//! `--message ID`:
+//!
+//! ```text
+//! schema 1, journal string, message string (the id)
+//! runs   [{seq, run_id string|null, run_status string|null, queue, hash, size, state,
+//!          dest string|null, rejected_by [{dest, reason}], possible_duplicate bool,
+//!          remove_failed string|null,
+//!          history [{event, state, at, dest string|null, note string|null}]}]
+//!        every run where the message appears, oldest first; event: read, sent,
+//!        not_delivered, rejected, refused, reassigned, acked, remove_failed, deleted
+//! corrupt_records [Corrupt]
+//! ```
+
+mod history;
+mod overlay;
+mod reader;
+mod summary;
+mod text;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use history::{MessageHistory, Step};
+pub use reader::{Corrupt, OpenMode, RunRow};
+pub use summary::{Anomalies, DestCounts, Listing, RunDetail, StateCounts, Throughput};
+
+use crate::spool::{MessageId, Timestamp};
+
+/// The `--json` schema version.
+pub const SCHEMA: u32 = 1;
+/// Items listed per anomaly list in `--json`.
+pub const JSON_LIST_CAP: usize = 10_000;
+
+/// What to show.
+#[derive(Clone, Debug)]
+pub struct InspectOptions {
+    pub data_dir: PathBuf,
+    pub json: bool,
+    /// The run to detail (default: the last).
+    pub run: Option<u64>,
+    /// Show this message's history instead of the summary.
+    pub message: Option<MessageId>,
+    /// Items listed per anomaly kind in text.
+    pub limit: usize,
+}
+
+/// The default view (the `--json` document).
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub schema: u32,
+    pub journal: String,
+    pub exists: bool,
+    pub unclean: bool,
+    pub runs: Vec<RunRow>,
+    pub corrupt_runs: Vec<Corrupt>,
+    pub run: Option<RunDetail>,
+}
+
+/// Runs `drain inspect` and returns what it prints.
+pub fn inspect(opts: &InspectOptions) -> anyhow::Result<String> {
+    let path = opts.data_dir.join("journal.redb");
+    if !journal_exists(&path)? {
+        return Ok(nothing(opts, &path));
+    }
+    // Read through the overlay, the result is valid only if no writer opened the journal
+    // meanwhile; if one did, read again (now shared with it).
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let reader = reader::Reader::open(&path)?;
+        let recovered = reader.mode() == OpenMode::Recovered;
+        let out = render(opts, &reader)?;
+        drop(reader);
+        if !recovered || attempts >= 3 || reader::still_unattended(&path) {
+            return Ok(out);
+        }
+        tracing::debug!(
+            "a writer opened {} while it was read; reading again",
+            path.display()
+        );
+    }
+}
+
+/// Whether there is a journal to read (a missing or empty file: no drain ever committed).
+fn journal_exists(path: &Path) -> anyhow::Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.len() > 0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("journal {}", path.display()))),
+    }
+}
+
+fn nothing(opts: &InspectOptions, path: &Path) -> String {
+    let journal = path.display().to_string();
+    if !opts.json {
+        return format!("no drain has run on this data directory ({journal} does not exist)\n");
+    }
+    let doc = match opts.message {
+        Some(id) => serde_json::to_value(MessageHistory {
+            schema: SCHEMA,
+            journal,
+            message: id.to_string(),
+            runs: Vec::new(),
+            corrupt_records: Vec::new(),
+        }),
+        None => serde_json::to_value(Summary {
+            schema: SCHEMA,
+            journal,
+            exists: false,
+            unclean: false,
+            runs: Vec::new(),
+            corrupt_runs: Vec::new(),
+            run: None,
+        }),
+    };
+    format!("{}\n", doc.unwrap_or_default())
+}
+
+fn render(opts: &InspectOptions, reader: &reader::Reader) -> anyhow::Result<String> {
+    if let Some(id) = opts.message {
+        let h = history::collect(reader, id, opts.run, SCHEMA)?;
+        return Ok(if opts.json {
+            format!("{}\n", serde_json::to_string(&h)?)
+        } else {
+            text::history(&h)
+        });
+    }
+    let cap = if opts.json { JSON_LIST_CAP } else { opts.limit };
+    let s = summarize(reader, opts.run, cap)?;
+    Ok(if opts.json {
+        format!("{}\n", serde_json::to_string(&s)?)
+    } else {
+        text::summary(&s, opts.limit)
+    })
+}
+
+/// Builds the default view, streaming run `run` (default: the last one whose record decodes).
+fn summarize(reader: &reader::Reader, run: Option<u64>, cap: usize) -> anyhow::Result<Summary> {
+    let runs = reader.runs()?;
+    let path = reader.path();
+    let row = match run {
+        None => runs.rows.last(),
+        Some(seq) => {
+            if let Some(c) = runs.corrupt.iter().find(|c| c.key == format!("run {seq}")) {
+                anyhow::bail!(
+                    "journal {}: run #{seq} cannot be detailed: corrupt record {}: {}",
+                    path.display(),
+                    c.key,
+                    c.reason
+                );
+            }
+            let found = runs.rows.iter().find(|r| r.seq == seq);
+            if found.is_none() {
+                anyhow::bail!(
+                    "journal {}: there is no run #{seq} (runs: {})",
+                    path.display(),
+                    describe_seqs(&runs.seqs)
+                );
+            }
+            found
+        }
+    };
+    let detail = match row {
+        None => None,
+        Some(row) => {
+            let mut c = summary::Collector::new(row, cap);
+            reader.for_each_message(row.seq, |id, rec| c.message(id, rec))?;
+            reader.for_each_unreadable(row.seq, |p, rec| c.unreadable(p, rec))?;
+            Some(c.finish(Timestamp::now()))
+        }
+    };
+    Ok(Summary {
+        schema: SCHEMA,
+        journal: path.display().to_string(),
+        exists: true,
+        unclean: reader.mode() == OpenMode::Recovered,
+        runs: runs.rows,
+        corrupt_runs: runs.corrupt,
+        run: detail,
+    })
+}
+
+fn describe_seqs(seqs: &[u64]) -> String {
+    match (seqs.first(), seqs.last()) {
+        (Some(a), Some(b)) if a == b => format!("#{a}"),
+        (Some(a), Some(b)) => format!("#{a} to #{b}"),
+        _ => "none".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,445 @@
+//! Prometheus metrics of `drain serve`. With `--metrics-listen ADDR:PORT` (or `metrics_listen`
+//! in the config file) it answers `GET /metrics` in the Prometheus text exposition format
+//! (version 0.0.4) over plain HTTP, on a listener of its own; the address actually bound is
+//! written to `<data-dir>/metrics.addr`. There is no TLS and no authentication: bind it to an
+//! address only the monitoring system reaches.
+//!
+//! | metric | type | meaning |
+//! | --- | --- | --- |
+//! | `drain_intake_messages_stored_total` | counter | messages taken in and stored durably (outcome `stored`) |
+//! | `drain_intake_bytes_stored_total` | counter | their size in bytes: the spool files, the `size` of `drain spool ls --json` |
+//! | `drain_intake_messages_already_held_total` | counter | dedupe hits: messages acknowledged again without storing (`already_held`, a repeated request) |
+//! | `drain_intake_refusals_total{reason}` | counter | refusals, by `reason` (below) |
+//! | `drain_intake_transfer_duration_seconds` | histogram | time from a `POST /v1/transfer` reaching the handler to its answer (every answer, refusals included) |
+//! | `drain_intake_accepting` | gauge | 1 while intake takes messages, 0 while this instance is being drained or stopping |
+//! | `drain_events_pending` | gauge | events in the queue not yet delivered to every endpoint |
+//! | `drain_events_delivered_total` | counter | events delivered, counted once per endpoint that took them |
+//! | `drain_event_delivery_failures_total` | counter | failed POSTs to an event endpoint (each is retried with backoff) |
+//!
+//! `reason` of `drain_intake_refusals_total`: a whole request refused, on any endpoint, counts
+//! one: `forbidden` (403, peer not in `accept_drain_from`), `too_large` (413), `bad_request`
+//! (400: malformed body or headers), `unavailable` (503: draining, shutting down, or a query
+//! that must be asked again), `not_found` (404), `error` (500: storing failed). A message
+//! rejected inside an accepted transfer counts one: `hash_mismatch`, `malformed` (not a valid
+//! spool file), `id_conflict` (a different message with that id is held here), `transient`
+//! (could not check the copy held; the sender retries), `other`. Every reason is exported from
+//! the start, at 0.
+//!
+//! Counters start at 0 when `drain serve` starts. Kept with atomics and rendered by hand: no
+//! metrics crate is needed for this handful.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::events::processor;
+use crate::wire::{ItemResult, Outcome};
+
+/// Why something was refused: the `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Forbidden,
+    TooLarge,
+    BadRequest,
+    Unavailable,
+    NotFound,
+    Error,
+    HashMismatch,
+    Malformed,
+    IdConflict,
+    Transient,
+    Other,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 11] = [
+        Refusal::Forbidden,
+        Refusal::TooLarge,
+        Refusal::BadRequest,
+        Refusal::Unavailable,
+        Refusal::NotFound,
+        Refusal::Error,
+        Refusal::HashMismatch,
+        Refusal::Malformed,
+        Refusal::IdConflict,
+        Refusal::Transient,
+        Refusal::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Forbidden => "forbidden",
+            Refusal::TooLarge => "too_large",
+            Refusal::BadRequest => "bad_request",
+            Refusal::Unavailable => "unavailable",
+            Refusal::NotFound => "not_found",
+            Refusal::Error => "error",
+            Refusal::HashMismatch => "hash_mismatch",
+            Refusal::Malformed => "malformed",
+            Refusal::IdConflict => "id_conflict",
+            Refusal::Transient => "transient",
+            Refusal::Other => "other",
+        }
+    }
+
+    /// A whole-request refusal, from the answer's status; `None` for a success.
+    pub fn of_status(status: StatusCode) -> Option<Refusal> {
+        match status.as_u16() {
+            200..=299 => None,
+            403 => Some(Refusal::Forbidden),
+            413 => Some(Refusal::TooLarge),
+            400 => Some(Refusal::BadRequest),
+            503 => Some(Refusal::Unavailable),
+            404 | 405 => Some(Refusal::NotFound),
+            500 => Some(Refusal::Error),
+            _ => Some(Refusal::Other),
+        }
+    }
+
+    /// A message rejected inside a transfer, from its result (see `store` for the reasons).
+    pub fn of_rejection(r: &ItemResult) -> Refusal {
+        use super::store::{REASON_HASH_MISMATCH, REASON_ID_CONFLICT, REASON_MALFORMED};
+        if r.outcome == Outcome::RejectedTransient {
+            return Refusal::Transient;
+        }
+        let reason = r.reason.as_deref().unwrap_or("");
+        if reason.starts_with(REASON_HASH_MISMATCH) {
+            Refusal::HashMismatch
+        } else if reason.starts_with(REASON_MALFORMED) {
+            Refusal::Malformed
+        } else if reason.starts_with(REASON_ID_CONFLICT) {
+            Refusal::IdConflict
+        } else {
+            Refusal::Other
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the transfer latency histogram's buckets; `+Inf` follows.
+pub const LATENCY_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    /// Per bucket (not cumulative), the last one is `+Inf`.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The counters of one `drain serve`, shared by its connections and its metrics listener.
+pub struct Metrics {
+    stored_messages: AtomicU64,
+    stored_bytes: AtomicU64,
+    already_held: AtomicU64,
+    refusals: [AtomicU64; Refusal::ALL.len()],
+    transfer_seconds: Histogram,
+    accepting: Arc<AtomicBool>,
+    events: Arc<processor::Stats>,
+    events_dir: PathBuf,
+}
+
+impl Metrics {
+    pub fn new(
+        accepting: Arc<AtomicBool>,
+        events: Arc<processor::Stats>,
+        events_dir: PathBuf,
+    ) -> Metrics {
+        Metrics {
+            stored_messages: AtomicU64::new(0),
+            stored_bytes: AtomicU64::new(0),
+            already_held: AtomicU64::new(0),
+            refusals: Default::default(),
+            transfer_seconds: Histogram::default(),
+            accepting,
+            events,
+            events_dir,
+        }
+    }
+
+    pub fn refused(&self, r: Refusal) {
+        self.refusals[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a whole request's answer (a refusal unless 2xx).
+    pub fn answered(&self, status: StatusCode) {
+        if let Some(r) = Refusal::of_status(status) {
+            self.refused(r);
+        }
+    }
+
+    pub fn transfer_took(&self, d: Duration) {
+        self.transfer_seconds.observe(d);
+    }
+
+    /// Counts a transfer's per-message results; `sizes[i]` is frame `i`'s file length.
+    pub fn transfer_results(&self, results: &[ItemResult], sizes: &[u64]) {
+        let (mut stored, mut bytes, mut held) = (0u64, 0u64, 0u64);
+        for (r, size) in results.iter().zip(sizes) {
+            match r.outcome {
+                Outcome::Stored => {
+                    stored += 1;
+                    bytes += size;
+                }
+                Outcome::AlreadyHeld => held += 1,
+                Outcome::RejectedPermanent | Outcome::RejectedTransient => {
+                    self.refused(Refusal::of_rejection(r))
+                }
+            }
+        }
+        self.stored_messages.fetch_add(stored, Ordering::Relaxed);
+        self.stored_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.already_held.fetch_add(held, Ordering::Relaxed);
+    }
+
+    /// Events waiting, counted without holding their names (the queue may be large).
+    fn events_pending(&self) -> Option<u64> {
+        let dir = std::fs::read_dir(&self.events_dir).ok()?;
+        let mut n = 0;
+        for de in dir {
+            let name = de.ok()?.file_name();
+            let name = name.to_string_lossy();
+            // The naming rule of `EventQueue::pending`.
+            if name.ends_with(".json") && !name.starts_with('.') {
+                n += 1;
+            }
+        }
+        Some(n)
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut scalar = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        };
+        scalar(
+            "drain_intake_messages_stored_total",
+            "counter",
+            "Messages taken in and stored durably.",
+            get(&self.stored_messages).to_string(),
+        );
+        scalar(
+            "drain_intake_bytes_stored_total",
+            "counter",
+            "Bytes of the messages stored (spool file sizes).",
+            get(&self.stored_bytes).to_string(),
+        );
+        scalar(
+            "drain_intake_messages_already_held_total",
+            "counter",
+            "Dedupe hits: messages acknowledged again without storing them twice.",
+            get(&self.already_held).to_string(),
+        );
+        scalar(
+            "drain_intake_accepting",
+            "gauge",
+            "1 while intake takes messages, 0 while draining or stopping.",
+            u8::from(self.accepting.load(Ordering::Relaxed)).to_string(),
+        );
+        scalar(
+            "drain_events_pending",
+            "gauge",
+            "Events not yet delivered to every endpoint.",
+            self.events_pending()
+                .map_or_else(|| "NaN".to_string(), |n| n.to_string()),
+        );
+        scalar(
+            "drain_events_delivered_total",
+            "counter",
+            "Events delivered, once per endpoint that took them.",
+            get(&self.events.delivered).to_string(),
+        );
+        scalar(
+            "drain_event_delivery_failures_total",
+            "counter",
+            "Failed POSTs to an event endpoint (retried).",
+            get(&self.events.failures).to_string(),
+        );
+
+        let name = "drain_intake_refusals_total";
+        let _ = write!(
+            out,
+            "# HELP {name} Refused requests and rejected messages, by reason.\n\
+             # TYPE {name} counter\n"
+        );
+        for r in Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{reason=\"{}\"}} {}",
+                r.label(),
+                get(&self.refusals[r as usize])
+            );
+        }
+
+        let name = "drain_intake_transfer_duration_seconds";
+        let _ = write!(
+            out,
+            "# HELP {name} Time to answer a transfer request.\n# TYPE {name} histogram\n"
+        );
+        let mut cumulative = 0;
+        for (i, c) in self.transfer_seconds.counts.iter().enumerate() {
+            cumulative += get(c);
+            let le = LATENCY_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = get(&self.transfer_seconds.sum_micros) as f64 / 1e6;
+        let _ = write!(out, "{name}_sum {sum}\n{name}_count {cumulative}\n");
+        out
+    }
+}
+
+/// Most metrics connections open at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves `GET /metrics` on `listener` until the task is dropped (which closes every
+/// connection too).
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("metrics listener: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if conns.len() >= MAX_CONNECTIONS {
+                    tracing::debug!(peer = %peer, "metrics listener: too many connections");
+                    continue;
+                }
+                let m = metrics.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let m = m.clone();
+                        async move { Ok::<_, Infallible>(answer(&m, &req)) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(tcp), svc);
+                    if let Err(e) = conn.await {
+                        tracing::debug!(peer = %peer, "metrics connection ended: {e}");
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+fn answer<B>(m: &Metrics, req: &Request<B>) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            m.render(),
+        ),
+        (&Method::GET | &Method::HEAD, "/") => (
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "drain serve: metrics at /metrics\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: the metrics are at GET /metrics\n".to_string(),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(outcome: Outcome, reason: Option<&str>) -> ItemResult {
+        ItemResult {
+            hash: String::new(),
+            id: None,
+            outcome,
+            reason: reason.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn renders_counts_reasons_and_a_cumulative_histogram() {
+        let m = Metrics::new(
+            Arc::new(AtomicBool::new(true)),
+            Arc::default(),
+            PathBuf::from("/nonexistent"),
+        );
+        let hm = format!("{}: x", super::super::store::REASON_HASH_MISMATCH);
+        m.transfer_results(
+            &[
+                result(Outcome::Stored, None),
+                result(Outcome::Stored, None),
+                result(Outcome::AlreadyHeld, None),
+                result(Outcome::RejectedPermanent, Some(&hm)),
+                result(Outcome::RejectedTransient, Some("x")),
+            ],
+            &[10, 20, 30, 40, 50],
+        );
+        m.answered(StatusCode::FORBIDDEN);
+        m.answered(StatusCode::OK);
+        m.transfer_took(Duration::from_millis(3));
+        m.transfer_took(Duration::from_millis(700));
+        let text = m.render();
+        for line in [
+            "drain_intake_messages_stored_total 2",
+            "drain_intake_bytes_stored_total 30",
+            "drain_intake_messages_already_held_total 1",
+            "drain_intake_refusals_total{reason=\"forbidden\"} 1",
+            "drain_intake_refusals_total{reason=\"hash_mismatch\"} 1",
+            "drain_intake_refusals_total{reason=\"transient\"} 1",
+            "drain_intake_refusals_total{reason=\"too_large\"} 0",
+            "drain_intake_accepting 1",
+            "drain_events_pending NaN",
+            "drain_intake_transfer_duration_seconds_bucket{le=\"0.005\"} 1",
+            "drain_intake_transfer_duration_seconds_bucket{le=\"0.5\"} 1",
+            "drain_intake_transfer_duration_seconds_bucket{le=\"1\"} 2",
+            "drain_intake_transfer_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "drain_intake_transfer_duration_seconds_count 2",
+            "drain_intake_transfer_duration_seconds_sum 0.703",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
+    }
+}

@@ -21,13 +21,19 @@ Examples:
   drain --data-dir /var/lib/mail 10.0.0.2 10.0.0.3:8443     drain this instance to two others
   drain --data-dir /var/lib/mail resume                     finish an interrupted drain
   drain --data-dir /var/lib/mail serve --tls-cert c.pem --tls-key k.pem --accept-drain-from 10.0.0.0/24
+  drain --data-dir /var/lib/mail inspect                    audit what every drain did
   drain demo                                                try it all on loopback
 
 Exit codes of `drain` and `drain resume`:
-  0  drained: the queues are empty        11  some files could not be read
-  1  other error (see stderr)             12  some messages could not be distributed
-  40 delivered, some local removals failed   41 partly delivered, removals failed
-  42 stopped by SIGTERM/SIGINT after a clean shutdown
+  0   drained: the queues are empty
+  1   other error (see stderr), including a data directory in use
+  10  --max-event-wait expired with events pending; nothing moved
+  11  some files could not be read; all readable messages were drained
+  12  some messages could not be distributed
+  13  the rest was moved to --fallback-path
+  40  delivered, but removing some local copies failed
+  41  partly delivered, and removing some local copies failed
+  42  stopped by SIGTERM/SIGINT after a clean shutdown
   After 40, 41, 42 or a SIGKILL, run `drain resume`."
 )]
 pub struct Cli {

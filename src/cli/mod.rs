@@ -21,6 +21,15 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format, cli.quiet);
     let code = match run(cli) {
         Ok(code) => code,
+        // The reader went away (`drain spool ls | head`): not an error, as in ripgrep.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            0
+        }
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "drain: error: {e:#}");
             1

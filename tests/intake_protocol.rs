@@ -282,3 +282,77 @@ fn forwarded_for_is_honoured_only_from_trusted_proxies() {
         "refusals are logged: {log}"
     );
 }
+
+/// Whether the server answers that it holds `m` for `run`.
+async fn held(c: &reqwest::Client, s: &Server, run: &str, m: &Message) -> bool {
+    let q = serde_json::to_vec(&wire::QueryRequest {
+        messages: vec![wire::QueryItem {
+            id: m.header.id.to_string(),
+            hash: m.hash.to_hex().to_string(),
+        }],
+    })
+    .unwrap();
+    let (st, text) = post(c, s, wire::QUERY_PATH, run, q, &[]).await;
+    assert_eq!(st, 200, "{text}");
+    !serde_json::from_str::<QueryResponse>(&text)
+        .unwrap()
+        .held
+        .is_empty()
+}
+
+#[test]
+fn dedupe_keys_go_when_the_run_finishes_or_expire() {
+    let tmp = TempDir::new("forget");
+    let mut s = Server::start(&tmp, "a", ServeConfig::on("127.0.0.2"));
+    let c = client(&s, "127.0.0.1");
+    let (m1, m2) = (message(b"one"), message(b"two"));
+    let item = |m: &Message| wire::QueryItem {
+        id: m.header.id.to_string(),
+        hash: m.hash.to_hex().to_string(),
+    };
+    let path = |s: &Server, m: &Message| {
+        s.data_dir
+            .join(format!("spool/bounce-lite/{}.msg", m.header.id))
+    };
+    let run2 = "44444444444444444444444444444444";
+    let runtime = rt();
+    runtime.block_on(async {
+        for (run, m) in [(RUN, &m1), (run2, &m2)] {
+            let (_, text) =
+                post(&c, &s, wire::TRANSFER_PATH, run, batch(&[(m, m.hash)]), &[]).await;
+            assert!(text.contains("\"stored\""), "{text}");
+            // The copy moves on (as this instance's own drain would do).
+            std::fs::remove_file(path(&s, m)).unwrap();
+            assert!(held(&c, &s, run, m).await, "held by its dedupe key");
+        }
+        // The sender says run 1 finished: its keys go, run 2's stay.
+        let (st, text) = post(&c, &s, wire::FINISH_PATH, RUN, Vec::new(), &[]).await;
+        assert_eq!(st, 200, "{text}");
+        assert!(!held(&c, &s, RUN, &m1).await, "forgotten after /v1/finish");
+        assert!(held(&c, &s, run2, &m2).await);
+    });
+    // Keys older than --dedupe-retention expire (checked at start, then hourly).
+    drop(runtime);
+    s.kill();
+    let mut cfg = ServeConfig::on("127.0.0.2");
+    cfg.extra = vec!["--dedupe-retention".into(), "1ms".into()];
+    let s2 = Server::spawn(
+        s.data_dir.clone(),
+        s.cert.clone(),
+        s.key.clone(),
+        &cfg,
+        tmp.path().join("a2.log"),
+    );
+    let c2 = client(&s2, "127.0.0.1");
+    rt().block_on(async {
+        let q = serde_json::to_vec(&wire::QueryRequest {
+            messages: vec![item(&m2)],
+        })
+        .unwrap();
+        // Expired keys are dropped before the server takes its first request.
+        let (st, text) = post(&c2, &s2, wire::QUERY_PATH, run2, q, &[]).await;
+        assert_eq!(st, 200, "{text}");
+        let held = serde_json::from_str::<QueryResponse>(&text).unwrap().held;
+        assert!(held.is_empty(), "the expired key is gone: {text}");
+    });
+}

@@ -153,6 +153,10 @@ pub async fn serve(
         }
         None => None,
     };
+    // Expired dedupe keys go before the first request (then hourly, below).
+    if let Err(e) = state.store.expire(opts.dedupe_retention).await {
+        tracing::warn!("expiring old dedupe keys failed: {e}");
+    }
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
@@ -171,6 +175,7 @@ pub async fn serve(
         let retention = opts.dedupe_retention;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            tick.tick().await; // the first tick is immediate: done above
             loop {
                 tick.tick().await;
                 if let Err(e) = store.expire(retention).await {

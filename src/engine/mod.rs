@@ -214,6 +214,7 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
     let started = Instant::now();
     let inst = Instance::open(&opts.data_dir)?;
     let spool = Spool::open(&opts.data_dir)?;
+    spool.clean_stale_tmp(Duration::from_secs(3600));
     let journal = Journal::open(&opts.data_dir)?;
 
     let last = journal.last_run()?;

@@ -108,6 +108,7 @@ pub async fn serve(
     // Held for as long as we serve: a drain of this directory must stop us first.
     let lock = inst.try_lock("drain serve")?;
     refuse_if_draining(&opts.data_dir)?;
+    crate::spool::Spool::open(&opts.data_dir)?.clean_stale_tmp(Duration::from_secs(3600));
     let tls = crate::tls::server_config(&opts.tls_cert, &opts.tls_key)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let events = EventQueue::open(&opts.data_dir)?;

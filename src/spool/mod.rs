@@ -206,6 +206,34 @@ impl Spool {
         Ok(())
     }
 
+    /// Removes temp files older than `age` left in `.tmp` by a crash mid-write (they never
+    /// became messages). Called by whoever holds the instance lock; the age keeps it clear of
+    /// a `spool add` writing right now. Returns how many were removed.
+    pub fn clean_stale_tmp(&self, age: std::time::Duration) -> usize {
+        let Ok(dir) = fs::read_dir(self.tmp_dir()) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for de in dir.flatten() {
+            let old = de
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|e| e >= age);
+            if old && fs::remove_file(de.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                "removed {removed} stale temporary files from {}",
+                self.tmp_dir().display()
+            );
+        }
+        removed
+    }
+
     /// Reads and checks one message file. The name must match the header.
     pub fn read(&self, entry: &Entry) -> Result<Message, SpoolError> {
         let bytes = read_file(&entry.path)?;
@@ -349,4 +377,33 @@ pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| SpoolError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stale_temp_files_are_cleaned() {
+        let dir =
+            std::env::temp_dir().join(format!("drain-spool-tmp-{}", MessageId::random().unwrap()));
+        let spool = Spool::open(&dir).unwrap();
+        let old = spool.tmp_dir().join("old.tmp");
+        let new = spool.tmp_dir().join("new.tmp");
+        fs::write(&old, b"x").unwrap();
+        fs::write(&new, b"y").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        assert_eq!(
+            spool.clean_stale_tmp(std::time::Duration::from_secs(3600)),
+            1
+        );
+        assert!(!old.exists() && new.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -88,7 +88,7 @@ pub struct DrainArgs {
     /// one, each flagged in the journal as a possible duplicate (`90s`, `10m`). Default: wait.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub reassign_after: Option<std::time::Duration>,
-    /// Messages per request (default: concurrency / 4).
+    /// Messages per request (default: concurrency / destinations).
     #[arg(long, hide = true)]
     pub batch_size: Option<usize>,
     /// Print the final report as JSON on standard output.

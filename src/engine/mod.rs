@@ -288,9 +288,13 @@ pub async fn run(opts: DrainOptions, stop: Stop) -> anyhow::Result<Report> {
     journal.commit(vec![Op::PutRun(run.clone())]).await?;
 
     let concurrency = opts.concurrency.max(1);
+    // About one request in flight per active destination (at least two): larger requests
+    // share the receiver's directory fsync and the journal's commits (measured: batches of 8
+    // beat batches of 2 by ~15% with two destinations).
+    let active_dests = active.iter().filter(|a| **a).count().max(2);
     let batch_max = opts
         .batch_size
-        .unwrap_or_else(|| (concurrency / 4).max(1))
+        .unwrap_or_else(|| (concurrency / active_dests).clamp(1, 64))
         .clamp(1, crate::wire::MAX_FRAMES);
     let workers = concurrency.div_ceil(batch_max).max(1);
     let budget_units =

@@ -138,11 +138,14 @@ async fn worker(
                 .collect::<Vec<_>>()
         })
         .await?;
+        // One read transaction for the batch's journal records.
+        let ids: Vec<_> = read.iter().map(|(e, _)| e.id).collect();
+        let records = ctx.journal.messages(ctx.run_seq, &ids)?;
         let mut items = Vec::with_capacity(read.len());
-        for (entry, r) in read {
+        for ((entry, r), rec) in read.into_iter().zip(records) {
             match r {
                 Ok(msg) => {
-                    if let Some(item) = admit(&ctx, entry, msg)? {
+                    if let Some(item) = admit(&ctx, entry, msg, rec) {
                         items.push(item);
                     }
                 }
@@ -162,9 +165,14 @@ async fn worker(
 
 /// A message may already be journaled in this run (a continued run, or a rescan): only `read`
 /// ones (or new ones) are sent; `sent` / `acked` ones belong to `settle`.
-fn admit(ctx: &Ctx, entry: Entry, msg: crate::spool::Message) -> anyhow::Result<Option<Item>> {
+fn admit(
+    ctx: &Ctx,
+    entry: Entry,
+    msg: crate::spool::Message,
+    rec: Option<crate::journal::MessageRecord>,
+) -> Option<Item> {
     let mut rejected = Vec::new();
-    if let Some(rec) = ctx.journal.message(ctx.run_seq, entry.id)? {
+    if let Some(rec) = rec {
         match rec.state {
             State::Read => {
                 if rec.hash == msg.hash.to_hex().as_str() {
@@ -175,18 +183,18 @@ fn admit(ctx: &Ctx, entry: Entry, msg: crate::spool::Message) -> anyhow::Result<
                     }
                 }
             }
-            State::Sent | State::Acked => return Ok(None),
+            State::Sent | State::Acked => return None,
             State::Deleted => {
                 tracing::warn!(
                     id = %entry.id,
                     "{}: this message was delivered and removed earlier in this run, but the file is back; leaving it",
                     entry.path.display()
                 );
-                return Ok(None);
+                return None;
             }
         }
     }
-    Ok(Some(Item::new(entry, msg, rejected)))
+    Some(Item::new(entry, msg, rejected))
 }
 
 /// Journals and reports a file that could not be read; false if it was already reported.

@@ -208,6 +208,24 @@ impl Journal {
         }
     }
 
+    /// The records of several messages of run `seq`, in order, in one read transaction.
+    pub fn messages(
+        &self,
+        seq: u64,
+        ids: &[crate::spool::MessageId],
+    ) -> Result<Vec<Option<MessageRecord>>, JournalError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(MESSAGES).map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(match t.get((seq, id.0)).map_err(|e| self.err(e))? {
+                None => None,
+                Some(v) => Some(self.decode(&format!("message {id} of run {seq}"), v.value())?),
+            });
+        }
+        Ok(out)
+    }
+
     /// Files that could not be read in run `seq`.
     pub fn unreadable(&self, seq: u64) -> Result<Vec<(String, UnreadableRecord)>, JournalError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;

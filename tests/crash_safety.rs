@@ -6,8 +6,6 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use common::*;
 
@@ -66,22 +64,7 @@ fn failed_removals_exit_40_and_resume_removes_without_resending() {
     assert_eq!(a.ls().len(), 40, "and every message is on the destination");
 
     // The instance may not serve until the run is settled (invariant 6).
-    let (cert, key) =
-        drain::tls::write_self_signed(&["127.0.0.52".into()], tmp.path(), "self").unwrap();
-    let o = drain(
-        &src,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.52:0",
-            "--accept-drain-from",
-            "127.0.0.1",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let o = try_serve(&tmp, &src, "127.0.0.52");
     assert_eq!(code(&o), 1, "{}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -122,34 +105,9 @@ fn sigterm_stops_cleanly_with_42_and_resume_finishes() {
     let ca = tmp.path().join("ca.pem");
     std::fs::copy(&cert, &ca).unwrap();
     let dest = format!("127.0.0.53:{port}");
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&src)
-        .args(["--ca-cert", ca.to_str().unwrap(), &dest])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (child, rx) = spawn_watched(&src, &["--ca-cert", ca.to_str().unwrap(), &dest]);
     // Readiness: the drain says every destination failed and it is backing off.
-    let mut seen = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the drain logs its retries");
-        let retrying = line.contains("every destination failed");
-        seen.push(line);
-        if retrying {
-            break;
-        }
-    }
+    let seen = wait_line(&rx, "every destination failed");
     signal(&child, libc::SIGTERM);
     let out = child.wait_with_output().unwrap();
     assert_eq!(
@@ -161,20 +119,7 @@ fn sigterm_stops_cleanly_with_42_and_resume_finishes() {
     assert_eq!(spool_ls(&src).len(), 30, "nothing removed");
 
     // Interrupted: serving is refused until the run is settled.
-    let o = drain(
-        &src,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.54:0",
-            "--accept-drain-from",
-            "127.0.0.1",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let o = try_serve(&tmp, &src, "127.0.0.54");
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("resume"));
 

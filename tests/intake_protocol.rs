@@ -3,36 +3,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use common::*;
-use drain::spool::{Header, Message, MessageId, QueueKind, Timestamp};
+use drain::spool::{Message, MessageId, QueueKind};
 use drain::wire::{self, Outcome, QueryResponse, TransferResponse};
-
-fn message(body: &[u8]) -> Message {
-    let h = Header {
-        id: MessageId::random().unwrap(),
-        queue: QueueKind::BounceLite,
-        from: "a@example.com".into(),
-        to: vec!["b@example.net".into()],
-        attempts: 2,
-        next_retry_at: Some(Timestamp::parse("2031-01-01T00:00:00Z").unwrap()),
-        created_at: Timestamp::now(),
-        properties: BTreeMap::new(),
-        body_len: 0,
-    };
-    Message::from_bytes(drain::spool::format::encode(&h, body).unwrap().into()).unwrap()
-}
-
-fn batch(msgs: &[(&Message, blake3::Hash)]) -> Vec<u8> {
-    let mut b = Vec::new();
-    for (m, h) in msgs {
-        wire::put_frame_header(&mut b, h, m.bytes.len() as u64);
-        b.extend_from_slice(&m.bytes);
-    }
-    b
-}
 
 fn client(server: &Server, bind: &str) -> reqwest::Client {
     drain::tls::install_provider();
@@ -81,8 +56,8 @@ fn the_same_request_twice_is_stored_once_and_a_bad_hash_is_rejected() {
     let tmp = TempDir::new("idem");
     let s = Server::start(&tmp, "a", ServeConfig::on("127.0.0.2"));
     let c = client(&s, "127.0.0.1");
-    let m1 = message(b"first\r\n");
-    let m2 = message(b"second\n");
+    let m1 = message(QueueKind::BounceLite, 2, b"first\r\n");
+    let m2 = message(QueueKind::BounceLite, 2, b"second\n");
     let body = batch(&[(&m1, m1.hash), (&m2, m2.hash)]);
     rt().block_on(async {
         let (st, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, body.clone(), &[]).await;
@@ -148,7 +123,7 @@ fn the_same_request_twice_is_stored_once_and_a_bad_hash_is_rejected() {
         );
 
         // A frame whose hash does not match its content is rejected, nothing stored.
-        let m3 = message(b"third");
+        let m3 = message(QueueKind::BounceLite, 2, b"third");
         let body = batch(&[(&m3, blake3::hash(b"something else"))]);
         let (st, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, body, &[]).await;
         assert_eq!(st, 200);
@@ -191,7 +166,7 @@ fn a_message_that_comes_back_in_a_later_run_is_stored_again() {
     let tmp = TempDir::new("return");
     let s = Server::start(&tmp, "b", ServeConfig::on("127.0.0.2"));
     let c = client(&s, "127.0.0.1");
-    let m = message(b"boomerang");
+    let m = message(QueueKind::BounceLite, 2, b"boomerang");
     let body = batch(&[(&m, m.hash)]);
     rt().block_on(async {
         let (_, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, body.clone(), &[]).await;
@@ -222,7 +197,7 @@ fn forwarded_for_is_honoured_only_from_trusted_proxies() {
     cfg.accept = "127.0.0.20/32";
     cfg.trusted_proxies = Some("127.0.0.9");
     let s = Server::start(&tmp, "a", cfg);
-    let m = message(b"via proxy");
+    let m = message(QueueKind::BounceLite, 2, b"via proxy");
     let body = batch(&[(&m, m.hash)]);
     rt().block_on(async {
         let proxy = client(&s, "127.0.0.9");
@@ -305,7 +280,10 @@ fn dedupe_keys_go_when_the_run_finishes_or_expire() {
     let tmp = TempDir::new("forget");
     let mut s = Server::start(&tmp, "a", ServeConfig::on("127.0.0.2"));
     let c = client(&s, "127.0.0.1");
-    let (m1, m2) = (message(b"one"), message(b"two"));
+    let (m1, m2) = (
+        message(QueueKind::BounceLite, 2, b"one"),
+        message(QueueKind::BounceLite, 2, b"two"),
+    );
     let item = |m: &Message| wire::QueryItem {
         id: m.header.id.to_string(),
         hash: m.hash.to_hex().to_string(),

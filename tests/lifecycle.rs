@@ -4,11 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -22,37 +19,6 @@ fn wait_for_log(s: &Server, needles: &[&str]) {
             s.log()
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn spawn_drain(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn drain");
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
-}
-
-fn wait_line(rx: &mpsc::Receiver<String>, needle: &str) {
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no line containing {needle:?}"));
-        if line.contains(needle) {
-            return;
-        }
     }
 }
 
@@ -70,20 +36,56 @@ fn add_some(dir: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// A source instance running `drain serve` with an event endpoint that fails (500) until told
+/// otherwise, `n` messages added through `spool add` (so `n` events pending), and a
+/// destination. Addresses: 127.0.0.`base` (endpoint), `base+1` (destination), `base+2` (source).
+struct EventScene {
+    sink: EventSink,
+    dest: Server,
+    src_dir: std::path::PathBuf,
+    src: Server,
+    ca: String,
+    ids: Vec<String>,
+}
+
+impl EventScene {
+    fn start(tmp: &TempDir, base: u8, n: usize, serve_extra: &[&str]) -> EventScene {
+        let ip = |k: u8| format!("127.0.0.{}", base + k);
+        let sink = EventSink::start(&ip(0));
+        sink.status.store(500, Ordering::SeqCst);
+        let dest = Server::start(tmp, "dest", ServeConfig::on(&ip(1)));
+        let src_dir = tmp.sub("src");
+        let ids = add_some(&src_dir, n);
+        let src_ip = ip(2);
+        let mut cfg = ServeConfig::on(&src_ip);
+        cfg.extra = vec!["--event-endpoint".into(), sink.url.clone()];
+        cfg.extra.extend(serve_extra.iter().map(|a| a.to_string()));
+        let src = Server::start(tmp, "src", cfg);
+        let ca = ca_bundle(tmp, &[&dest]).display().to_string();
+        EventScene {
+            sink,
+            dest,
+            src_dir,
+            src,
+            ca,
+            ids,
+        }
+    }
+}
+
 #[test]
 fn events_are_delivered_exactly_once_before_the_spool_moves() {
     let tmp = TempDir::new("events");
-    let sink = EventSink::start("127.0.0.71");
-    sink.status.store(500, Ordering::SeqCst);
-    let dest = Server::start(&tmp, "dest", ServeConfig::on("127.0.0.72"));
-    let src_dir = tmp.sub("src");
-    let ids = add_some(&src_dir, 5);
-    let mut cfg = ServeConfig::on("127.0.0.73");
-    cfg.extra = vec!["--event-endpoint".into(), sink.url.clone()];
-    let mut src = Server::start(&tmp, "src", cfg);
-    let ca = ca_bundle(&tmp, &[&dest]);
+    let EventScene {
+        sink,
+        dest,
+        src_dir,
+        mut src,
+        ca,
+        ids,
+    } = EventScene::start(&tmp, 71, 5, &[]);
 
-    let (child, _rx) = spawn_drain(&src_dir, &["--ca-cert", ca.to_str().unwrap(), &dest.dest()]);
+    let (child, _rx) = spawn_watched(&src_dir, &["--ca-cert", &ca, &dest.dest()]);
     // The drain has stopped intake and is waiting: the endpoint fails, nothing moves.
     wait_for_log(&src, &["intake now answers 503", "delivering 5 events"]);
     assert_eq!(spool_ls(&src_dir).len(), 5);
@@ -128,25 +130,17 @@ fn events_are_delivered_exactly_once_before_the_spool_moves() {
 #[test]
 fn max_event_wait_expires_with_exit_10_and_touches_nothing() {
     let tmp = TempDir::new("evwait");
-    let sink = EventSink::start("127.0.0.74");
-    sink.status.store(500, Ordering::SeqCst);
-    let dest = Server::start(&tmp, "dest", ServeConfig::on("127.0.0.75"));
-    let src_dir = tmp.sub("src");
-    add_some(&src_dir, 3);
+    let EventScene {
+        dest,
+        src_dir,
+        mut src,
+        ca,
+        ..
+    } = EventScene::start(&tmp, 74, 3, &[]);
     let before = spool_ls(&src_dir);
-    let mut cfg = ServeConfig::on("127.0.0.76");
-    cfg.extra = vec!["--event-endpoint".into(), sink.url.clone()];
-    let mut src = Server::start(&tmp, "src", cfg);
-    let ca = ca_bundle(&tmp, &[&dest]);
     let o = drain(
         &src_dir,
-        &[
-            "--ca-cert",
-            ca.to_str().unwrap(),
-            "--max-event-wait",
-            "2s",
-            &dest.dest(),
-        ],
+        &["--ca-cert", &ca, "--max-event-wait", "2s", &dest.dest()],
     );
     assert_eq!(code(&o), 10, "{}", show(&o));
     assert!(
@@ -167,27 +161,16 @@ fn max_event_wait_expires_with_exit_10_and_touches_nothing() {
 #[test]
 fn no_wait_on_events_moves_the_spool_although_events_remain() {
     let tmp = TempDir::new("nowait");
-    let sink = EventSink::start("127.0.0.77");
-    sink.status.store(500, Ordering::SeqCst);
-    let dest = Server::start(&tmp, "dest", ServeConfig::on("127.0.0.78"));
-    let src_dir = tmp.sub("src");
-    add_some(&src_dir, 3);
-    let mut cfg = ServeConfig::on("127.0.0.79");
-    cfg.extra = vec![
-        "--event-endpoint".into(),
-        sink.url.clone(),
-        "--wait-after-drain".into(),
-    ];
-    let mut src = Server::start(&tmp, "src", cfg);
-    let ca = ca_bundle(&tmp, &[&dest]);
+    let EventScene {
+        dest,
+        src_dir,
+        mut src,
+        ca,
+        ..
+    } = EventScene::start(&tmp, 77, 3, &["--wait-after-drain"]);
     let o = drain(
         &src_dir,
-        &[
-            "--ca-cert",
-            ca.to_str().unwrap(),
-            "--no-wait-on-events",
-            &dest.dest(),
-        ],
+        &["--ca-cert", &ca, "--no-wait-on-events", &dest.dest()],
     );
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert!(spool_ls(&src_dir).is_empty());
@@ -368,7 +351,7 @@ fn a_second_drain_or_serve_on_the_same_directory_is_refused_at_once() {
     let src = tmp.sub("src");
     fill(&src, 5);
     let dead = format!("127.0.0.87:{port}");
-    let (first, rx) = spawn_drain(&src, &[&dead]);
+    let (first, rx) = spawn_watched(&src, &[&dead]);
     wait_line(&rx, "every destination failed");
     let started = Instant::now();
     let o = drain(&src, &[&dead]);
@@ -382,22 +365,7 @@ fn a_second_drain_or_serve_on_the_same_directory_is_refused_at_once() {
         started.elapsed() < Duration::from_secs(10),
         "refused at once"
     );
-    let (cert, key) =
-        drain::tls::write_self_signed(&["127.0.0.88".into()], tmp.path(), "s").unwrap();
-    let o = drain(
-        &src,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.88:0",
-            "--accept-drain-from",
-            "127.0.0.1",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let o = try_serve(&tmp, &src, "127.0.0.88");
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("in use by"),

@@ -4,14 +4,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use drain::spool::{Header, Message, MessageId, QueueKind, Timestamp};
+use drain::spool::QueueKind;
 use drain::wire::{self, Outcome, TransferResponse};
 
 /// A plain `GET path` over TCP: (status code, content type, body).
@@ -59,30 +59,6 @@ fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
 fn metric(m: &HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key)
         .unwrap_or_else(|| panic!("no {key} in {:#?}", m.keys().collect::<Vec<_>>()))
-}
-
-fn message(body: &[u8]) -> Message {
-    let h = Header {
-        id: MessageId::random().unwrap(),
-        queue: QueueKind::Queue,
-        from: "a@example.com".into(),
-        to: vec!["b@example.net".into()],
-        attempts: 1,
-        next_retry_at: Some(Timestamp::parse("2031-01-01T00:00:00Z").unwrap()),
-        created_at: Timestamp::now(),
-        properties: BTreeMap::new(),
-        body_len: 0,
-    };
-    Message::from_bytes(drain::spool::format::encode(&h, body).unwrap().into()).unwrap()
-}
-
-fn batch(msgs: &[(&Message, blake3::Hash)]) -> Vec<u8> {
-    let mut b = Vec::new();
-    for (m, h) in msgs {
-        wire::put_frame_header(&mut b, h, m.bytes.len() as u64);
-        b.extend_from_slice(&m.bytes);
-    }
-    b
 }
 
 /// POST /v1/transfer from `bind`: (status, body).
@@ -203,7 +179,7 @@ fn metrics_count_what_a_drain_brought_in() {
     );
 
     // The same request twice: stored, then a dedupe hit. A bad hash, and a refused peer.
-    let extra = message(b"Subject: one more\r\n\r\nhello\r\n");
+    let extra = message(QueueKind::Queue, 1, b"Subject: one more\r\n\r\nhello\r\n");
     let body = batch(&[(&extra, extra.hash)]);
     let (st, text) = transfer(&dest, "127.0.0.112", body.clone());
     assert_eq!(
@@ -217,7 +193,7 @@ fn metrics_count_what_a_drain_brought_in() {
         (200, vec![Outcome::AlreadyHeld]),
         "{text}"
     );
-    let bad = message(b"tampered");
+    let bad = message(QueueKind::Queue, 1, b"tampered");
     let (st, text) = transfer(&dest, "127.0.0.112", batch(&[(&bad, blake3::hash(b"x"))]));
     assert_eq!(
         (st, outcomes(&text)),

@@ -46,6 +46,17 @@ impl Item {
     fn size(&self) -> u64 {
         self.msg.bytes.len() as u64
     }
+
+    /// Excludes destination `d` (named `dname`) for this message, saying why.
+    pub fn exclude(&mut self, d: usize, dname: &str, reason: &str) {
+        self.rejected.push(d);
+        self.reasons.push(format!("{dname}: {reason}"));
+    }
+
+    /// Goes back to the hash of the content read (after asking about an older one).
+    pub fn rehash(&mut self) {
+        self.hash = self.msg.hash.to_hex().to_string();
+    }
 }
 
 /// Encodes items as one transfer body.
@@ -198,21 +209,8 @@ pub(crate) async fn send(
     items: Vec<Item>,
     already_sent: bool,
 ) -> anyhow::Result<Sorted> {
-    let dname = ctx.dests[d].to_string();
     if !already_sent {
-        ctx.journal
-            .commit(
-                items
-                    .iter()
-                    .map(|i| Op::Sent {
-                        run: ctx.run_seq,
-                        id: i.entry.id,
-                        dest: dname.clone(),
-                        possible_duplicate: false,
-                    })
-                    .collect(),
-            )
-            .await?;
+        journal_sent(ctx, &ctx.dests[d].to_string(), &items).await?;
     }
     let mut items = items;
     loop {
@@ -232,6 +230,24 @@ pub(crate) async fn send(
             },
         }
     }
+}
+
+/// `read` -> `sent(dest)`, durably, before anything leaves (invariant 2).
+pub(crate) async fn journal_sent(ctx: &Ctx, dest: &str, items: &[Item]) -> anyhow::Result<()> {
+    ctx.journal
+        .commit(
+            items
+                .iter()
+                .map(|i| Op::Sent {
+                    run: ctx.run_seq,
+                    id: i.entry.id,
+                    dest: dest.to_string(),
+                    possible_duplicate: false,
+                })
+                .collect(),
+        )
+        .await?;
+    Ok(())
 }
 
 /// One request to `d` with items already journaled `sent` to it.
@@ -262,16 +278,12 @@ pub(crate) async fn deliver(ctx: &Ctx, d: usize, items: Vec<Item>) -> anyhow::Re
                 sorted.retry = items;
             } else {
                 reject(ctx, &dname, &items, &reason, permanent).await?;
-                sorted.retry = items
-                    .into_iter()
-                    .map(|mut i| {
-                        if permanent {
-                            i.rejected.push(d);
-                            i.reasons.push(format!("{dname}: {reason}"));
-                        }
-                        i
-                    })
-                    .collect();
+                sorted.retry = items;
+                if permanent {
+                    for i in &mut sorted.retry {
+                        i.exclude(d, &dname, &reason);
+                    }
+                }
                 sorted.dest_failed = !permanent;
             }
         }
@@ -329,8 +341,7 @@ async fn answered(
                     permanent,
                 });
                 if permanent {
-                    item.rejected.push(d);
-                    item.reasons.push(format!("{dname}: {reason}"));
+                    item.exclude(d, &dname, &reason);
                 } else {
                     sorted.dest_failed = true;
                 }
@@ -374,7 +385,8 @@ pub(crate) async fn release(
     Ok(())
 }
 
-async fn reject(
+/// `sent` -> `read`, remembering the rejection (a permanent one excludes `dest`).
+pub(crate) async fn reject(
     ctx: &Ctx,
     dest: &str,
     items: &[Item],

@@ -56,19 +56,7 @@ pub(crate) async fn move_items(ctx: &Ctx, fb: &Fallback, items: Vec<Item>) -> an
     if items.is_empty() {
         return Ok(());
     }
-    ctx.journal
-        .commit(
-            items
-                .iter()
-                .map(|i| Op::Sent {
-                    run: ctx.run_seq,
-                    id: i.entry.id,
-                    dest: fb.name.clone(),
-                    possible_duplicate: false,
-                })
-                .collect(),
-        )
-        .await?;
+    dispatch::journal_sent(ctx, &fb.name, &items).await?;
     copy_and_remove(ctx, fb, items).await
 }
 

@@ -141,6 +141,19 @@ impl Ctx {
             .find(|&i| self.active[i] && ok(i))
     }
 
+    /// The index of the destination named `name` (as the journal writes it).
+    pub fn dest_index(&self, name: &str) -> Option<usize> {
+        self.dests.iter().position(|d| d.to_string() == name)
+    }
+
+    /// The destinations a journaled message was rejected by, as indexes.
+    pub(crate) fn rejected_by(&self, rec: &crate::journal::MessageRecord) -> Vec<usize> {
+        rec.rejected_by
+            .iter()
+            .filter_map(|(d, _)| self.dest_index(d))
+            .collect()
+    }
+
     pub fn report(&self) -> std::sync::MutexGuard<'_, Report> {
         self.report.lock().unwrap_or_else(|p| p.into_inner())
     }

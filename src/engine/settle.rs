@@ -55,30 +55,12 @@ pub(crate) async fn confirm(
             Err(QueryError::Refused(e)) => {
                 tracing::warn!(dest = %dname, "{dname} refuses this sender ({e}): it holds none of the {} messages", items.len());
                 ctx.note_failure(&dname, &e);
-                ctx.journal
-                    .commit(
-                        items
-                            .iter()
-                            .map(|i| Op::Rejected {
-                                run: ctx.run_seq,
-                                id: i.entry.id,
-                                dest: dname.clone(),
-                                reason: e.clone(),
-                                permanent: true,
-                            })
-                            .collect(),
-                    )
-                    .await?;
-                return Ok(Confirmed::Refused(
-                    items
-                        .into_iter()
-                        .map(|mut i| {
-                            i.rejected.push(d);
-                            i.reasons.push(format!("{dname}: {e}"));
-                            i
-                        })
-                        .collect(),
-                ));
+                dispatch::reject(ctx, &dname, &items, &e, true).await?;
+                let mut items = items;
+                for i in &mut items {
+                    i.exclude(d, &dname, &e);
+                }
+                return Ok(Confirmed::Refused(items));
             }
             Err(QueryError::Unavailable(e)) => {
                 tracing::warn!(
@@ -138,16 +120,11 @@ async fn reassign(ctx: &Ctx, d: usize, items: Vec<Item>, why: &str) -> anyhow::R
                 .collect(),
         )
         .await?;
-    Ok(Confirmed::Reassigned(
-        items
-            .into_iter()
-            .map(|mut i| {
-                i.rejected.push(d);
-                i.reasons.push(format!("{dname}: unreachable, reassigned"));
-                i
-            })
-            .collect(),
-    ))
+    let mut items = items;
+    for i in &mut items {
+        i.exclude(d, &dname, "unreachable, reassigned");
+    }
+    Ok(Confirmed::Reassigned(items))
 }
 
 /// Settles what an earlier attempt of this run left `sent` or `acked`, before anything new is
@@ -189,7 +166,7 @@ pub(crate) async fn resume_in_doubt(ctx: &Ctx) -> anyhow::Result<()> {
             super::fallback::settle(ctx, dir, &list).await?;
             continue;
         }
-        let Some(d) = ctx.dests.iter().position(|x| x.to_string() == dname) else {
+        let Some(d) = ctx.dest_index(&dname) else {
             anyhow::bail!(
                 "journal: messages are in doubt with {dname:?}, which is not a destination of the run"
             );
@@ -243,12 +220,7 @@ async fn settle_chunk(
     for ((entry, r), (_, rec)) in read.into_iter().zip(chunk) {
         match r {
             Ok(msg) => {
-                let rejected = rec
-                    .rejected_by
-                    .iter()
-                    .filter_map(|(dn, _)| ctx.dests.iter().position(|x| x.to_string() == *dn))
-                    .collect();
-                let mut item = Item::new(entry, msg, rejected);
+                let mut item = Item::new(entry, msg, ctx.rejected_by(rec));
                 if item.hash != rec.hash {
                     // The file changed since it was sent: ask about what was sent.
                     item.hash = rec.hash.clone();
@@ -269,13 +241,8 @@ async fn settle_chunk(
         Confirmed::Stopped => return Ok(()),
         Confirmed::Reassigned(items) | Confirmed::Refused(items) => {
             // Back to `read`: journal them read again with their current content.
-            let items = items
-                .into_iter()
-                .map(|mut i| {
-                    i.hash = i.msg.hash.to_hex().to_string();
-                    i
-                })
-                .collect();
+            let mut items = items;
+            items.iter_mut().for_each(Item::rehash);
             return dispatch::process_batch(ctx, items, true).await;
         }
         Confirmed::NotHeld(rest) => rest,
@@ -294,13 +261,8 @@ async fn settle_chunk(
             "the local file changed since it was sent",
         )
         .await?;
-        let fresh = changed
-            .into_iter()
-            .map(|mut i| {
-                i.hash = i.msg.hash.to_hex().to_string();
-                i
-            })
-            .collect();
+        let mut fresh = changed;
+        fresh.iter_mut().for_each(Item::rehash);
         dispatch::process_batch(ctx, fresh, true).await?;
     }
     if same.is_empty() {
@@ -339,7 +301,7 @@ async fn lost_local(
         }
         other => {
             // Settle the record when the destination answered, so the run can finish; the
-            // unreadable file itself is reported by the scan (exit 11).
+            // message is reported undelivered (exit 12) and the scan skips it.
             let why = match &other {
                 Ok(_) => {
                     format!("{dname} does not hold it and the local copy cannot be read ({err})")

@@ -19,19 +19,16 @@ type Scanned = Result<(Entry, u64), SpoolError>;
 pub(super) async fn drain_spool(ctx: &Arc<Ctx>, workers: usize) -> anyhow::Result<()> {
     loop {
         let before = ctx.report().total().messages + ctx.failed_count();
-        let found = one_pass(ctx, workers).await?;
-        if ctx.stop.is_set() || found == 0 {
-            return Ok(());
-        }
+        one_pass(ctx, workers).await?;
         let after = ctx.report().total().messages + ctx.failed_count();
-        if after == before {
+        if ctx.stop.is_set() || after == before {
             return Ok(());
         }
     }
 }
 
-/// One pass over the spool; returns how many files it saw that had not failed before.
-async fn one_pass(ctx: &Arc<Ctx>, workers: usize) -> anyhow::Result<u64> {
+/// One pass over the spool.
+async fn one_pass(ctx: &Arc<Ctx>, workers: usize) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Scanned>(1024);
     let spool = ctx.spool.clone();
     let stop = ctx.stop.clone();
@@ -56,11 +53,10 @@ async fn one_pass(ctx: &Arc<Ctx>, workers: usize) -> anyhow::Result<u64> {
         let rx = rx.clone();
         tasks.spawn(async move { worker(ctx, rx).await });
     }
-    let mut found = 0u64;
     let mut first_err = None;
     while let Some(r) = tasks.join_next().await {
         match r {
-            Ok(Ok(n)) => found += n,
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 // A journal failure: stop everything, nothing more may be sent.
                 ctx.stop.request();
@@ -75,19 +71,15 @@ async fn one_pass(ctx: &Arc<Ctx>, workers: usize) -> anyhow::Result<u64> {
     let _ = scanner.await;
     match first_err {
         Some(e) => Err(e),
-        None => Ok(found),
+        None => Ok(()),
     }
 }
 
 /// Takes batches until the scan is exhausted or a stop is requested.
-async fn worker(
-    ctx: Arc<Ctx>,
-    rx: Arc<AsyncMutex<mpsc::Receiver<Scanned>>>,
-) -> anyhow::Result<u64> {
-    let mut found = 0u64;
+async fn worker(ctx: Arc<Ctx>, rx: Arc<AsyncMutex<mpsc::Receiver<Scanned>>>) -> anyhow::Result<()> {
     loop {
         if ctx.stop.is_set() {
-            return Ok(found);
+            return Ok(());
         }
         let mut batch: Vec<(Entry, u64)> = Vec::new();
         let mut bytes = 0u64;
@@ -113,18 +105,13 @@ async fn worker(
                         bytes += size;
                         batch.push((e, size));
                     }
-                    Err(err) => {
-                        if unreadable(&ctx, err).await? {
-                            found += 1;
-                        }
-                    }
+                    Err(err) => unreadable(&ctx, err).await?,
                 }
             }
         }
         if batch.is_empty() {
-            return Ok(found);
+            return Ok(());
         }
-        found += batch.len() as u64;
         let permits = ctx.permits_for(bytes);
         let _permit = ctx.budget.clone().acquire_many_owned(permits).await?;
         let spool = ctx.spool.clone();
@@ -176,11 +163,7 @@ fn admit(
         match rec.state {
             State::Read => {
                 if rec.hash == msg.hash.to_hex().as_str() {
-                    for (d, _) in &rec.rejected_by {
-                        if let Some(i) = ctx.dests.iter().position(|x| x.to_string() == *d) {
-                            rejected.push(i);
-                        }
-                    }
+                    rejected = ctx.rejected_by(&rec);
                 }
             }
             State::Sent | State::Acked => return None,
@@ -197,14 +180,14 @@ fn admit(
     Some(Item::new(entry, msg, rejected))
 }
 
-/// Journals and reports a file that could not be read; false if it was already reported.
-async fn unreadable(ctx: &Ctx, err: SpoolError) -> anyhow::Result<bool> {
+/// Journals and reports a file that could not be read (once per invocation).
+async fn unreadable(ctx: &Ctx, err: SpoolError) -> anyhow::Result<()> {
     let path = err
         .path()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| err.to_string());
     if !ctx.mark_failed(path.clone()) {
-        return Ok(false);
+        return Ok(());
     }
     tracing::warn!("cannot read {err}");
     ctx.journal
@@ -219,5 +202,5 @@ async fn unreadable(ctx: &Ctx, err: SpoolError) -> anyhow::Result<bool> {
         what: path,
         reason: err.to_string(),
     });
-    Ok(true)
+    Ok(())
 }

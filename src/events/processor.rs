@@ -68,7 +68,12 @@ pub async fn run(queue: EventQueue, endpoints: Vec<Endpoint>, stats: Arc<Stats>)
     };
     let keys: Vec<String> = endpoints.iter().map(|e| e.key.clone()).collect();
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
+    // Events every endpoint took but a crash left behind are removed once, at start; after
+    // that only the events just acknowledged are checked.
+    let mut cleanup: Vec<String> = queue.pending().unwrap_or_default();
     loop {
+        remove_delivered(&queue, &keys, &cleanup);
+        cleanup.clear();
         let mut busy = false;
         let names = match queue.pending() {
             Ok(n) => n,
@@ -120,6 +125,7 @@ pub async fn run(queue: EventQueue, endpoints: Vec<Endpoint>, stats: Arc<Stats>)
                     stats
                         .delivered
                         .fetch_add(sent.len() as u64, Ordering::Relaxed);
+                    cleanup.extend(sent.iter().cloned());
                     backoff.remove(&ep.key);
                     tracing::debug!(endpoint = %ep.url, events = sent.len(), "events delivered");
                 }
@@ -145,15 +151,19 @@ pub async fn run(queue: EventQueue, endpoints: Vec<Endpoint>, stats: Arc<Stats>)
                 }
             }
         }
-        for n in &names {
-            if keys.iter().all(|k| queue.is_acked(n, k))
-                && let Err(e) = queue.remove(n, &keys)
-            {
-                tracing::error!("event processor: cannot remove delivered event {n}: {e}");
-            }
-        }
         if !busy {
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Removes those of `names` that every endpoint has acknowledged.
+fn remove_delivered(queue: &EventQueue, keys: &[String], names: &[String]) {
+    for n in names {
+        if keys.iter().all(|k| queue.is_acked(n, k))
+            && let Err(e) = queue.remove(n, keys)
+        {
+            tracing::error!("event processor: cannot remove delivered event {n}: {e}");
         }
     }
 }

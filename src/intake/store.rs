@@ -23,7 +23,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::events::{Event, EventQueue};
 use crate::groupcommit::Committer;
-use crate::spool::{Message, MessageId, Spool, SpoolError, Timestamp};
+use crate::spool::{Message, MessageId, QueueKind, Spool, SpoolError, Timestamp};
 use crate::wire::{Frame, ItemResult, Outcome};
 
 /// How the reasons of rejected messages begin (the metrics classify rejections by them).
@@ -55,6 +55,20 @@ struct DedupeEntry {
     run: String,
     hash: [u8; 32],
     id: MessageId,
+    /// Not stored in the table; names the queue in the message's intake event.
+    queue: QueueKind,
+}
+
+impl DedupeEntry {
+    fn new(sender: &str, run: &str, hash: [u8; 32], id: MessageId, queue: QueueKind) -> Self {
+        DedupeEntry {
+            sender: sender.to_string(),
+            run: run.to_string(),
+            hash,
+            id,
+            queue,
+        }
+    }
 }
 
 /// One request to the dedupe store's writer.
@@ -275,19 +289,9 @@ impl Store {
         run: &str,
         asked: Vec<(MessageId, [u8; 32])>,
     ) -> Result<Vec<[u8; 32]>, StoreError> {
-        let this = self.clone();
         let (s, r) = (sender.to_string(), run.to_string());
-        let (held, entries) =
-            tokio::task::spawn_blocking(move || this.held_blocking(&s, &r, &asked))
-                .await
-                .map_err(|e| StoreError::Worker(e.to_string()))??;
-        if !entries.is_empty() {
-            self.committer
-                .submit(Write::Insert(entries))
-                .await
-                .map_err(|e| self.db_err(e))?;
-        }
-        Ok(held)
+        self.blocking_then_record(move |st| st.held_blocking(&s, &r, &asked))
+            .await
     }
 
     #[allow(clippy::type_complexity)]
@@ -314,17 +318,14 @@ impl Store {
             {
                 held.push(*h);
                 dirs.insert(entry.queue);
-                entries.push(DedupeEntry {
-                    sender: sender.into(),
-                    run: run.into(),
-                    hash: *h,
-                    id: *id,
-                });
+                entries.push(DedupeEntry::new(sender, run, *h, *id, entry.queue));
             }
         }
         for q in dirs {
             crate::spool::sync_dir(&self.spool.queue_dir(q))?;
         }
+        // Its intake event may have been lost with the dedupe record.
+        self.record_events(&entries)?;
         Ok((held, entries))
     }
 
@@ -350,18 +351,8 @@ impl Store {
                 .acquire_many_owned(permits)
                 .await
                 .map_err(|e| StoreError::Worker(e.to_string()))?;
-            let worker = this.clone();
-            let (results, entries) =
-                tokio::task::spawn_blocking(move || worker.store_frames(&s, &r, frames))
-                    .await
-                    .map_err(|e| StoreError::Worker(e.to_string()))??;
-            if !entries.is_empty() {
-                this.committer
-                    .submit(Write::Insert(entries))
-                    .await
-                    .map_err(|e| this.db_err(e))?;
-            }
-            Ok(results)
+            this.blocking_then_record(move |st| st.store_frames(&s, &r, frames))
+                .await
         })
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))?
@@ -430,12 +421,13 @@ impl Store {
                     Ok(m) if m.hash == msg.hash => {
                         held_dirs.insert(existing.queue);
                         results.push(held("already in the spool"));
-                        entries.push(DedupeEntry {
-                            sender: sender.into(),
-                            run: run.into(),
-                            hash: frame.hash,
+                        entries.push(DedupeEntry::new(
+                            sender,
+                            run,
+                            frame.hash,
                             id,
-                        });
+                            existing.queue,
+                        ));
                     }
                     Ok(_) => results.push(reject(
                         Some(id.to_string()),
@@ -458,12 +450,13 @@ impl Store {
                 outcome: Outcome::Stored,
                 reason: None,
             });
-            entries.push(DedupeEntry {
-                sender: sender.into(),
-                run: run.into(),
-                hash: frame.hash,
+            entries.push(DedupeEntry::new(
+                sender,
+                run,
+                frame.hash,
                 id,
-            });
+                msg.header.queue,
+            ));
             to_store.push(msg);
         }
         drop(dedupe);
@@ -476,23 +469,44 @@ impl Store {
         // One event per message taken in, durable before the answer. A message found in the
         // spool without its dedupe record was stored by a request interrupted before its
         // event could be recorded, so it gets one now (at least one event per message).
+        self.record_events(&entries)?;
+        Ok((results, entries))
+    }
+}
+
+impl Store {
+    /// One `message.received` event per message taken in (or found held without its dedupe
+    /// record, whose event may have been lost with it), durable before the answer.
+    fn record_events(&self, entries: &[DedupeEntry]) -> Result<(), StoreError> {
         let events: Vec<Event> = entries
             .iter()
             .map(|e| {
-                let queue = to_store
-                    .iter()
-                    .find(|m| m.header.id == e.id)
-                    .map(|m| m.header.queue)
-                    .or_else(|| self.spool.find(e.id).map(|en| en.queue))
-                    .unwrap_or(crate::spool::QueueKind::Queue);
-                let mut ev = Event::new("message.received", &self.instance, e.id, queue);
-                ev.from_instance = Some(sender.to_string());
-                ev.run = Some(run.to_string());
+                let mut ev = Event::new("message.received", &self.instance, e.id, e.queue);
+                ev.from_instance = Some(e.sender.clone());
+                ev.run = Some(e.run.clone());
                 ev
             })
             .collect();
-        self.events.record(&events)?;
-        Ok((results, entries))
+        Ok(self.events.record(&events)?)
+    }
+
+    /// Runs `f` on a blocking thread, then commits the dedupe records it returns (group
+    /// commit), so its result is answered only once they are durable.
+    async fn blocking_then_record<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<(R, Vec<DedupeEntry>), StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let this = self.clone();
+        let (result, entries) = tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))??;
+        if !entries.is_empty() {
+            self.committer
+                .submit(Write::Insert(entries))
+                .await
+                .map_err(|e| self.db_err(e))?;
+        }
+        Ok(result)
     }
 }
 

@@ -351,6 +351,97 @@ pub fn pending_events(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Starts `drain --data-dir DIR ARGS...` with its standard error streamed, line by line, to
+/// the returned channel (stdout piped, for `wait_with_output`).
+pub fn spawn_watched(dir: &Path, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn drain");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Readiness by output: waits for a line containing `needle`; returns the lines seen.
+pub fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no line containing {needle:?} in {seen:#?}"));
+        let found = line.contains(needle);
+        seen.push(line);
+        if found {
+            return seen;
+        }
+    }
+}
+
+/// Tries `drain serve` on `dir` (listening on `ip`), which is expected to refuse to start.
+pub fn try_serve(tmp: &TempDir, dir: &Path, ip: &str) -> Output {
+    let (cert, key) =
+        drain::tls::write_self_signed(&[ip.to_string()], tmp.path(), &format!("try-{ip}"))
+            .expect("cert");
+    drain(
+        dir,
+        &[
+            "serve",
+            "--listen",
+            &format!("{ip}:0"),
+            "--accept-drain-from",
+            "127.0.0.1",
+            "--tls-cert",
+            cert.to_str().expect("utf-8 path"),
+            "--tls-key",
+            key.to_str().expect("utf-8 path"),
+        ],
+    )
+}
+
+/// A spool file built in memory (for speaking the wire protocol directly).
+pub fn message(
+    queue: drain::spool::QueueKind,
+    attempts: u32,
+    body: &[u8],
+) -> drain::spool::Message {
+    use drain::spool::{Header, Message, MessageId, Timestamp};
+    let h = Header {
+        id: MessageId::random().expect("id"),
+        queue,
+        from: "a@example.com".into(),
+        to: vec!["b@example.net".into()],
+        attempts,
+        next_retry_at: Some(Timestamp::parse("2031-01-01T00:00:00Z").expect("time")),
+        created_at: Timestamp::now(),
+        properties: BTreeMap::new(),
+        body_len: 0,
+    };
+    let bytes = drain::spool::format::encode(&h, body).expect("encode");
+    Message::from_bytes(bytes.into()).expect("parse")
+}
+
+/// A transfer body of `(message, hash to claim)` frames.
+pub fn batch(msgs: &[(&drain::spool::Message, blake3::Hash)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (m, h) in msgs {
+        drain::wire::put_frame_header(&mut b, h, m.bytes.len() as u64);
+        b.extend_from_slice(&m.bytes);
+    }
+    b
+}
+
 /// A CA bundle trusting every given server's certificate.
 pub fn ca_bundle(tmp: &TempDir, servers: &[&Server]) -> PathBuf {
     let mut pem = String::new();

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::base::{MessageId, QueueKind, Timestamp};
 use crate::engine::{Destination, DrainOptions};
-use crate::spool::{Header, Message, MessageId, QueueKind, Spool, Timestamp};
+use crate::spool::{Header, Message, Spool};
 
 /// Kills the child processes however the demo ends.
 struct Children(Vec<Child>);
@@ -83,7 +84,7 @@ fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
     println!(
         "source: {} messages ({}) in {}",
         originals.len(),
-        crate::engine::report::human_bytes(total),
+        crate::base::units::human_bytes(total),
         src.display()
     );
     println!(
@@ -173,7 +174,7 @@ fn wait_for_file(path: &Path, child: &mut Child) -> anyhow::Result<String> {
 pub fn fill(
     dir: &Path,
     n: usize,
-) -> anyhow::Result<HashMap<MessageId, (QueueKind, blake3::Hash, u64)>> {
+) -> anyhow::Result<HashMap<MessageId, (QueueKind, crate::base::ContentHash, u64)>> {
     let spool = Spool::open(dir)?;
     let mut out = HashMap::new();
     let mut rng = 0x2545_f491_4f6c_dd1du64;

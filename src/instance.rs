@@ -12,7 +12,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::spool::{MessageId, SpoolError, sync_dir};
+pub use crate::base::write_atomic;
+use crate::base::{FileError, MessageId};
 
 /// An opened data directory.
 #[derive(Clone, Debug)]
@@ -24,14 +25,14 @@ pub struct Instance {
 
 impl Instance {
     /// Opens `data_dir`, creating it and the instance id if needed (atomically).
-    pub fn open(data_dir: &Path) -> Result<Instance, SpoolError> {
-        fs::create_dir_all(data_dir).map_err(|e| SpoolError::io(data_dir, e))?;
+    pub fn open(data_dir: &Path) -> Result<Instance, FileError> {
+        fs::create_dir_all(data_dir).map_err(|e| FileError::new(data_dir, e))?;
         let id_path = data_dir.join("instance-id");
         let id = match fs::read_to_string(&id_path) {
             Ok(s) => {
                 let s = s.trim().to_string();
                 if !crate::wire::valid_token(&s) {
-                    return Err(SpoolError::io(
+                    return Err(FileError::new(
                         &id_path,
                         std::io::Error::other("not 32 hex digits; restore it or remove it"),
                     ));
@@ -40,41 +41,22 @@ impl Instance {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let id = MessageId::random()
-                    .map_err(|e| SpoolError::io(&id_path, e))?
+                    .map_err(|e| FileError::new(&id_path, e))?
                     .to_string();
                 write_atomic(&id_path, format!("{id}\n").as_bytes())?;
                 // Another process may have won the race: the file on disk is the id.
                 fs::read_to_string(&id_path)
-                    .map_err(|e| SpoolError::io(&id_path, e))?
+                    .map_err(|e| FileError::new(&id_path, e))?
                     .trim()
                     .to_string()
             }
-            Err(e) => return Err(SpoolError::io(&id_path, e)),
+            Err(e) => return Err(FileError::new(&id_path, e)),
         };
         Ok(Instance {
             data_dir: data_dir.to_path_buf(),
             id,
         })
     }
-}
-
-/// Writes a small file atomically: temp file, fsync, rename, directory fsync.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    let res = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    res.map_err(|e| SpoolError::io(path, e))?;
-    sync_dir(dir)
 }
 
 /// Why the instance lock could not be taken.
@@ -131,7 +113,7 @@ impl Instance {
         let holder = format!(
             "pid {} ({role}, since {})",
             std::process::id(),
-            crate::spool::Timestamp::now()
+            crate::base::Timestamp::now()
         );
         file.set_len(0).map_err(io)?;
         file.write_all(holder.as_bytes()).map_err(io)?;

@@ -14,6 +14,7 @@
 //! running instance before a drain), [`events`] (the event queue and its processor), [`groupcommit`] (shared commits for
 //! redb), [`tls`] (certificates).
 
+pub mod base;
 pub mod cli;
 pub mod control;
 pub mod demo;

@@ -53,6 +53,8 @@
 use bytes::{Buf, Bytes};
 use serde::{Deserialize, Serialize};
 
+use crate::base::{ContentHash, MessageId};
+
 pub const TRANSFER_PATH: &str = "/v1/transfer";
 pub const QUERY_PATH: &str = "/v1/query";
 pub const HEALTH_PATH: &str = "/v1/health";
@@ -79,7 +81,7 @@ pub enum WireError {
 }
 
 /// Appends one frame header; the caller appends the file bytes after it.
-pub fn put_frame_header(buf: &mut Vec<u8>, hash: &blake3::Hash, len: u64) {
+pub fn put_frame_header(buf: &mut Vec<u8>, hash: &ContentHash, len: u64) {
     buf.extend_from_slice(hash.as_bytes());
     buf.extend_from_slice(&len.to_be_bytes());
 }
@@ -87,7 +89,8 @@ pub fn put_frame_header(buf: &mut Vec<u8>, hash: &blake3::Hash, len: u64) {
 /// One frame of a transfer body.
 #[derive(Debug, Clone)]
 pub struct Frame {
-    pub hash: [u8; 32],
+    /// The hash the sender computed; the server checks it against the file.
+    pub hash: ContentHash,
     pub file: Bytes,
 }
 
@@ -108,7 +111,10 @@ pub fn decode_batch(mut body: Bytes) -> Result<Vec<Frame>, WireError> {
             return Err(WireError::Truncated(frames.len()));
         }
         let file = body.split_to(len as usize);
-        frames.push(Frame { hash, file });
+        frames.push(Frame {
+            hash: ContentHash(hash),
+            file,
+        });
     }
     if frames.is_empty() {
         return Err(WireError::Empty);
@@ -120,9 +126,14 @@ pub fn decode_batch(mut body: Bytes) -> Result<Vec<Frame>, WireError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// Written to the server's spool and made durable by this request.
     Stored,
+    /// Already durable on the server for this sender's run (a repeated request, or a repeated
+    /// frame): acknowledged again, not stored twice.
     AlreadyHeld,
+    /// Not stored, and retrying the same bytes at this server will not change that.
     RejectedPermanent,
+    /// Not stored; the same request may succeed later.
     RejectedTransient,
 }
 
@@ -132,47 +143,121 @@ impl Outcome {
     }
 }
 
+/// Why a message or a whole request was refused: a stable, machine-readable code beside the
+/// human `reason`. Senders act on the code, never on the text. Additive within v1: a code this
+/// build does not know reads as [`RejectCode::Unknown`], and an answer without a code (an older
+/// server) is classified by its outcome or status alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// The frame's bytes do not hash to the hash sent with them.
+    HashMismatch,
+    /// The frame is not a valid spool file.
+    Malformed,
+    /// The server holds a different message under the same id.
+    IdConflict,
+    /// The request (or one message) is larger than the server accepts (`413`).
+    TooLarge,
+    /// The sender is not allowed to drain into this server (`403`).
+    NotAllowed,
+    /// The request or its headers are malformed (`400`).
+    BadRequest,
+    /// The server is not taking messages right now: draining itself, shutting down (`503`).
+    NotAccepting,
+    /// A temporary failure on the server; the same request may succeed later.
+    Transient,
+    /// A code from a newer peer that this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl RejectCode {
+    /// The code as written on the wire (`hash_mismatch`, ...), also the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::HashMismatch => "hash_mismatch",
+            RejectCode::Malformed => "malformed",
+            RejectCode::IdConflict => "id_conflict",
+            RejectCode::TooLarge => "too_large",
+            RejectCode::NotAllowed => "not_allowed",
+            RejectCode::BadRequest => "bad_request",
+            RejectCode::NotAccepting => "not_accepting",
+            RejectCode::Transient => "transient",
+            RejectCode::Unknown => "unknown",
+        }
+    }
+}
+
+/// The answer for one frame of a transfer, in frame order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemResult {
-    /// The hash as sent in the frame, lower-case hex.
-    pub hash: String,
+    /// The hash as sent in the frame.
+    pub hash: ContentHash,
     /// The message id, when the file could be parsed.
     #[serde(default)]
-    pub id: Option<String>,
+    pub id: Option<MessageId>,
     pub outcome: Outcome,
+    /// Why it was rejected, for `rejected_*` outcomes (absent from servers before the code
+    /// was added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<RejectCode>,
+    /// A human explanation (or, for `already_held`, where the copy was found).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
+/// `200` answer to `POST /v1/transfer`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferResponse {
+    /// Protocol version of the answer ([`VERSION`]).
     pub version: u32,
+    /// One result per frame, in the order of the frames.
     pub results: Vec<ItemResult>,
 }
 
 /// One message asked about: its id and the hash that was sent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryItem {
-    pub id: String,
-    pub hash: String,
+    pub id: MessageId,
+    pub hash: ContentHash,
 }
 
+/// Body of `POST /v1/query`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryRequest {
+    /// At most [`MAX_QUERY`] messages.
     pub messages: Vec<QueryItem>,
 }
 
+/// `200` answer to `POST /v1/query`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryResponse {
+    /// Protocol version of the answer ([`VERSION`]).
     pub version: u32,
-    pub held: Vec<String>,
+    /// The hashes, among those asked, that are durable on the server for the request's
+    /// sender and run. A hash not listed is not there and will not appear.
+    pub held: Vec<ContentHash>,
 }
 
-/// Body of every non-200 answer.
+/// `200` answer to `GET /v1/health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// Protocol version of the answer ([`VERSION`]).
+    pub version: u32,
+    /// False while the server refuses transfers with `503` (draining itself, shutting down).
+    pub accepting: bool,
+}
+
+/// Body of every non-`200` answer, on every endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorResponse {
+    /// Protocol version of the answer ([`VERSION`]).
     pub version: u32,
+    /// A human explanation, for logs and reports.
     pub error: String,
+    /// What kind of refusal it is (absent from servers before the code was added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<RejectCode>,
 }
 
 /// Checks a `Drain-Sender` / `Drain-Run` value: exactly 32 hex digits.
@@ -188,14 +273,14 @@ mod tests {
     fn frames_round_trip_and_truncation_is_detected() {
         let mut buf = Vec::new();
         for body in [&b""[..], b"abc", b"\x00\xff"] {
-            let h = blake3::hash(body);
+            let h = ContentHash::of(body);
             put_frame_header(&mut buf, &h, body.len() as u64);
             buf.extend_from_slice(body);
         }
         let frames = decode_batch(Bytes::from(buf.clone())).unwrap();
         assert_eq!(frames.len(), 3);
         assert_eq!(&frames[1].file[..], b"abc");
-        assert_eq!(frames[2].hash, *blake3::hash(b"\x00\xff").as_bytes());
+        assert_eq!(frames[2].hash, ContentHash::of(b"\x00\xff"));
         for n in 1..buf.len() {
             if n == 40 || n == 83 {
                 continue; // ends exactly on a frame boundary

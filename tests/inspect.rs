@@ -300,9 +300,9 @@ fn one_message_history_shows_every_transition_including_a_failover() {
     assert_eq!(steps[3]["dest"], b.dest());
     assert_eq!(steps[4]["dest"], b.dest());
     assert_eq!(steps[4]["note"], "stored");
-    let times: Vec<drain::spool::Timestamp> = steps
+    let times: Vec<drain::base::Timestamp> = steps
         .iter()
-        .map(|s| drain::spool::Timestamp::parse(s["at"].as_str().unwrap()).unwrap())
+        .map(|s| drain::base::Timestamp::parse(s["at"].as_str().unwrap()).unwrap())
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{h}");
 

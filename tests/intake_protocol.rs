@@ -6,7 +6,8 @@ mod common;
 use std::net::IpAddr;
 
 use common::*;
-use drain::spool::{Message, MessageId, QueueKind};
+use drain::base::{MessageId, QueueKind};
+use drain::spool::Message;
 use drain::wire::{self, Outcome, QueryResponse, TransferResponse};
 
 fn client(server: &Server, bind: &str) -> reqwest::Client {
@@ -83,17 +84,17 @@ fn the_same_request_twice_is_stored_once_and_a_bad_hash_is_rejected() {
             .iter()
             .find(|e| e.id == m1.header.id.to_string())
             .unwrap();
-        assert_eq!(e1.hash, m1.hash.to_hex().as_str());
+        assert_eq!(e1.hash, m1.hash.to_string());
         assert_eq!((e1.queue.as_str(), e1.attempts), ("bounce-lite", 2));
 
         // The query endpoint: held through the dedupe record of this run, or the spool.
         let item = |m: &Message| wire::QueryItem {
-            id: m.header.id.to_string(),
-            hash: m.hash.to_hex().to_string(),
+            id: m.header.id,
+            hash: m.hash,
         };
         let unknown = wire::QueryItem {
-            id: MessageId::random().unwrap().to_string(),
-            hash: blake3::hash(b"x").to_hex().to_string(),
+            id: MessageId::random().unwrap(),
+            hash: drain::base::ContentHash::of(b"x"),
         };
         let query = |run: &'static str, messages: Vec<wire::QueryItem>| {
             let (c, s) = (&c, &s);
@@ -104,7 +105,7 @@ fn the_same_request_twice_is_stored_once_and_a_bad_hash_is_rejected() {
                 serde_json::from_str::<QueryResponse>(&text).unwrap().held
             }
         };
-        let m1_hash = vec![m1.hash.to_hex().to_string()];
+        let m1_hash = vec![m1.hash];
         assert_eq!(query(RUN, vec![item(&m1), unknown.clone()]).await, m1_hash);
         // Once the copy has left this instance, the run that stored it still sees it...
         let path = s
@@ -117,14 +118,11 @@ fn the_same_request_twice_is_stored_once_and_a_bad_hash_is_rejected() {
         assert!(query(other_run, vec![item(&m1)]).await.is_empty());
         // A copy in the spool is held whatever the record says (a receiver killed between
         // writing the file and recording it must not answer "not held").
-        assert_eq!(
-            query(other_run, vec![item(&m2)]).await,
-            vec![m2.hash.to_hex().to_string()]
-        );
+        assert_eq!(query(other_run, vec![item(&m2)]).await, vec![m2.hash]);
 
         // A frame whose hash does not match its content is rejected, nothing stored.
         let m3 = message(QueueKind::BounceLite, 2, b"third");
-        let body = batch(&[(&m3, blake3::hash(b"something else"))]);
+        let body = batch(&[(&m3, drain::base::ContentHash::of(b"something else"))]);
         let (st, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, body, &[]).await;
         assert_eq!(st, 200);
         let r: TransferResponse = serde_json::from_str(&text).unwrap();
@@ -262,8 +260,8 @@ fn forwarded_for_is_honoured_only_from_trusted_proxies() {
 async fn held(c: &reqwest::Client, s: &Server, run: &str, m: &Message) -> bool {
     let q = serde_json::to_vec(&wire::QueryRequest {
         messages: vec![wire::QueryItem {
-            id: m.header.id.to_string(),
-            hash: m.hash.to_hex().to_string(),
+            id: m.header.id,
+            hash: m.hash,
         }],
     })
     .unwrap();
@@ -285,8 +283,8 @@ fn dedupe_keys_go_when_the_run_finishes_or_expire() {
         message(QueueKind::BounceLite, 2, b"two"),
     );
     let item = |m: &Message| wire::QueryItem {
-        id: m.header.id.to_string(),
-        hash: m.hash.to_hex().to_string(),
+        id: m.header.id,
+        hash: m.hash,
     };
     let path = |s: &Server, m: &Message| {
         s.data_dir

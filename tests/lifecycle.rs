@@ -254,13 +254,13 @@ fn two_hops_keep_every_queue_kind_attempts_and_retry_time() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let now = drain::spool::Timestamp::now();
+    let now = drain::base::Timestamp::now();
     let want = original
         .iter()
         .filter(|e| {
             e.next_retry_at
                 .as_deref()
-                .is_none_or(|t| drain::spool::Timestamp::parse(t).unwrap() <= now)
+                .is_none_or(|t| drain::base::Timestamp::parse(t).unwrap() <= now)
         })
         .count();
     assert_eq!(due.len(), want);
@@ -272,7 +272,7 @@ fn two_hops_keep_every_queue_kind_attempts_and_retry_time() {
     let mut sorted = order.clone();
     sorted.sort_by_key(|t| {
         t.as_deref()
-            .map(|s| drain::spool::Timestamp::parse(s).unwrap())
+            .map(|s| drain::base::Timestamp::parse(s).unwrap())
     });
     assert_eq!(order, sorted);
 

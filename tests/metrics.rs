@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use drain::spool::QueueKind;
+use drain::base::QueueKind;
 use drain::wire::{self, Outcome, TransferResponse};
 
 /// A plain `GET path` over TCP: (status code, content type, body).
@@ -194,7 +194,11 @@ fn metrics_count_what_a_drain_brought_in() {
         "{text}"
     );
     let bad = message(QueueKind::Queue, 1, b"tampered");
-    let (st, text) = transfer(&dest, "127.0.0.112", batch(&[(&bad, blake3::hash(b"x"))]));
+    let (st, text) = transfer(
+        &dest,
+        "127.0.0.112",
+        batch(&[(&bad, drain::base::ContentHash::of(b"x"))]),
+    );
     assert_eq!(
         (st, outcomes(&text)),
         (200, vec![Outcome::RejectedPermanent]),

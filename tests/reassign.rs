@@ -311,7 +311,7 @@ fn serve_conn(
                         r.results
                             .iter()
                             .filter(|i| i.outcome.is_acked())
-                            .filter_map(|i| i.id.clone())
+                            .filter_map(|i| i.id.map(|id| id.to_string()))
                             .collect(),
                     ),
                     Err(_) => (0, BTreeSet::new()),

@@ -254,7 +254,7 @@ impl InspectArgs {
         let message = self
             .message
             .as_deref()
-            .map(|s| s.trim().parse::<crate::spool::MessageId>())
+            .map(|s| s.trim().parse::<crate::base::MessageId>())
             .transpose()
             .map_err(|e| anyhow::anyhow!("--message: {e}"))?;
         Ok(crate::inspect::InspectOptions {

@@ -7,7 +7,8 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::args::{SpoolAddArgs, SpoolCommand};
-use crate::spool::{Header, MessageId, QueueKind, Spool, Timestamp};
+use crate::base::{MessageId, QueueKind, Timestamp};
+use crate::spool::{Header, Spool};
 
 pub fn run(data_dir: &Path, cmd: SpoolCommand) -> anyhow::Result<i32> {
     let spool = Spool::open(data_dir)?;
@@ -98,7 +99,7 @@ fn ls(spool: &Spool, json: bool, due: bool) -> anyhow::Result<i32> {
             let v = serde_json::json!({
                 "id": h.id,
                 "queue": h.queue,
-                "hash": msg.hash.to_hex().as_str(),
+                "hash": msg.hash.to_string(),
                 "size": msg.bytes.len(),
                 "body_size": h.body_len,
                 "next_retry_at": h.next_retry_at,
@@ -119,7 +120,7 @@ fn ls(spool: &Spool, json: bool, due: bool) -> anyhow::Result<i32> {
                 h.next_retry_at
                     .map(|t| t.to_string())
                     .unwrap_or_else(|| "-".into()),
-                msg.hash.to_hex()
+                msg.hash
             )
         };
         if due {

@@ -8,7 +8,6 @@
 //! - [`Delivery::Ambiguous`]: it may have stored some (timeout, dropped connection, other 5xx,
 //!   unreadable answer): the messages stay pinned to it until it answers a query.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -17,84 +16,9 @@ use anyhow::Context;
 use bytes::Bytes;
 use reqwest::StatusCode;
 
+pub use crate::base::Destination;
+use crate::base::{ContentHash, error_chain};
 use crate::wire::{self, ItemResult, QueryRequest, QueryResponse, TransferResponse};
-
-/// A destination: host (IP or DNS name) and port, HTTPS.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Destination {
-    host: String,
-    port: u16,
-}
-
-impl Destination {
-    /// Parses `10.0.0.2`, `mx2.example.com:8443`, `[2001:db8::2]:443`, `2001:db8::2`
-    /// (an optional `https://` prefix is accepted).
-    pub fn parse(s: &str) -> Result<Destination, String> {
-        let bad = |why: &str| format!("invalid destination {s:?}: {why}");
-        let t = s.trim();
-        let t = t
-            .strip_prefix("https://")
-            .unwrap_or(t)
-            .trim_end_matches('/');
-        if t.is_empty() {
-            return Err(bad("empty"));
-        }
-        if t.contains("://") || t.contains('/') {
-            return Err(bad("expected HOST or HOST:PORT (HTTPS is implied)"));
-        }
-        let (host, port) = if let Some(rest) = t.strip_prefix('[') {
-            let (h, after) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
-            let port = match after {
-                "" => 443,
-                p => p
-                    .strip_prefix(':')
-                    .and_then(|p| p.parse().ok())
-                    .ok_or_else(|| bad("bad port"))?,
-            };
-            h.parse::<std::net::Ipv6Addr>()
-                .map_err(|_| bad("not an IPv6 address inside [...]"))?;
-            (h.to_string(), port)
-        } else if t.parse::<std::net::Ipv6Addr>().is_ok() {
-            (t.to_string(), 443)
-        } else if let Some((h, p)) = t.rsplit_once(':') {
-            (h.to_string(), p.parse().map_err(|_| bad("bad port"))?)
-        } else {
-            (t.to_string(), 443)
-        };
-        if port == 0 {
-            return Err(bad("port 0"));
-        }
-        let host_ok = host.parse::<IpAddr>().is_ok()
-            || host.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !host_ok {
-            return Err(bad("not an IP address or host name"));
-        }
-        Ok(Destination {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-
-    fn url(&self, path: &str) -> String {
-        if self.host.contains(':') {
-            format!("https://[{}]:{}{path}", self.host, self.port)
-        } else {
-            format!("https://{}:{}{path}", self.host, self.port)
-        }
-    }
-}
-
-impl fmt::Display for Destination {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
 
 /// Why a query got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -220,8 +144,8 @@ impl Client {
     pub async fn query(
         &self,
         dest: &Destination,
-        items: &[(crate::spool::MessageId, String)],
-    ) -> Result<Vec<String>, QueryError> {
+        items: &[(crate::base::MessageId, ContentHash)],
+    ) -> Result<Vec<ContentHash>, QueryError> {
         use QueryError::Unavailable;
         let mut held = Vec::new();
         for chunk in items.chunks(wire::MAX_QUERY) {
@@ -237,8 +161,8 @@ impl Client {
                         messages: chunk
                             .iter()
                             .map(|(id, hash)| wire::QueryItem {
-                                id: id.to_string(),
-                                hash: hash.clone(),
+                                id: *id,
+                                hash: *hash,
                             })
                             .collect(),
                     })
@@ -297,37 +221,4 @@ async fn error_text(status: StatusCode, resp: reqwest::Response) -> String {
         .map(|e| e.error)
         .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
     format!("HTTP {}: {}", status.as_u16(), msg.trim())
-}
-
-/// An error and its causes on one line ("error sending request: connection refused").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn destinations_parse() {
-        let d = |s: &str| Destination::parse(s).map(|d| d.to_string());
-        assert_eq!(d("10.0.0.2").unwrap(), "10.0.0.2:443");
-        assert_eq!(d("MX2.example.com:8443").unwrap(), "mx2.example.com:8443");
-        assert_eq!(d("[2001:db8::2]:443").unwrap(), "[2001:db8::2]:443");
-        assert_eq!(d("2001:db8::2").unwrap(), "[2001:db8::2]:443");
-        assert_eq!(d("https://127.0.0.2:9000/").unwrap(), "127.0.0.2:9000");
-        assert!(d("127.0.0.2:99999").is_err());
-        assert!(d("http://x").is_err());
-        assert!(d("a b").is_err());
-    }
 }

@@ -9,7 +9,6 @@
 //! that destination (`settle`).
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -17,15 +16,16 @@ use super::Ctx;
 use super::client::Delivery;
 use super::report::Problem;
 use super::settle::Confirmed;
+use crate::base::ContentHash;
 use crate::journal::Op;
 use crate::spool::{Entry, Message};
-use crate::wire::{self, ItemResult, Outcome};
+use crate::wire::{self, ItemResult, Outcome, RejectCode};
 
 /// A message on its way: where it is on disk, its bytes, and who rejected it for good.
 pub(crate) struct Item {
     pub entry: Entry,
     pub msg: Message,
-    pub hash: String,
+    pub hash: ContentHash,
     /// Indexes into `ctx.dests` of destinations that rejected it permanently.
     pub rejected: Vec<usize>,
     pub reasons: Vec<String>,
@@ -33,7 +33,7 @@ pub(crate) struct Item {
 
 impl Item {
     pub fn new(entry: Entry, msg: Message, rejected: Vec<usize>) -> Item {
-        let hash = msg.hash.to_hex().to_string();
+        let hash = msg.hash;
         Item {
             entry,
             msg,
@@ -55,7 +55,7 @@ impl Item {
 
     /// Goes back to the hash of the content read (after asking about an older one).
     pub fn rehash(&mut self) {
-        self.hash = self.msg.hash.to_hex().to_string();
+        self.hash = self.msg.hash;
     }
 }
 
@@ -103,7 +103,7 @@ pub(crate) async fn process_batch(
                         run: ctx.run_seq,
                         id: i.entry.id,
                         queue: i.entry.queue,
-                        hash: i.hash.clone(),
+                        hash: i.hash,
                         size: i.size(),
                     })
                     .collect(),
@@ -176,10 +176,7 @@ pub(crate) async fn process_batch(
     Ok(())
 }
 
-/// Exponential backoff: 1 s, 2 s, 4 s ... capped at 30 s.
-pub fn backoff(round: u32) -> Duration {
-    Duration::from_secs(1u64 << round.saturating_sub(1).min(5)).min(Duration::from_secs(30))
-}
+pub use crate::base::backoff;
 
 /// Records a message as not deliverable in this run; it stays in the spool.
 pub(crate) fn give_up(ctx: &Ctx, item: &Item, reason: &str) {
@@ -328,7 +325,8 @@ async fn answered(
             Outcome::RejectedPermanent | Outcome::RejectedTransient => {
                 ctx.note_failure(&dname, &reason);
                 let mut permanent = res.outcome == Outcome::RejectedPermanent;
-                if permanent && reason.starts_with("hash mismatch") && changed_on_disk(&item) {
+                if permanent && res.code == Some(RejectCode::HashMismatch) && changed_on_disk(&item)
+                {
                     // Our copy changed under us: not the destination's fault; read it again.
                     permanent = false;
                 }
@@ -357,7 +355,7 @@ async fn answered(
 /// True when the local file no longer hashes as it did when read.
 fn changed_on_disk(item: &Item) -> bool {
     match crate::spool::read_file(&item.entry.path) {
-        Ok(b) => *crate::spool::format::hash(&b).as_bytes() != *item.msg.hash.as_bytes(),
+        Ok(b) => crate::spool::format::hash(&b) != item.msg.hash,
         Err(_) => true,
     }
 }

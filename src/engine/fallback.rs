@@ -15,9 +15,10 @@ use std::time::Instant;
 
 use super::Ctx;
 use super::dispatch::{self, Item};
+use crate::base::MessageId;
 use crate::instance::{Instance, InstanceLock};
 use crate::journal::{MessageRecord, Op};
-use crate::spool::{Entry, MessageId, Spool};
+use crate::spool::{Entry, Spool};
 
 /// Prefix of the journal's pseudo-destination for the fallback path.
 pub const PREFIX: &str = "fallback:";
@@ -117,7 +118,7 @@ pub(crate) async fn settle(
                 .spool
                 .find(*id)
                 .and_then(|e| fb.spool.read(&e).ok())
-                .is_some_and(|m| m.hash.to_hex().as_str() == rec.hash);
+                .is_some_and(|m| m.hash == rec.hash);
             if there {
                 acked.push(entry);
                 continue;

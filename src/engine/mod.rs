@@ -18,7 +18,6 @@ pub mod client;
 mod dispatch;
 mod fallback;
 mod progress;
-pub use dispatch::backoff;
 pub use progress::ProgressMode;
 pub mod report;
 mod settle;
@@ -38,9 +37,10 @@ use client::Client;
 pub use client::Destination;
 pub use report::Report;
 
+use crate::base::{MessageId, Timestamp};
 use crate::instance::Instance;
 use crate::journal::{Journal, Op, RunRecord, RunStatus, State};
-use crate::spool::{MessageId, Spool, Timestamp};
+use crate::spool::Spool;
 
 /// Everything a drain run needs.
 #[derive(Clone, Debug)]

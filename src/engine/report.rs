@@ -6,19 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// Messages and bytes.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Count {
-    pub messages: u64,
-    pub bytes: u64,
-}
-
-impl Count {
-    pub fn add(&mut self, bytes: u64) {
-        self.messages += 1;
-        self.bytes += bytes;
-    }
-}
+pub use crate::base::units::{Count, human_bytes};
 
 /// A message or file that did not move, and why.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -158,20 +146,5 @@ impl Report {
             );
         }
         s
-    }
-}
-
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
     }
 }

@@ -14,8 +14,10 @@ use std::collections::{BTreeMap, HashSet};
 use super::Ctx;
 use super::client::QueryError;
 use super::dispatch::{self, Item, backoff};
+use crate::base::ContentHash;
+use crate::base::MessageId;
 use crate::journal::{Op, State};
-use crate::spool::{Entry, MessageId, SpoolError};
+use crate::spool::{Entry, SpoolError};
 
 /// How confirming in-doubt messages with their destination ended.
 pub(crate) enum Confirmed {
@@ -50,7 +52,7 @@ pub(crate) async fn confirm(
             return Ok(Confirmed::Stopped);
         }
         attempt += 1;
-        let asked: Vec<_> = items.iter().map(|i| (i.entry.id, i.hash.clone())).collect();
+        let asked: Vec<_> = items.iter().map(|i| (i.entry.id, i.hash)).collect();
         match ctx.client.query(&dest, &asked).await {
             Err(QueryError::Refused(e)) => {
                 tracing::warn!(dest = %dname, "{dname} refuses this sender ({e}): it holds none of the {} messages", items.len());
@@ -78,7 +80,7 @@ pub(crate) async fn confirm(
             }
             Ok(held) => {
                 ctx.reachable(d);
-                let held: HashSet<String> = held.into_iter().collect();
+                let held: HashSet<ContentHash> = held.into_iter().collect();
                 let (yes, no): (Vec<Item>, Vec<Item>) =
                     items.into_iter().partition(|i| held.contains(&i.hash));
                 tracing::info!(
@@ -223,7 +225,7 @@ async fn settle_chunk(
                 let mut item = Item::new(entry, msg, ctx.rejected_by(rec));
                 if item.hash != rec.hash {
                     // The file changed since it was sent: ask about what was sent.
-                    item.hash = rec.hash.clone();
+                    item.hash = rec.hash;
                     changed.push(item.entry.id);
                 }
                 items.push(item);
@@ -285,7 +287,7 @@ async fn lost_local(
     let dname = ctx.dests[d].to_string();
     let held = ctx
         .client
-        .query(&ctx.dests[d], &[(entry.id, rec.hash.clone())])
+        .query(&ctx.dests[d], &[(entry.id, rec.hash)])
         .await;
     match held {
         Ok(h) if h.contains(&rec.hash) => {

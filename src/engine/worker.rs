@@ -162,7 +162,7 @@ fn admit(
     if let Some(rec) = rec {
         match rec.state {
             State::Read => {
-                if rec.hash == msg.hash.to_hex().as_str() {
+                if rec.hash == msg.hash {
                     rejected = ctx.rejected_by(&rec);
                 }
             }

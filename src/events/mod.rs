@@ -25,12 +25,12 @@
 pub mod processor;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spool::{MessageId, QueueKind, SpoolError, Timestamp, sync_dir};
+use crate::base::durable::{self, FileError, sync_dir};
+use crate::base::{MessageId, QueueKind, Timestamp};
 
 /// One event, as stored and as delivered.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -76,10 +76,10 @@ pub struct EventQueue {
 }
 
 impl EventQueue {
-    pub fn open(data_dir: &Path) -> Result<EventQueue, SpoolError> {
+    pub fn open(data_dir: &Path) -> Result<EventQueue, FileError> {
         let dir = data_dir.join("events");
         if !dir.is_dir() {
-            fs::create_dir_all(&dir).map_err(|e| SpoolError::io(&dir, e))?;
+            fs::create_dir_all(&dir).map_err(|e| FileError::new(&dir, e))?;
             sync_dir(data_dir)?;
         }
         Ok(EventQueue { dir })
@@ -90,33 +90,24 @@ impl EventQueue {
     }
 
     /// Records events durably (one directory fsync for all of them).
-    pub fn record(&self, events: &[Event]) -> Result<(), SpoolError> {
+    pub fn record(&self, events: &[Event]) -> Result<(), FileError> {
         if events.is_empty() {
             return Ok(());
         }
         for e in events {
             let path = self.dir.join(format!("{}.json", e.id));
             let tmp = self.dir.join(format!(".{}.tmp", e.id));
-            let bytes = serde_json::to_vec(e).map_err(|err| SpoolError::io(&path, err.into()))?;
-            let res = (|| {
-                let mut f = fs::File::create(&tmp)?;
-                f.write_all(&bytes)?;
-                f.sync_all()?;
-                fs::rename(&tmp, &path)
-            })();
-            if let Err(err) = res {
-                let _ = fs::remove_file(&tmp);
-                return Err(SpoolError::io(&path, err));
-            }
+            let bytes = serde_json::to_vec(e).map_err(|err| FileError::new(&path, err.into()))?;
+            durable::write_then_rename(&tmp, &path, &bytes)?;
         }
         sync_dir(&self.dir)
     }
 
     /// Names of all pending events, in name order. (Memory: one short string per event.)
-    pub fn pending(&self) -> Result<Vec<String>, SpoolError> {
+    pub fn pending(&self) -> Result<Vec<String>, FileError> {
         let mut names = Vec::new();
-        for de in fs::read_dir(&self.dir).map_err(|e| SpoolError::io(&self.dir, e))? {
-            let de = de.map_err(|e| SpoolError::io(&self.dir, e))?;
+        for de in fs::read_dir(&self.dir).map_err(|e| FileError::new(&self.dir, e))? {
+            let de = de.map_err(|e| FileError::new(&self.dir, e))?;
             if let Some(name) = de
                 .file_name()
                 .to_str()
@@ -131,16 +122,16 @@ impl EventQueue {
     }
 
     /// How many events are waiting.
-    pub fn count(&self) -> Result<usize, SpoolError> {
+    pub fn count(&self) -> Result<usize, FileError> {
         Ok(self.pending()?.len())
     }
 
     /// Reads one event.
-    pub fn read(&self, name: &str) -> Result<Event, SpoolError> {
+    pub fn read(&self, name: &str) -> Result<Event, FileError> {
         let path = self.dir.join(format!("{name}.json"));
-        let bytes = fs::read(&path).map_err(|e| SpoolError::io(&path, e))?;
+        let bytes = fs::read(&path).map_err(|e| FileError::new(&path, e))?;
         serde_json::from_slice(&bytes).map_err(|e| {
-            SpoolError::io(&path, std::io::Error::other(format!("corrupt event: {e}")))
+            FileError::new(&path, std::io::Error::other(format!("corrupt event: {e}")))
         })
     }
 
@@ -153,21 +144,21 @@ impl EventQueue {
     }
 
     /// Records durably that endpoint `key` took these events.
-    pub fn mark_acked(&self, names: &[String], key: &str) -> Result<(), SpoolError> {
+    pub fn mark_acked(&self, names: &[String], key: &str) -> Result<(), FileError> {
         for n in names {
             let p = self.marker(n, key);
-            fs::File::create(&p).map_err(|e| SpoolError::io(&p, e))?;
+            fs::File::create(&p).map_err(|e| FileError::new(&p, e))?;
         }
         sync_dir(&self.dir)
     }
 
     /// Removes an event every endpoint took, then its markers.
-    pub fn remove(&self, name: &str, keys: &[String]) -> Result<(), SpoolError> {
+    pub fn remove(&self, name: &str, keys: &[String]) -> Result<(), FileError> {
         let path = self.dir.join(format!("{name}.json"));
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(SpoolError::io(&path, e)),
+            Err(e) => return Err(FileError::new(&path, e)),
         }
         for k in keys {
             let _ = fs::remove_file(self.marker(name, k));

@@ -132,7 +132,7 @@ pub async fn run(queue: EventQueue, endpoints: Vec<Endpoint>, stats: Arc<Stats>)
                 other => {
                     let why = match other {
                         Ok(r) => format!("HTTP {}", r.status().as_u16()),
-                        Err(e) => crate::engine::client::error_chain(&e),
+                        Err(e) => crate::base::error_chain(&e),
                     };
                     stats.failures.fetch_add(1, Ordering::Relaxed);
                     let b = backoff.entry(ep.key.clone()).or_insert(Backoff {
@@ -140,7 +140,7 @@ pub async fn run(queue: EventQueue, endpoints: Vec<Endpoint>, stats: Arc<Stats>)
                         fails: 0,
                     });
                     b.fails += 1;
-                    let wait = crate::engine::backoff(b.fails);
+                    let wait = crate::base::backoff(b.fails);
                     b.next = Instant::now() + wait;
                     tracing::warn!(
                         endpoint = %ep.url,

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::reader::{Corrupt, Reader, RunRow};
 use super::summary::Rejection;
+use crate::base::{ContentHash, MessageId, Timestamp};
 use crate::journal::{MessageRecord, RunStatus, State, Transition};
-use crate::spool::{MessageId, Timestamp};
 
 /// One transition, as `--json` shows it: `dest` and `note` are always present (null when
 /// none), and `event` names the operation that made it.
@@ -30,7 +30,7 @@ pub struct InRun {
     pub run_id: Option<String>,
     pub run_status: Option<RunStatus>,
     pub queue: String,
-    pub hash: String,
+    pub hash: ContentHash,
     pub size: u64,
     pub state: State,
     pub dest: Option<String>,

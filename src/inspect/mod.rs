@@ -89,7 +89,7 @@ pub use history::{MessageHistory, Step};
 pub use reader::{Corrupt, OpenMode, RunRow};
 pub use summary::{Anomalies, DestCounts, Listing, RunDetail, StateCounts, Throughput};
 
-use crate::spool::{MessageId, Timestamp};
+use crate::base::{MessageId, Timestamp};
 
 /// The `--json` schema version.
 pub const SCHEMA: u32 = 1;

@@ -23,10 +23,10 @@ use redb::{DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, Tabl
 use serde::{Deserialize, Serialize};
 
 use super::overlay::Overlay;
+use crate::base::{MessageId, Timestamp};
 use crate::journal::{
     FORMAT_VERSION, MESSAGES, META, MessageRecord, RUNS, RunStatus, UNREADABLE, UnreadableRecord,
 };
-use crate::spool::{MessageId, Timestamp};
 
 /// redb's page cache for this reader: fixed, like the writer's, so memory does not grow with
 /// the journal.

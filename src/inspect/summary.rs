@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::reader::{Corrupt, RunRow};
-use crate::engine::report::Count;
+use crate::base::units::Count;
+use crate::base::{MessageId, Timestamp};
 use crate::journal::{MessageRecord, RunStatus, State, UnreadableRecord};
-use crate::spool::{MessageId, Timestamp};
 
 /// Distinct (destination, kind, reason) groups listed per grouping; further ones are counted
 /// in one `(other reasons)` group per kind.

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::base::{MessageId, QueueKind, Timestamp};
 use crate::journal::{Journal, Op, RunRecord, RunStatus};
-use crate::spool::{MessageId, QueueKind, Timestamp};
 
 struct Dir(PathBuf);
 
@@ -55,7 +55,7 @@ fn read(run: u64, n: u64) -> Op {
         run,
         id: id(n),
         queue: QueueKind::ALL[(n % 4) as usize],
-        hash: format!("{n:064x}"),
+        hash: format!("{n:064x}").parse().unwrap(),
         size: 1000 + n % 7,
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::Summary;
 use super::history::{MessageHistory, Step};
 use super::summary::{Listing, ReasonGroup, RunDetail};
-use crate::engine::report::{Count, human_bytes};
+use crate::base::units::{Count, human_bytes};
 use crate::journal::RunStatus;
 
 fn status(s: RunStatus) -> &'static str {

@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::State;
 use super::access::Forwarded;
-use super::store::hex;
+use crate::base::ContentHash;
 use crate::wire::{self, ErrorResponse, QueryRequest, QueryResponse, TransferResponse};
 
 type Resp = Response<Full<Bytes>>;
@@ -237,20 +237,7 @@ async fn query(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp 
             format!("at most {} messages per query", wire::MAX_QUERY),
         );
     }
-    let mut asked = Vec::with_capacity(q.messages.len());
-    for m in &q.messages {
-        let id = m.id.parse::<crate::spool::MessageId>();
-        let hash = crate::spool::format::parse_hex::<32>(&m.hash);
-        match (id, hash) {
-            (Ok(id), Some(h)) => asked.push((id, h)),
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("malformed id {:?} or hash {:?} in query", m.id, m.hash),
-                );
-            }
-        }
-    }
+    let asked: Vec<_> = q.messages.iter().map(|m| (m.id, m.hash.0)).collect();
     // A transfer that started before this query (perhaps the very one the sender lost) must
     // finish first, or "not held" could be followed by a late store.
     if tokio::time::timeout(
@@ -270,7 +257,7 @@ async fn query(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp 
             StatusCode::OK,
             &QueryResponse {
                 version: wire::VERSION,
-                held: held.iter().map(|h| hex(h)).collect(),
+                held: held.into_iter().map(ContentHash).collect(),
             },
         ),
         Err(e) => error(
@@ -318,6 +305,7 @@ fn error(status: StatusCode, msg: String) -> Resp {
         &ErrorResponse {
             version: wire::VERSION,
             error: msg,
+            code: None,
         },
     )
 }

@@ -42,7 +42,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::events::processor;
-use crate::wire::{ItemResult, Outcome};
+use crate::wire::{ItemResult, Outcome, RejectCode};
 
 /// Why something was refused: the `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,21 +105,16 @@ impl Refusal {
         }
     }
 
-    /// A message rejected inside a transfer, from its result (see `store` for the reasons).
+    /// A message rejected inside a transfer, from its result's code.
     pub fn of_rejection(r: &ItemResult) -> Refusal {
-        use super::store::{REASON_HASH_MISMATCH, REASON_ID_CONFLICT, REASON_MALFORMED};
         if r.outcome == Outcome::RejectedTransient {
             return Refusal::Transient;
         }
-        let reason = r.reason.as_deref().unwrap_or("");
-        if reason.starts_with(REASON_HASH_MISMATCH) {
-            Refusal::HashMismatch
-        } else if reason.starts_with(REASON_MALFORMED) {
-            Refusal::Malformed
-        } else if reason.starts_with(REASON_ID_CONFLICT) {
-            Refusal::IdConflict
-        } else {
-            Refusal::Other
+        match r.code {
+            Some(RejectCode::HashMismatch) => Refusal::HashMismatch,
+            Some(RejectCode::Malformed) => Refusal::Malformed,
+            Some(RejectCode::IdConflict) => Refusal::IdConflict,
+            _ => Refusal::Other,
         }
     }
 }
@@ -390,12 +385,13 @@ fn answer<B>(m: &Metrics, req: &Request<B>) -> Response<Full<Bytes>> {
 mod tests {
     use super::*;
 
-    fn result(outcome: Outcome, reason: Option<&str>) -> ItemResult {
+    fn result(outcome: Outcome, code: Option<RejectCode>) -> ItemResult {
         ItemResult {
-            hash: String::new(),
+            hash: crate::base::ContentHash([0; 32]),
             id: None,
             outcome,
-            reason: reason.map(str::to_string),
+            code,
+            reason: code.map(|c| format!("{}: x", c.as_str())),
         }
     }
 
@@ -406,14 +402,13 @@ mod tests {
             Arc::default(),
             PathBuf::from("/nonexistent"),
         );
-        let hm = format!("{}: x", super::super::store::REASON_HASH_MISMATCH);
         m.transfer_results(
             &[
                 result(Outcome::Stored, None),
                 result(Outcome::Stored, None),
                 result(Outcome::AlreadyHeld, None),
-                result(Outcome::RejectedPermanent, Some(&hm)),
-                result(Outcome::RejectedTransient, Some("x")),
+                result(Outcome::RejectedPermanent, Some(RejectCode::HashMismatch)),
+                result(Outcome::RejectedTransient, Some(RejectCode::Transient)),
             ],
             &[10, 20, 30, 40, 50],
         );

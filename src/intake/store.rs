@@ -21,10 +21,11 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 
+use crate::base::{MessageId, QueueKind, Timestamp};
 use crate::events::{Event, EventQueue};
 use crate::groupcommit::Committer;
-use crate::spool::{Message, MessageId, QueueKind, Spool, SpoolError, Timestamp};
-use crate::wire::{Frame, ItemResult, Outcome};
+use crate::spool::{Message, Spool, SpoolError};
+use crate::wire::{Frame, ItemResult, Outcome, RejectCode};
 
 /// How the reasons of rejected messages begin (the metrics classify rejections by them).
 pub(crate) const REASON_HASH_MISMATCH: &str = "hash mismatch";
@@ -38,6 +39,8 @@ const DEDUPE: TableDefinition<(&str, &str, [u8; 32]), &[u8]> = TableDefinition::
 pub enum StoreError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error(transparent)]
+    File(#[from] crate::base::FileError),
     #[error("intake database {path}: {reason}")]
     Db { path: String, reason: String },
     #[error("intake worker failed: {0}")]
@@ -372,44 +375,49 @@ impl Store {
         let mut seen = HashSet::new();
         let mut held_dirs = BTreeSet::new();
         for frame in frames {
-            let hex = hex(&frame.hash);
-            let reject = |id: Option<String>, reason: String| ItemResult {
-                hash: hex.clone(),
+            let sent = frame.hash;
+            let frame_hash = sent.0;
+            let reject = |id: Option<MessageId>, code: RejectCode, reason: String| ItemResult {
+                hash: sent,
                 id,
                 outcome: Outcome::RejectedPermanent,
+                code: Some(code),
                 reason: Some(reason),
             };
             let actual = crate::spool::format::hash(&frame.file);
-            if *actual.as_bytes() != frame.hash {
+            if actual != sent {
                 results.push(reject(
                     None,
-                    format!(
-                        "{REASON_HASH_MISMATCH}: the content hashes to {}",
-                        actual.to_hex()
-                    ),
+                    RejectCode::HashMismatch,
+                    format!("{REASON_HASH_MISMATCH}: the content hashes to {actual}"),
                 ));
                 continue;
             }
             let msg = match Message::from_bytes(frame.file) {
                 Ok(m) => m,
                 Err(e) => {
-                    results.push(reject(None, format!("{REASON_MALFORMED}: {e}")));
+                    results.push(reject(
+                        None,
+                        RejectCode::Malformed,
+                        format!("{REASON_MALFORMED}: {e}"),
+                    ));
                     continue;
                 }
             };
             let id = msg.header.id;
             let held = |note: &str| ItemResult {
-                hash: hex.clone(),
-                id: Some(id.to_string()),
+                hash: sent,
+                id: Some(id),
                 outcome: Outcome::AlreadyHeld,
+                code: None,
                 reason: Some(note.to_string()),
             };
-            if !seen.insert(frame.hash) {
+            if !seen.insert(frame_hash) {
                 results.push(held("repeated in the same request"));
                 continue;
             }
             if dedupe
-                .get((sender, run, frame.hash))
+                .get((sender, run, frame_hash))
                 .map_err(|e| self.db_err(e))?
                 .is_some()
             {
@@ -424,36 +432,39 @@ impl Store {
                         entries.push(DedupeEntry::new(
                             sender,
                             run,
-                            frame.hash,
+                            frame_hash,
                             id,
                             existing.queue,
                         ));
                     }
                     Ok(_) => results.push(reject(
-                        Some(id.to_string()),
+                        Some(id),
+                        RejectCode::IdConflict,
                         format!(
                             "{REASON_ID_CONFLICT}: a different message with id {id} is held here"
                         ),
                     )),
                     Err(e) => results.push(ItemResult {
-                        hash: hex.clone(),
-                        id: Some(id.to_string()),
+                        hash: sent,
+                        id: Some(id),
                         outcome: Outcome::RejectedTransient,
+                        code: Some(RejectCode::Transient),
                         reason: Some(format!("cannot check the copy already held: {e}")),
                     }),
                 }
                 continue;
             }
             results.push(ItemResult {
-                hash: hex.clone(),
-                id: Some(id.to_string()),
+                hash: sent,
+                id: Some(id),
                 outcome: Outcome::Stored,
+                code: None,
                 reason: None,
             });
             entries.push(DedupeEntry::new(
                 sender,
                 run,
-                frame.hash,
+                frame_hash,
                 id,
                 msg.header.queue,
             ));
@@ -508,13 +519,4 @@ impl Store {
         }
         Ok(result)
     }
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
 }

@@ -175,7 +175,7 @@ impl Journal {
     pub fn for_each_message(
         &self,
         seq: u64,
-        mut f: impl FnMut(crate::spool::MessageId, MessageRecord) -> Result<(), JournalError>,
+        mut f: impl FnMut(crate::base::MessageId, MessageRecord) -> Result<(), JournalError>,
     ) -> Result<(), JournalError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = txn.open_table(MESSAGES).map_err(|e| self.err(e))?;
@@ -184,7 +184,7 @@ impl Journal {
             .map_err(|e| self.err(e))?
         {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            let id = crate::spool::MessageId(k.value().1);
+            let id = crate::base::MessageId(k.value().1);
             let rec = self.decode(&format!("message {id} of run {seq}"), v.value())?;
             f(id, rec)?;
         }
@@ -195,7 +195,7 @@ impl Journal {
     pub fn message(
         &self,
         seq: u64,
-        id: crate::spool::MessageId,
+        id: crate::base::MessageId,
     ) -> Result<Option<MessageRecord>, JournalError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = txn.open_table(MESSAGES).map_err(|e| self.err(e))?;
@@ -212,7 +212,7 @@ impl Journal {
     pub fn messages(
         &self,
         seq: u64,
-        ids: &[crate::spool::MessageId],
+        ids: &[crate::base::MessageId],
     ) -> Result<Vec<Option<MessageRecord>>, JournalError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = txn.open_table(MESSAGES).map_err(|e| self.err(e))?;

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spool::{MessageId, QueueKind, Timestamp};
+use crate::base::{ContentHash, MessageId, QueueKind, Timestamp};
 
 /// A message's state within one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -49,7 +49,7 @@ pub struct Transition {
 pub struct MessageRecord {
     pub queue: QueueKind,
     /// Lower-case hex BLAKE3 of the spool file.
-    pub hash: String,
+    pub hash: ContentHash,
     pub size: u64,
     pub state: State,
     /// The destination of the latest `sent` / `acked`.
@@ -123,7 +123,7 @@ pub enum Op {
         run: u64,
         id: MessageId,
         queue: QueueKind,
-        hash: String,
+        hash: ContentHash,
         size: u64,
     },
     /// About to send to `dest`. Must be durable before the request leaves.
@@ -218,7 +218,7 @@ impl Op {
                 let mut rec = match cur {
                     None => MessageRecord {
                         queue: *queue,
-                        hash: hash.clone(),
+                        hash: *hash,
                         size: *size,
                         state: State::Read,
                         dest: None,
@@ -234,7 +234,7 @@ impl Op {
                     // The file changed since it was last read: earlier rejections no longer apply.
                     rec.rejected_by.clear();
                 }
-                rec.hash = hash.clone();
+                rec.hash = *hash;
                 rec.size = *size;
                 rec.queue = *queue;
                 rec.history.push(tr(State::Read, None, None));

@@ -8,7 +8,7 @@ use redb::{ReadableTable, WriteTransaction};
 use super::{
     JournalError, MESSAGES, MessageRecord, Op, RUNS, UNREADABLE, UnreadableRecord, db_err,
 };
-use crate::spool::Timestamp;
+use crate::base::Timestamp;
 
 /// Applies every op of every request in `groups` inside `txn`.
 pub(super) fn apply_group(

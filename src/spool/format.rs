@@ -29,12 +29,10 @@
 //! [`MAX_HEADER_LEN`], and the file length must equal header plus body exactly.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+
+use crate::base::{ContentHash, MessageId, QueueKind, Timestamp};
 
 /// Magic prefix of the first line.
 pub const MAGIC: &[u8] = b"DRAIN-SPOOL/";
@@ -62,165 +60,6 @@ pub enum FormatError {
     Header(String),
     #[error("body is {actual} bytes but the header says {expected}")]
     BodyLength { expected: u64, actual: u64 },
-}
-
-/// A message id: 128 bits, written as 32 lower-case hex digits. Only a value that parses as
-/// one ever names a file, so no path can come from input.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(pub [u8; 16]);
-
-impl MessageId {
-    /// A fresh random id.
-    pub fn random() -> std::io::Result<Self> {
-        let mut b = [0u8; 16];
-        getrandom::fill(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(MessageId(b))
-    }
-}
-
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MessageId({self})")
-    }
-}
-
-/// Parses exactly `N` bytes from `2N` hex digits (either case).
-pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let s = s.as_bytes();
-    if s.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
-    Some(out)
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("invalid message id {0:?}: expected 32 hex digits")]
-pub struct BadId(pub String);
-
-impl FromStr for MessageId {
-    type Err = BadId;
-    fn from_str(s: &str) -> Result<Self, BadId> {
-        parse_hex::<16>(s)
-            .map(MessageId)
-            .ok_or_else(|| BadId(s.chars().take(80).collect()))
-    }
-}
-
-impl Serialize for MessageId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MessageId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// The four queue kinds of an instance. Each is one directory of the spool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum QueueKind {
-    Queue,
-    BounceLite,
-    BounceFull,
-    Submission,
-}
-
-impl QueueKind {
-    pub const ALL: [QueueKind; 4] = [
-        QueueKind::Queue,
-        QueueKind::BounceLite,
-        QueueKind::BounceFull,
-        QueueKind::Submission,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueKind::Queue => "queue",
-            QueueKind::BounceLite => "bounce-lite",
-            QueueKind::BounceFull => "bounce-full",
-            QueueKind::Submission => "submission",
-        }
-    }
-}
-
-impl fmt::Display for QueueKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for QueueKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        QueueKind::ALL
-            .into_iter()
-            .find(|q| q.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown queue kind {s:?} (expected queue, bounce-lite, bounce-full or submission)")
-            })
-    }
-}
-
-/// A point in time, kept as UTC with the precision it was given, written as RFC 3339.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(pub OffsetDateTime);
-
-impl Timestamp {
-    pub fn now() -> Self {
-        Timestamp(OffsetDateTime::now_utc())
-    }
-
-    /// Parses any RFC 3339 time and normalises it to UTC (the same instant).
-    pub fn parse(s: &str) -> Result<Self, String> {
-        OffsetDateTime::parse(s, &Rfc3339)
-            .map(|t| Timestamp(t.to_offset(time::UtcOffset::UTC)))
-            .map_err(|e| format!("invalid RFC 3339 time {s:?}: {e}"))
-    }
-
-    pub fn unix_nanos(self) -> i128 {
-        self.0.unix_timestamp_nanos()
-    }
-}
-
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.format(&Rfc3339) {
-            Ok(s) => f.write_str(&s),
-            Err(_) => write!(f, "{}", self.0.unix_timestamp()),
-        }
-    }
-}
-
-impl Serialize for Timestamp {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Timestamp {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Timestamp::parse(&s).map_err(serde::de::Error::custom)
-    }
 }
 
 /// The envelope and metadata of a message: everything but the body.
@@ -327,8 +166,8 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, FormatError> {
 }
 
 /// BLAKE3 of a whole spool file, the message's `hash` everywhere.
-pub fn hash(bytes: &[u8]) -> blake3::Hash {
-    blake3::hash(bytes)
+pub fn hash(bytes: &[u8]) -> ContentHash {
+    ContentHash::of(bytes)
 }
 
 #[cfg(test)]
@@ -411,17 +250,5 @@ mod tests {
                 assert_eq!(parse(&again).unwrap().header, p.header);
             }
         }
-    }
-
-    #[test]
-    fn ids_parse_strictly() {
-        assert!("../../etc/passwd".parse::<MessageId>().is_err());
-        assert!(
-            "0123456789abcdef0123456789abcdeg"
-                .parse::<MessageId>()
-                .is_err()
-        );
-        let id: MessageId = "0123456789ABCDEF0123456789abcdef".parse().unwrap();
-        assert_eq!(id.to_string(), "0123456789abcdef0123456789abcdef");
     }
 }

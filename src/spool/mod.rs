@@ -15,11 +15,14 @@
 
 pub mod format;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-pub use format::{FormatError, Header, MessageId, QueueKind, Timestamp};
+pub use format::{FormatError, Header};
+
+use crate::base::durable::{self, FileError};
+use crate::base::{ContentHash, MessageId, QueueKind};
 
 /// Why a spool operation failed, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,15 @@ pub enum SpoolError {
     },
     #[error("message {0} is not in the spool")]
     NotFound(MessageId),
+}
+
+impl From<FileError> for SpoolError {
+    fn from(e: FileError) -> Self {
+        SpoolError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 impl SpoolError {
@@ -85,7 +97,7 @@ pub struct Message {
     /// The whole file, exactly as it travels.
     pub bytes: bytes::Bytes,
     pub body_offset: usize,
-    pub hash: blake3::Hash,
+    pub hash: ContentHash,
 }
 
 impl Message {
@@ -182,24 +194,12 @@ impl Spool {
                 m.header.id,
                 MessageId::random().map_err(|e| SpoolError::io(self.tmp_dir(), e))?
             ));
-            let write = || -> io::Result<()> {
-                let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-                f.write_all(&m.bytes)?;
-                f.sync_all()
-            };
-            if let Err(e) = write() {
-                let _ = fs::remove_file(&tmp);
-                return Err(SpoolError::io(&tmp, e));
-            }
             let dest = self.path_of(m.header.queue, m.header.id);
-            if let Err(e) = fs::rename(&tmp, &dest) {
-                let _ = fs::remove_file(&tmp);
-                return Err(SpoolError::io(&dest, e));
-            }
-            touched[queue_index(m.header.queue)] = true;
+            durable::write_then_rename(&tmp, &dest, &m.bytes)?;
+            touched[m.header.queue.index()] = true;
         }
         for q in QueueKind::ALL {
-            if touched[queue_index(q)] {
+            if touched[q.index()] {
                 sync_dir(&self.queue_dir(q))?;
             }
         }
@@ -353,15 +353,6 @@ impl Iterator for Scan {
     }
 }
 
-fn queue_index(q: QueueKind) -> usize {
-    match q {
-        QueueKind::Queue => 0,
-        QueueKind::BounceLite => 1,
-        QueueKind::BounceFull => 2,
-        QueueKind::Submission => 3,
-    }
-}
-
 /// Reads a whole file, naming it on error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, SpoolError> {
     let mut f = File::open(path).map_err(|e| SpoolError::io(path, e))?;
@@ -372,11 +363,9 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, SpoolError> {
     Ok(buf)
 }
 
-/// fsyncs a directory so that renames and unlinks in it are durable.
+/// fsyncs a spool directory (see [`durable::sync_dir`]).
 pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| SpoolError::io(dir, e))
+    Ok(durable::sync_dir(dir)?)
 }
 
 #[cfg(test)]

@@ -411,12 +411,9 @@ pub fn try_serve(tmp: &TempDir, dir: &Path, ip: &str) -> Output {
 }
 
 /// A spool file built in memory (for speaking the wire protocol directly).
-pub fn message(
-    queue: drain::spool::QueueKind,
-    attempts: u32,
-    body: &[u8],
-) -> drain::spool::Message {
-    use drain::spool::{Header, Message, MessageId, Timestamp};
+pub fn message(queue: drain::base::QueueKind, attempts: u32, body: &[u8]) -> drain::spool::Message {
+    use drain::base::{MessageId, Timestamp};
+    use drain::spool::{Header, Message};
     let h = Header {
         id: MessageId::random().expect("id"),
         queue,
@@ -433,7 +430,7 @@ pub fn message(
 }
 
 /// A transfer body of `(message, hash to claim)` frames.
-pub fn batch(msgs: &[(&drain::spool::Message, blake3::Hash)]) -> Vec<u8> {
+pub fn batch(msgs: &[(&drain::spool::Message, drain::base::ContentHash)]) -> Vec<u8> {
     let mut b = Vec::new();
     for (m, h) in msgs {
         drain::wire::put_frame_header(&mut b, h, m.bytes.len() as u64);
@@ -542,7 +539,7 @@ pub fn fill(dir: &Path, n: usize) -> BTreeMap<String, (String, String)> {
     drain::demo::fill(dir, n)
         .expect("fill")
         .into_iter()
-        .map(|(id, (q, h, _))| (id.to_string(), (q.to_string(), h.to_hex().to_string())))
+        .map(|(id, (q, h, _))| (id.to_string(), (q.to_string(), h.to_string())))
         .collect()
 }
 

@@ -134,6 +134,48 @@ fn parse_first_line(bytes: &[u8]) -> Result<(usize, usize), FormatError> {
     Ok((len, nl + 1))
 }
 
+/// Where the header ends (the offset just past its line feed), from the first line alone.
+/// `prefix` needs only the first line (at most 40 bytes).
+pub fn header_end(prefix: &[u8]) -> Result<u64, FormatError> {
+    let (hlen, hstart) = parse_first_line(prefix)?;
+    Ok((hstart + hlen + 1) as u64)
+}
+
+/// Checks a file's first line and header, given its first bytes (through the header's line
+/// feed) and the file's total size: the body must be exactly `body_len` bytes. Lets a reader
+/// refuse a truncated or padded file before reading its body.
+pub fn check_size(prefix: &[u8], file_len: u64) -> Result<(), FormatError> {
+    let (hlen, hstart) = parse_first_line(prefix)?;
+    let hend = hstart + hlen;
+    if prefix.len() < hend + 1 {
+        return Err(FormatError::Truncated("in the header"));
+    }
+    let header = parse_header(&prefix[hstart..=hend])?;
+    let actual = file_len.saturating_sub((hend + 1) as u64);
+    if actual != header.body_len {
+        return Err(FormatError::BodyLength {
+            expected: header.body_len,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Parses the header JSON and its line feed.
+fn parse_header(with_lf: &[u8]) -> Result<Header, FormatError> {
+    let Some((b'\n', json)) = with_lf.split_last() else {
+        return Err(FormatError::Header(
+            "header not followed by a line feed".into(),
+        ));
+    };
+    let header: Header =
+        serde_json::from_slice(json).map_err(|e| FormatError::Header(e.to_string()))?;
+    if header.to.is_empty() {
+        return Err(FormatError::Header("no recipients".into()));
+    }
+    Ok(header)
+}
+
 /// Parses a whole spool file's bytes, checking every length.
 pub fn parse(bytes: &[u8]) -> Result<Parsed, FormatError> {
     let (hlen, hstart) = parse_first_line(bytes)?;
@@ -141,16 +183,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, FormatError> {
     if bytes.len() < hend + 1 {
         return Err(FormatError::Truncated("in the header"));
     }
-    if bytes[hend] != b'\n' {
-        return Err(FormatError::Header(
-            "header not followed by a line feed".into(),
-        ));
-    }
-    let header: Header = serde_json::from_slice(&bytes[hstart..hend])
-        .map_err(|e| FormatError::Header(e.to_string()))?;
-    if header.to.is_empty() {
-        return Err(FormatError::Header("no recipients".into()));
-    }
+    let header = parse_header(&bytes[hstart..=hend])?;
     let body_offset = hend + 1;
     let actual = (bytes.len() - body_offset) as u64;
     if actual != header.body_len {

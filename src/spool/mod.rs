@@ -13,10 +13,11 @@
 //! files). Callers: the CLI (`spool add|ls|cat`), the drain engine (scan, read, remove) and the
 //! intake server (store).
 
+mod file;
 pub mod format;
 
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 pub use format::{FormatError, Header};
@@ -51,6 +52,14 @@ pub enum SpoolError {
     },
     #[error("message {0} is not in the spool")]
     NotFound(MessageId),
+    #[error("{path}: {kind}, not a regular file; left in place")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("{path}: {size} bytes, larger than the largest message read ({limit} bytes)")]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
 }
 
 impl From<FileError> for SpoolError {
@@ -76,7 +85,9 @@ impl SpoolError {
             SpoolError::Io { path, .. }
             | SpoolError::Corrupt { path, .. }
             | SpoolError::BadName { path }
-            | SpoolError::Misplaced { path, .. } => Some(path),
+            | SpoolError::Misplaced { path, .. }
+            | SpoolError::NotRegular { path, .. }
+            | SpoolError::TooLarge { path, .. } => Some(path),
             SpoolError::NotFound(_) => None,
         }
     }
@@ -84,11 +95,17 @@ impl SpoolError {
     /// A short machine-friendly reason: `unreadable` or `corrupt`.
     pub fn kind(&self) -> &'static str {
         match self {
-            SpoolError::Io { .. } | SpoolError::NotFound(_) => "unreadable",
+            SpoolError::Io { .. }
+            | SpoolError::NotFound(_)
+            | SpoolError::NotRegular { .. }
+            | SpoolError::TooLarge { .. } => "unreadable",
             _ => "corrupt",
         }
     }
 }
+
+/// The largest spool file ever read into memory (the receivers' default request limit).
+pub const MAX_MESSAGE_SIZE: u64 = 256 << 20;
 
 /// A message read from the spool: its whole file and what it says.
 #[derive(Clone, Debug)]
@@ -234,9 +251,16 @@ impl Spool {
         removed
     }
 
-    /// Reads and checks one message file. The name must match the header.
+    /// Reads and checks one message file of at most [`MAX_MESSAGE_SIZE`] bytes. The name must
+    /// match the header.
     pub fn read(&self, entry: &Entry) -> Result<Message, SpoolError> {
-        let bytes = read_file(&entry.path)?;
+        self.read_limited(entry, MAX_MESSAGE_SIZE)
+    }
+
+    /// Reads and checks one message file of at most `limit` bytes (a larger file is an error
+    /// naming it, and is not read). Only a regular file is opened; see `file`.
+    pub fn read_limited(&self, entry: &Entry, limit: u64) -> Result<Message, SpoolError> {
+        let bytes = file::read_message_file(&entry.path, limit.min(MAX_MESSAGE_SIZE))?;
         let msg = Message::from_bytes(bytes.into()).map_err(|source| SpoolError::Corrupt {
             path: entry.path.clone(),
             source,
@@ -353,14 +377,10 @@ impl Iterator for Scan {
     }
 }
 
-/// Reads a whole file, naming it on error.
+/// Reads a whole spool file (a regular file of at most [`MAX_MESSAGE_SIZE`] bytes), naming
+/// it on error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, SpoolError> {
-    let mut f = File::open(path).map_err(|e| SpoolError::io(path, e))?;
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut buf = Vec::with_capacity(len as usize);
-    f.read_to_end(&mut buf)
-        .map_err(|e| SpoolError::io(path, e))?;
-    Ok(buf)
+    file::read_message_file(path, MAX_MESSAGE_SIZE)
 }
 
 /// fsyncs a spool directory (see [`durable::sync_dir`]).
@@ -382,7 +402,7 @@ mod tests {
         fs::write(&old, b"x").unwrap();
         fs::write(&new, b"y").unwrap();
         let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
-        File::options()
+        fs::File::options()
             .write(true)
             .open(&old)
             .unwrap()

@@ -1,16 +1,29 @@
 //! Wire protocol v1 between a draining instance (client) and `drain serve` (server), over HTTPS.
 //!
+//! This module owns the protocol: paths, headers, the frame format of a transfer body and every
+//! request and response type, each field documented where it is defined. The drain engine's
+//! client and the intake server both go through it; neither builds a body by hand.
+//!
 //! Every path carries the protocol version; a later version gets new paths and a server may
-//! serve several. Both requests identify the sender with two headers:
+//! serve several. Within v1, changes are additive only: new optional JSON fields (a reader
+//! ignores fields it does not know) and new [`RejectCode`] values (read as `unknown`).
+//!
+//! ## Identification
+//!
+//! Every `POST` identifies the sender with two headers:
 //!
 //! | header | value |
 //! | --- | --- |
 //! | `Drain-Sender` | the sending instance's id, 32 hex digits (`<data-dir>/instance-id`) |
 //! | `Drain-Run` | the sending run's id, 32 hex digits |
 //!
+//! A missing or malformed one is `400`. A peer whose address is not in the server's
+//! `accept_drain_from` gets `403` on every endpoint but health.
+//!
 //! ## `POST /v1/transfer`: store messages
 //!
-//! Body (`Content-Type: application/vnd.drain.batch.v1`): one or more frames back to back,
+//! Body (`Content-Type: application/vnd.drain.batch.v1`): one or more frames (at most
+//! [`MAX_FRAMES`]) back to back,
 //!
 //! ```text
 //! hash      32 bytes   BLAKE3 of the spool file, as the sender computed it
@@ -20,35 +33,54 @@
 //!
 //! The server recomputes each hash and rejects a mismatch, stores each message in its own
 //! spool durably (fsync) and only then answers `200` with a [`TransferResponse`]: one
-//! [`ItemResult`] per frame, in order. An outcome is `stored`, `already_held` (the same message
-//! of the same run was stored before: the request was repeated), `rejected_permanent`
-//! (will not change on retry: hash mismatch, malformed file, id conflict) or
-//! `rejected_transient`. Whole-request answers: `403` peer not allowed, `413` request too
-//! large, `400` malformed body or headers, `503` not accepting (draining, shutting down).
+//! [`ItemResult`] per frame, in order, each with an [`Outcome`] and, when rejected, a
+//! [`RejectCode`]:
+//!
+//! ```json
+//! {"version":1,"results":[
+//!   {"hash":"<64 hex>","id":"<32 hex>","outcome":"stored"},
+//!   {"hash":"<64 hex>","id":"<32 hex>","outcome":"already_held","reason":"stored earlier for this run"},
+//!   {"hash":"<64 hex>","id":null,"outcome":"rejected_permanent","code":"hash_mismatch","reason":"hash mismatch: ..."}]}
+//! ```
+//!
+//! Whole-request answers carry an [`ErrorResponse`] `{"version":1,"error":"...","code":"..."}`:
+//!
+//! | status | code | meaning for the sender |
+//! | --- | --- | --- |
+//! | `400` | `bad_request` | malformed body or headers: nothing stored |
+//! | `403` | `not_allowed` | this sender may not drain here: permanent for this destination |
+//! | `413` | `too_large` | the request is over the server's limit: send fewer messages per request |
+//! | `503` | `not_accepting` | draining itself or shutting down: nothing stored, try another |
+//! | other `5xx` | `transient` or none | the outcome is unknown |
+//!
 //! A `5xx` other than `503`, a dropped connection or a timeout leaves the outcome unknown:
 //! the sender must ask with `/v1/query` before doing anything else with those messages.
 //!
 //! ## `POST /v1/query`: which of these does the server hold for this run?
 //!
-//! JSON [`QueryRequest`] `{"messages": [{"id": ..., "hash": ...}, ...]}` (at most
-//! [`MAX_QUERY`]); answer [`QueryResponse`] `{"version": 1, "held": [hash, ...]}`: the messages
-//! the server holds for the `Drain-Sender` and `Drain-Run` of the request, either recorded in
-//! its dedupe store or present in its spool with that id and hash (a server killed between
-//! writing the file and recording it still answers truthfully). Durable: a hash listed is on
-//! the server's disk, so "not held" means the message is not there and will not appear.
-//!
-//! A query waits until every transfer that reached the server before it has finished, so a
-//! "not held" can never be followed by a late store from a request the sender lost.
+//! JSON [`QueryRequest`] `{"messages": [{"id": "<32 hex>", "hash": "<64 hex>"}, ...]}` (at most
+//! [`MAX_QUERY`], else `413`); answer `200` [`QueryResponse`] `{"version": 1, "held": [hash,
+//! ...]}`: the messages the server holds for the `Drain-Sender` and `Drain-Run` of the request,
+//! either recorded in its dedupe store or present in its spool with that id and hash (a server
+//! killed between writing the file and recording it still answers truthfully). Durable: a hash
+//! listed is on the server's disk, so "not held" means the message is not there and will not
+//! appear. A query waits until every transfer that reached the server before it has finished,
+//! so a "not held" can never be followed by a late store from a request the sender lost; if
+//! that takes too long it answers `503` and the sender asks again. Errors as for transfers.
 //!
 //! ## `POST /v1/finish`: the run has finished
 //!
-//! Empty body. The server may forget its dedupe keys for (`Drain-Sender`, `Drain-Run`): every
-//! message of the run is settled, so no retry of it can come. Keys also expire after the
-//! server's `--dedupe-retention` (default 7 days) in case this never arrives.
+//! Empty body; answer `200` `{"version":1,"forgotten":true}`. The server may forget its dedupe keys for
+//! (`Drain-Sender`, `Drain-Run`): every message of the run is settled, so no retry of it can
+//! come. Keys also expire after the server's `--dedupe-retention` (default 7 days) in case
+//! this never arrives.
 //!
 //! ## `GET /v1/health`
 //!
-//! `200` with `{"version":1,"accepting":true}` while the server takes messages.
+//! No headers needed, no access check (for load balancers); `200` with [`HealthResponse`]
+//! `{"version":1,"accepting":true}`; `accepting` is false while transfers get `503`.
+//!
+//! Any other path or method: `404` with an [`ErrorResponse`].
 
 use bytes::{Buf, Bytes};
 use serde::{Deserialize, Serialize};

@@ -64,6 +64,30 @@ impl Destination {
     }
 }
 
+/// Checks a `--bind-ip` before anything is sent: it must be an address of this machine (a
+/// socket binds to it) and of the same family as every destination written as an IP address.
+/// Without this, a wrong one fails every connection as "network unreachable", forever.
+pub fn check_bind_ip(ip: IpAddr, dests: &[Destination]) -> Result<(), String> {
+    if let Err(e) = std::net::UdpSocket::bind((ip, 0)) {
+        return Err(format!(
+            "--bind-ip {ip}: cannot bind to it ({e}); it must be an address of this machine"
+        ));
+    }
+    for d in dests {
+        if let Ok(dip) = d.host.parse::<IpAddr>()
+            && dip.is_ipv4() != ip.is_ipv4()
+        {
+            let fam = |a: IpAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+            return Err(format!(
+                "--bind-ip {ip} is {} but destination {d} is {}: no connection is possible",
+                fam(ip),
+                fam(dip)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Splits `HOST`, `HOST:PORT`, `[V6]`, `[V6]:PORT` or a bare IPv6 address (port 443 unless
 /// given).
 fn split_host_port(t: &str) -> Result<(&str, u16), &'static str> {
@@ -174,5 +198,22 @@ mod tests {
         );
         let long = format!("{}.com", "a".repeat(64));
         assert!(d(&long).is_err());
+    }
+
+    #[test]
+    fn bind_ip_must_be_local_and_of_the_destinations_family() {
+        let v4 = [Destination::parse("127.0.0.2:9000").unwrap()];
+        let named = [Destination::parse("localhost:9000").unwrap()];
+        assert!(check_bind_ip("127.0.0.1".parse().unwrap(), &v4).is_ok());
+        let e = check_bind_ip("::1".parse().unwrap(), &v4).unwrap_err();
+        assert!(
+            e.contains("is IPv6 but destination 127.0.0.2:9000 is IPv4"),
+            "{e}"
+        );
+        assert!(check_bind_ip("::1".parse().unwrap(), &named).is_ok());
+        // TEST-NET-1 (RFC 5737) is never an address of this machine; binding fails locally
+        // without sending anything.
+        let e = check_bind_ip("192.0.2.1".parse().unwrap(), &v4).unwrap_err();
+        assert!(e.contains("cannot bind"), "{e}");
     }
 }

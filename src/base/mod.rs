@@ -19,7 +19,7 @@ mod time;
 
 use std::time::Duration;
 
-pub use dest::{BadDestination, Destination};
+pub use dest::{BadDestination, Destination, check_bind_ip};
 pub use durable::{FileError, sync_dir, write_atomic};
 pub use hash::ContentHash;
 pub use id::{BadId, MessageId, hex, parse_hex};

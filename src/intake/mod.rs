@@ -113,28 +113,19 @@ pub async fn serve(
     crate::spool::Spool::open(&opts.data_dir)?.clean_stale_tmp(Duration::from_secs(3600));
     let tls = crate::tls::server_config(&opts.tls_cert, &opts.tls_key)?;
     let events = EventQueue::open(&opts.data_dir)?;
-    let store = Store::open(&opts.data_dir, opts.workers, &inst.id, events.clone())?;
-    let accepting = Arc::new(AtomicBool::new(true));
     let event_stats = Arc::new(processor::Stats::default());
-    let metrics = Arc::new(metrics::Metrics::new(
-        accepting.clone(),
-        event_stats.clone(),
-        events.dir().to_path_buf(),
-    ));
-    let state = Arc::new(State {
-        store,
-        access: opts.access.clone(),
-        max_request_bytes: opts.max_request_bytes,
-        accepting: accepting.clone(),
-        metrics: metrics.clone(),
-        bodies: Arc::new(tokio::sync::Semaphore::new(2 * opts.workers.max(1))),
-    });
-    let control = ServeControl::new(accepting, endpoints.len());
-    let events = (events, endpoints, event_stats);
+    let state = Arc::new(open_state(&opts, &inst.id, &events, event_stats.clone())?);
+    let control = ServeControl::new(state.accepting.clone(), endpoints.len());
+    let delivery = tasks::EventDelivery {
+        queue: events,
+        endpoints,
+        stats: event_stats,
+    };
+    let metrics = state.metrics.clone();
     let mut tasks = Tasks::start(
         &opts.data_dir,
         &control,
-        events,
+        delivery,
         opts.metrics_listen,
         metrics,
     )
@@ -166,6 +157,31 @@ pub async fn serve(
         shutdown.as_mut().await;
     }
     Ok(())
+}
+
+/// What every connection shares: the store (opened here), the access policy, the limits, the
+/// accepting flag (also the control socket's) and the metrics.
+fn open_state(
+    opts: &ServeOptions,
+    instance: &str,
+    events: &EventQueue,
+    event_stats: Arc<processor::Stats>,
+) -> anyhow::Result<State> {
+    let store = Store::open(&opts.data_dir, opts.workers, instance, events.clone())?;
+    let accepting = Arc::new(AtomicBool::new(true));
+    let metrics = Arc::new(metrics::Metrics::new(
+        accepting.clone(),
+        event_stats,
+        events.dir().to_path_buf(),
+    ));
+    Ok(State {
+        store,
+        access: opts.access.clone(),
+        max_request_bytes: opts.max_request_bytes,
+        accepting,
+        metrics,
+        bodies: Arc::new(tokio::sync::Semaphore::new(2 * opts.workers.max(1))),
+    })
 }
 
 /// The log lines that say intake is up (tests and operators wait for the first).

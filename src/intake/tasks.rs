@@ -23,6 +23,13 @@ use crate::events::processor::{self, Endpoint};
 /// How often expired dedupe keys are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
+/// What the event processor needs: the queue, where to deliver, its counters.
+pub struct EventDelivery {
+    pub queue: EventQueue,
+    pub endpoints: Vec<Endpoint>,
+    pub stats: Arc<processor::Stats>,
+}
+
 /// Handles of the running side tasks.
 pub struct Tasks {
     control: JoinHandle<()>,
@@ -38,7 +45,7 @@ impl Tasks {
     pub async fn start(
         data_dir: &Path,
         control: &Arc<ServeControl>,
-        events: (EventQueue, Vec<Endpoint>, Arc<processor::Stats>),
+        events: EventDelivery,
         metrics_listen: Option<std::net::SocketAddr>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Tasks> {
@@ -50,8 +57,7 @@ impl Tasks {
                 }
             })
         };
-        let (queue, endpoints, stats) = events;
-        let processor = tokio::spawn(processor::run(queue, endpoints, stats));
+        let processor = tokio::spawn(processor::run(events.queue, events.endpoints, events.stats));
         let metrics = match metrics_listen {
             Some(addr) => Some(start_metrics(addr, data_dir, metrics).await?),
             None => None,

@@ -12,6 +12,10 @@
 //!
 //! Dedupe keys are scoped to the sender's instance id and run id, so a message that comes back
 //! in a later run (A->B, B->A, A->B) is stored again rather than mistaken for a duplicate.
+//!
+//! Called by `handler` (transfer, query, finish) and by `serve`'s dedupe expiry; it calls the
+//! spool, the event queue (one `message.received` event per message, durable before the
+//! answer) and the group commit. Each rejected message carries its [`RejectCode`].
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;

@@ -23,12 +23,12 @@ mod handler;
 mod inflight;
 mod listener;
 pub mod metrics;
+mod options;
 mod reply;
 pub mod store;
 mod tasks;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -38,33 +38,12 @@ use crate::events::EventQueue;
 use crate::events::processor::{self, Endpoint};
 
 pub use access::{Access, NetList};
+pub use options::ServeOptions;
 pub use store::Store;
 
 use handler::State;
 use listener::{Listener, Stop};
 use tasks::Tasks;
-
-/// Everything `drain serve` needs to accept drains.
-#[derive(Clone, Debug)]
-pub struct ServeOptions {
-    pub data_dir: PathBuf,
-    pub listen: SocketAddr,
-    pub tls_cert: PathBuf,
-    pub tls_key: PathBuf,
-    pub access: Access,
-    pub workers: usize,
-    /// Largest transfer request body accepted (413 beyond).
-    pub max_request_bytes: usize,
-    /// Dedupe keys of runs that never said they finished are dropped after this.
-    pub dedupe_retention: Duration,
-    /// Where the event processor POSTs events.
-    pub event_endpoints: Vec<String>,
-    /// After a drain stopped this serve, keep the process alive (holding nothing) until a
-    /// signal: for a container whose main process must outlive its preStop hook.
-    pub wait_after_drain: bool,
-    /// Where to serve Prometheus metrics (plain HTTP, `GET /metrics`); none: not served.
-    pub metrics_listen: Option<SocketAddr>,
-}
 
 /// Invariant 6: an instance whose last drain run is unfinished does not serve, because a
 /// message it still holds may also be on a destination until `drain resume` settles it.

@@ -2,17 +2,16 @@
 //! `FILE:LINE: key: what`, all of them (not only the first), sorted by line.
 //!
 //! Owns the file's syntax and the "unknown key; did you mean" hint; what each key holds and
-//! how its value is checked come from the settings table (`super::table`) and the value types
-//! (`super::values`). Called through [`Layer::from_file`] by the CLI.
+//! how its value is checked come from the caller (the settings table in `config/mod.rs`, with
+//! the value types of `values`). Imports only `setting`; called by `Layer::parse`.
 
 use std::fmt;
 use std::ops::Range;
-use std::path::Path;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{ConfigError, KEYS, Layer};
+use super::setting::ConfigError;
 
 /// A value of the parsed document, with its place in the text.
 pub type Value<'i> = Spanned<DeValue<'i>>;
@@ -149,15 +148,18 @@ impl Reader<'_> {
     }
 }
 
+/// Known keys (with their flags), as the settings table lists them.
+type Keys = &'static [(&'static str, &'static str)];
+
 /// A known key close to an unknown one, for "did you mean".
-fn suggest(unknown: &str) -> Option<&'static str> {
+fn suggest(keys_and_flags: Keys, unknown: &str) -> Option<&'static str> {
     let norm = unknown.trim().to_ascii_lowercase().replace('-', "_");
-    let keys = KEYS.iter().map(|(k, _)| *k);
+    let keys = keys_and_flags.iter().map(|(k, _)| *k);
     if let Some(k) = keys.clone().find(|k| *k == norm) {
         return Some(k);
     }
     // The flag's name (`trusted_proxy_ips`, `event_endpoint`) or a near miss.
-    if let Some((k, _)) = KEYS
+    if let Some((k, _)) = keys_and_flags
         .iter()
         .find(|(_, f)| f.trim_start_matches('-').replace('-', "_") == norm)
     {
@@ -169,68 +171,55 @@ fn suggest(unknown: &str) -> Option<&'static str> {
         .map(|(_, k)| k)
 }
 
-fn unknown_key_hint(key: &str) -> String {
-    match suggest(key) {
+fn unknown_key_hint(keys: Keys, key: &str) -> String {
+    match suggest(keys, key) {
         Some(k) => format!("; did you mean {k}?"),
         None => {
-            let all: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+            let all: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
             format!("; the keys are {}", all.join(", "))
         }
     }
 }
 
-impl Layer {
-    /// Reads and checks a config file.
-    pub fn from_file(path: &Path) -> Result<Layer, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(vec![format!(
-                "cannot read the config file {}: {e}",
-                path.display()
-            )])
-        })?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Layer::parse(&text, &path.display().to_string(), base)
+/// Parses a config file's text (`name` names it in errors) and hands every top-level key, in
+/// file order, to `read`, which returns false for an unknown key. Every problem is collected.
+pub fn read_document(
+    text: &str,
+    name: &str,
+    keys: Keys,
+    mut read: impl FnMut(&mut Reader<'_>, &str, &Value<'_>) -> bool,
+) -> Result<(), ConfigError> {
+    let doc = DeTable::parse(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| format!(":{}", line_of(text, s.start)))
+            .unwrap_or_default();
+        ConfigError(vec![format!(
+            "{name}{at}: not valid TOML: {}",
+            e.message().trim()
+        )])
+    })?;
+    let mut r = Reader {
+        name,
+        text,
+        errors: Vec::new(),
+    };
+    let mut entries: Vec<_> = doc.get_ref().iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    for (k, v) in entries {
+        let key: &str = k.get_ref().as_ref();
+        if !read(&mut r, key, v) {
+            r.err(
+                k.span(),
+                key,
+                format!("unknown key{}", unknown_key_hint(keys, key)),
+            );
+        }
     }
-
-    /// Parses a config file's text; `name` is how errors name the file, `base` the directory
-    /// relative paths are taken from.
-    pub fn parse(text: &str, name: &str, base: &Path) -> Result<Layer, ConfigError> {
-        let doc = DeTable::parse(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| format!(":{}", line_of(text, s.start)))
-                .unwrap_or_default();
-            ConfigError(vec![format!(
-                "{name}{at}: not valid TOML: {}",
-                e.message().trim()
-            )])
-        })?;
-        let mut r = Reader {
-            name,
-            text,
-            errors: Vec::new(),
-        };
-        let mut layer = Layer::default();
-        let mut entries: Vec<_> = doc.get_ref().iter().collect();
-        entries.sort_by_key(|(k, _)| k.span().start);
-        for (k, v) in entries {
-            let key: &str = k.get_ref().as_ref();
-            if !layer.read_key(&mut r, key, v, base) {
-                r.err(
-                    k.span(),
-                    key,
-                    format!("unknown key{}", unknown_key_hint(key)),
-                );
-            }
-        }
-        if r.errors.is_empty() {
-            Ok(layer)
-        } else {
-            r.errors.sort_by_key(|(line, _)| *line);
-            Err(ConfigError(r.errors.into_iter().map(|(_, e)| e).collect()))
-        }
+    if r.errors.is_empty() {
+        Ok(())
+    } else {
+        r.errors.sort_by_key(|(line, _)| *line);
+        Err(ConfigError(r.errors.into_iter().map(|(_, e)| e).collect()))
     }
 }

@@ -37,7 +37,6 @@
 //! certificate and key, and prints the effective settings as TOML ([`Settings::to_toml`]),
 //! each line commented with where its value came from.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,12 +46,14 @@ use crate::intake::access::NetList;
 mod file;
 mod render;
 mod resolve;
+mod setting;
 mod table;
 #[cfg(test)]
 mod tests;
 mod values;
 
-use resolve::{or_default, pick, required};
+pub use setting::{ConfigError, Setting, Source};
+use setting::{or_default, pick, required};
 use table::settings;
 pub use values::{check_endpoint, parse_duration, parse_listen};
 
@@ -95,38 +96,29 @@ fn flag_of(key: &str) -> &'static str {
         .unwrap_or("")
 }
 
-/// One or more problems with the settings, each a complete line naming where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub Vec<String>);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.as_slice() {
-            [one] => f.write_str(one),
-            many => {
-                write!(f, "{} problems with the settings:", many.len())?;
-                for p in many {
-                    write!(f, "\n  {p}")?;
-                }
-                Ok(())
-            }
-        }
+impl Layer {
+    /// Reads and checks a config file.
+    pub fn from_file(path: &Path) -> Result<Layer, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![format!(
+                "cannot read the config file {}: {e}",
+                path.display()
+            )])
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Layer::parse(&text, &path.display().to_string(), base)
     }
-}
 
-impl std::error::Error for ConfigError {}
-
-/// Where an effective setting came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Flag,
-    File,
-    Default,
-}
-
-/// A setting's value and where it came from.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Setting<T> {
-    pub value: T,
-    pub source: Source,
+    /// Parses a config file's text; `name` is how errors name the file, `base` the directory
+    /// relative paths are taken from.
+    pub fn parse(text: &str, name: &str, base: &Path) -> Result<Layer, ConfigError> {
+        let mut layer = Layer::default();
+        file::read_document(text, name, KEYS, |r, key, v| {
+            layer.read_key(r, key, v, base)
+        })?;
+        Ok(layer)
+    }
 }

@@ -1,59 +1,13 @@
-//! Combining the sources: a flag given wins over the file, the file over the default; a
-//! required setting neither gives is an error naming both ways to give it. Then the checks
-//! across settings, the certificate check of `--check-config`, and the server's options.
-//!
-//! The per-setting part is generated from the table in `config/mod.rs`; this module holds the
-//! rules it applies and what no single setting can check. Called by the CLI.
+//! Combining the sources into the effective [`Settings`]: the per-setting part is generated
+//! from the table in `config/mod.rs` (with the rules of `setting`); this module adds what no
+//! single setting can check, the certificate check of `--check-config`, and the server's
+//! options. Called by the CLI.
 
 use std::path::PathBuf;
 
-use super::{ConfigError, Layer, Setting, Settings, Source};
-use crate::intake::ServeOptions;
+use super::{ConfigError, Layer, Settings};
 use crate::intake::access::Access;
-
-/// The flag's value if given, else the file's.
-pub(super) fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<Setting<T>> {
-    match (flag, file) {
-        (Some(value), _) => Some(Setting {
-            value,
-            source: Source::Flag,
-        }),
-        (None, Some(value)) => Some(Setting {
-            value,
-            source: Source::File,
-        }),
-        (None, None) => None,
-    }
-}
-
-pub(super) fn or_default<T>(s: Option<Setting<T>>, value: T) -> Setting<T> {
-    s.unwrap_or(Setting {
-        value,
-        source: Source::Default,
-    })
-}
-
-/// A required setting: its value, or `None` and one problem in `missing` saying how to give
-/// it (`what` describes it).
-pub(super) fn required<T>(
-    s: Option<Setting<T>>,
-    key: &str,
-    flag: &str,
-    what: &str,
-    config_file: &Option<PathBuf>,
-    missing: &mut Vec<String>,
-) -> Option<Setting<T>> {
-    if s.is_none() {
-        missing.push(match config_file {
-            Some(p) => format!(
-                "{key}: {what} is required: give {flag} or set {key} in {}",
-                p.display()
-            ),
-            None => format!("{key}: {what} is required: give {flag} (or --config FILE with {key})"),
-        });
-    }
-    s
-}
+use crate::intake::options::ServeOptions;
 
 impl Settings {
     /// Combines the flags given with the config file (if any). The certificate and key are

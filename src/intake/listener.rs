@@ -61,7 +61,7 @@ impl Listener {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = tcp.local_addr()?;
-        crate::instance::write_atomic(
+        crate::base::write_atomic(
             &data_dir.join("serve.addr"),
             format!("{local}\n").as_bytes(),
         )?;

@@ -118,7 +118,7 @@ async fn start_metrics(
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     let local = l.local_addr()?;
-    crate::instance::write_atomic(
+    crate::base::write_atomic(
         &data_dir.join("metrics.addr"),
         format!("{local}\n").as_bytes(),
     )?;

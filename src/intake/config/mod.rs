@@ -1,12 +1,15 @@
 //! `drain serve --config FILE`: the intake's settings in a TOML file, with keys named after
 //! GreenArrow's directives, and how they combine with the command line.
 //!
-//! The settings are one table, below ([`settings!`](table)): it drives the file's keys, the
-//! precedence, the defaults and the `--check-config` output. Beside it: `values` (each value
-//! type: reading, checks, TOML output), `file` (the TOML file, spans -> `FILE:LINE` errors,
-//! "did you mean"), `resolve` (precedence and cross-checks, [`Settings::into_options`]),
-//! `render` ([`Settings::to_toml`]). Imports flow from this module down to those. Called by
-//! the CLI (`drain serve`).
+//! The settings are one table, below (the `settings!` macro of `table`): each line names a
+//! key, its type, its flag and its default (or that it is required, or optional); from it come
+//! the file's keys, the precedence, the defaults and the `--check-config` lines. Adding a
+//! setting of an existing type is one line there, plus its flag (CLI) and its use
+//! ([`ServeOptions`](crate::intake::ServeOptions)). Layers, each importing only those before:
+//! `setting` (a value with its source, the precedence rule, [`ConfigError`]); `file` (TOML
+//! with spans -> `FILE:LINE` errors, "did you mean" via `strsim`); `values` (per value type:
+//! reading, checks, TOML output); the table here; `resolve` (cross-checks, certificate check,
+//! [`Settings::into_options`]) and `render` ([`Settings::to_toml`]). Called by the CLI.
 //!
 //! Every key is optional and at the top level (no sections):
 //!

@@ -7,6 +7,10 @@
 //! `{"cmd":"status"}` -> `{"ok":true,"pid":..,"accepting":..,"endpoints":N,"draining_by":..}`;
 //! `{"cmd":"begin-drain","by":"..."}` stops intake (refused if another drain already did);
 //! `{"cmd":"cancel-drain"}` re-enables intake; `{"cmd":"shutdown"}` stops `drain serve`.
+//!
+//! Server side ([`ServeControl`], [`serve_socket`]) run by `intake::serve`; client side
+//! ([`prepare`], [`request`]) used by a drain before it takes the instance. Invariant: a drain
+//! owns the instance only through its exclusive lock, which the serve releases on exit.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -182,13 +186,11 @@ pub enum PrepareError {
 /// `drain serve` (after its events are delivered, unless told not to wait) or, with none
 /// running, takes the lock directly.
 pub async fn prepare(inst: &Instance, wait: EventWait) -> Result<InstanceLock, PrepareError> {
-    let me = format!("pid {} (drain)", std::process::id());
     let events =
         EventQueue::open(&inst.data_dir).map_err(|e| PrepareError::Other(e.to_string()))?;
-    let pending = || events.count().unwrap_or(0);
     match inst.try_lock("drain") {
         Ok(lock) => {
-            let n = pending();
+            let n = events.count().unwrap_or(0);
             if wait.wait && n > 0 {
                 return Err(PrepareError::EventsPending(format!(
                     "{n} events are pending and no `drain serve` is running to deliver them; \
@@ -197,76 +199,96 @@ pub async fn prepare(inst: &Instance, wait: EventWait) -> Result<InstanceLock, P
             }
             return Ok(lock);
         }
-        Err(LockError::Held { holder, .. }) => {
-            // A running serve? Ask it to step aside; anything else holding the lock is final.
-            let status = request(&inst.data_dir, &Request::Status)
-                .await
-                .map_err(|_| {
-                    PrepareError::Lock(LockError::Held {
-                        dir: inst.data_dir.clone(),
-                        holder: holder.clone(),
-                    })
-                })?;
-            let begin = request(&inst.data_dir, &Request::BeginDrain { by: me.clone() })
-                .await
-                .map_err(|e| PrepareError::Other(format!("control socket: {e}")))?;
-            if !begin.ok {
-                return Err(PrepareError::Lock(LockError::Held {
-                    dir: inst.data_dir.clone(),
-                    holder: begin.error.unwrap_or(holder),
-                }));
-            }
-            tracing::info!(
-                pid = status.pid,
-                "drain serve (pid {}) stopped taking messages",
-                status.pid
-            );
-        }
+        Err(LockError::Held { holder, .. }) => stop_intake(inst, holder).await?,
         Err(e) => return Err(e.into()),
     }
     if wait.wait {
-        let started = Instant::now();
-        let mut last_log = Instant::now();
-        loop {
-            let n = pending();
-            if n == 0 {
-                break;
-            }
-            let endpoints = request(&inst.data_dir, &Request::Status)
-                .await
-                .map(|a| a.endpoints)
-                .unwrap_or(0);
-            let expired = wait.max.is_some_and(|m| started.elapsed() >= m);
-            if expired || endpoints == 0 {
-                let _ = request(&inst.data_dir, &Request::CancelDrain).await;
-                let why = if endpoints == 0 {
-                    format!(
-                        "{n} events are pending and drain serve has no --event-endpoint to deliver them"
-                    )
-                } else {
-                    format!(
-                        "{n} events still pending after --max-event-wait {:?}",
-                        wait.max.unwrap_or_default()
-                    )
-                };
-                return Err(PrepareError::EventsPending(format!(
-                    "{why}; the spool is untouched and intake is accepting again"
-                )));
-            }
-            if last_log.elapsed() >= Duration::from_secs(5) {
-                tracing::info!(
-                    pending = n,
-                    "waiting for the event processor to deliver {n} events"
-                );
-                last_log = Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_events(inst, &events, wait).await?;
     }
+    stop_serve(inst).await
+}
+
+/// A running serve holds the lock (`holder`): asks it to stop taking messages. Anything else
+/// holding the lock (no control socket answers) is final.
+async fn stop_intake(inst: &Instance, holder: String) -> Result<(), PrepareError> {
+    let me = format!("pid {} (drain)", std::process::id());
+    let status = request(&inst.data_dir, &Request::Status)
+        .await
+        .map_err(|_| {
+            PrepareError::Lock(LockError::Held {
+                dir: inst.data_dir.clone(),
+                holder: holder.clone(),
+            })
+        })?;
+    let begin = request(&inst.data_dir, &Request::BeginDrain { by: me })
+        .await
+        .map_err(|e| PrepareError::Other(format!("control socket: {e}")))?;
+    if !begin.ok {
+        return Err(PrepareError::Lock(LockError::Held {
+            dir: inst.data_dir.clone(),
+            holder: begin.error.unwrap_or(holder),
+        }));
+    }
+    tracing::info!(
+        pid = status.pid,
+        "drain serve (pid {}) stopped taking messages",
+        status.pid
+    );
+    Ok(())
+}
+
+/// Waits until the serve's event processor delivered every pending event; gives up (and lets
+/// intake accept again) when `--max-event-wait` expires or nothing can deliver them.
+async fn wait_for_events(
+    inst: &Instance,
+    events: &EventQueue,
+    wait: EventWait,
+) -> Result<(), PrepareError> {
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    loop {
+        let n = events.count().unwrap_or(0);
+        if n == 0 {
+            return Ok(());
+        }
+        let endpoints = request(&inst.data_dir, &Request::Status)
+            .await
+            .map(|a| a.endpoints)
+            .unwrap_or(0);
+        let expired = wait.max.is_some_and(|m| started.elapsed() >= m);
+        if expired || endpoints == 0 {
+            let _ = request(&inst.data_dir, &Request::CancelDrain).await;
+            let why = if endpoints == 0 {
+                format!(
+                    "{n} events are pending and drain serve has no --event-endpoint to deliver them"
+                )
+            } else {
+                format!(
+                    "{n} events still pending after --max-event-wait {:?}",
+                    wait.max.unwrap_or_default()
+                )
+            };
+            return Err(PrepareError::EventsPending(format!(
+                "{why}; the spool is untouched and intake is accepting again"
+            )));
+        }
+        if last_log.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(
+                pending = n,
+                "waiting for the event processor to deliver {n} events"
+            );
+            last_log = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Tells the serve to stop and takes the lock it releases once its requests in flight are
+/// done (up to a minute).
+async fn stop_serve(inst: &Instance) -> Result<InstanceLock, PrepareError> {
     request(&inst.data_dir, &Request::Shutdown)
         .await
         .map_err(|e| PrepareError::Other(format!("control socket: {e}")))?;
-    // The serve finishes its requests in flight, then exits and releases the lock.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match inst.try_lock("drain") {

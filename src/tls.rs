@@ -1,5 +1,8 @@
 //! TLS material: loading certificates and keys, server configuration, and self-signed
 //! certificates for the demo and tests. rustls with the ring provider everywhere.
+//!
+//! Used by `intake` (the server's configuration, and `--check-config`), by the sending side's
+//! HTTP client and the event processor (the crypto provider), and by the demo and tests.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

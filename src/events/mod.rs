@@ -21,6 +21,10 @@
 //! | `queue` | string | its queue kind |
 //! | `from_instance` | 32 hex, optional | `message.received`: the sending instance |
 //! | `run` | 32 hex, optional | `message.received`: the sending run |
+//!
+//! Written by `intake::store` (before a transfer is answered) and `drain spool add`; read by
+//! the `processor` and by the metrics (`drain_events_pending`); a drain waits for it to be
+//! empty (`control::prepare`).
 
 pub mod processor;
 

@@ -1,11 +1,17 @@
 //! The event processor: POSTs pending events, in batches, as a JSON array to every configured
 //! endpoint, retrying with backoff until a 2xx, and removes an event once every endpoint took
 //! it (see the module above for the on-disk markers that make this crash-safe).
+//!
+//! Run as a task by `drain serve` (`intake`), which also reads its [`Stats`] for the metrics.
+//! Invariants: an event's delivery to an endpoint is recorded (marker, fsync) only after a 2xx,
+//! so a crash can repeat a delivery but never lose one; an endpoint that fails is retried with
+//! backoff without holding up the others.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
 
 use super::{Event, EventQueue};
 
@@ -37,16 +43,31 @@ impl Endpoint {
     }
 }
 
-/// Counters for status and metrics.
+/// Counters for the metrics (`drain_events_delivered_total`,
+/// `drain_event_delivery_failures_total`); shared with `intake::metrics`, which reads them.
 #[derive(Default, Debug)]
 pub struct Stats {
-    pub delivered: AtomicU64,
-    pub failures: AtomicU64,
+    pub delivered: Counter,
+    pub failures: Counter,
 }
 
+/// An endpoint that failed: not tried again before `next`.
 struct Backoff {
     next: Instant,
     fails: u32,
+}
+
+/// The processor's state between passes.
+struct Processor {
+    queue: EventQueue,
+    endpoints: Vec<Endpoint>,
+    /// The endpoints' keys, naming their ack markers.
+    keys: Vec<String>,
+    client: reqwest::Client,
+    stats: Arc<Stats>,
+    backoff: HashMap<String, Backoff>,
+    /// Events acknowledged in the last pass, to remove once every endpoint has them.
+    cleanup: Vec<String>,
 }
 
 /// Delivers events until the task is dropped.
@@ -66,94 +87,107 @@ pub async fn run(queue: EventQueue, endpoints: Vec<Endpoint>, stats: Arc<Stats>)
             return;
         }
     };
-    let keys: Vec<String> = endpoints.iter().map(|e| e.key.clone()).collect();
-    let mut backoff: HashMap<String, Backoff> = HashMap::new();
-    // Events every endpoint took but a crash left behind are removed once, at start; after
-    // that only the events just acknowledged are checked.
-    let mut cleanup: Vec<String> = queue.pending().unwrap_or_default();
+    let mut p = Processor {
+        keys: endpoints.iter().map(|e| e.key.clone()).collect(),
+        // Events every endpoint took but a crash left behind are removed once, at start;
+        // after that only the events just acknowledged are checked.
+        cleanup: queue.pending().unwrap_or_default(),
+        queue,
+        endpoints,
+        client,
+        stats,
+        backoff: HashMap::new(),
+    };
     loop {
-        remove_delivered(&queue, &keys, &cleanup);
-        cleanup.clear();
-        let mut busy = false;
-        let names = match queue.pending() {
+        if !p.pass().await {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Processor {
+    /// One pass over the endpoints; false when there was nothing to send.
+    async fn pass(&mut self) -> bool {
+        remove_delivered(&self.queue, &self.keys, &self.cleanup);
+        self.cleanup.clear();
+        let names = match self.queue.pending() {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!("event processor: cannot list events: {e}");
                 Vec::new()
             }
         };
-        for ep in &endpoints {
-            if backoff
+        let mut busy = false;
+        for i in 0..self.endpoints.len() {
+            let ep = self.endpoints[i].clone();
+            if self
+                .backoff
                 .get(&ep.key)
                 .is_some_and(|b| Instant::now() < b.next)
             {
                 continue;
             }
-            let todo: Vec<String> = names
-                .iter()
-                .filter(|n| !queue.is_acked(n, &ep.key))
-                .take(BATCH)
-                .cloned()
-                .collect();
-            if todo.is_empty() {
+            let Some((events, sent)) = self.next_batch(&ep, &names) else {
                 continue;
-            }
-            let mut events: Vec<Event> = Vec::with_capacity(todo.len());
-            let mut sent: Vec<String> = Vec::with_capacity(todo.len());
-            for n in &todo {
-                match queue.read(n) {
-                    Ok(e) => {
-                        events.push(e);
-                        sent.push(n.clone());
-                    }
-                    Err(e) => quarantine(&queue, n, &e.to_string()),
-                }
-            }
-            if events.is_empty() {
-                continue;
-            }
+            };
             busy = true;
-            match client.post(&ep.url).json(&events).send().await {
-                Ok(r) if r.status().is_success() => {
-                    if let Err(e) = queue.mark_acked(&sent, &ep.key) {
-                        tracing::error!(
-                            "event processor: cannot record delivery to {}: {e}",
-                            ep.url
-                        );
-                        continue;
-                    }
-                    stats
-                        .delivered
-                        .fetch_add(sent.len() as u64, Ordering::Relaxed);
-                    cleanup.extend(sent.iter().cloned());
-                    backoff.remove(&ep.key);
-                    tracing::debug!(endpoint = %ep.url, events = sent.len(), "events delivered");
+            self.deliver(&ep, &events, sent).await;
+        }
+        busy
+    }
+
+    /// The next events (at most [`BATCH`]) `ep` has not taken, read; unreadable ones are
+    /// quarantined. `None` when there is nothing to send.
+    fn next_batch(&self, ep: &Endpoint, names: &[String]) -> Option<(Vec<Event>, Vec<String>)> {
+        let todo = names
+            .iter()
+            .filter(|n| !self.queue.is_acked(n, &ep.key))
+            .take(BATCH);
+        let mut events: Vec<Event> = Vec::new();
+        let mut sent: Vec<String> = Vec::new();
+        for n in todo {
+            match self.queue.read(n) {
+                Ok(e) => {
+                    events.push(e);
+                    sent.push(n.clone());
                 }
-                other => {
-                    let why = match other {
-                        Ok(r) => format!("HTTP {}", r.status().as_u16()),
-                        Err(e) => crate::base::error_chain(&e),
-                    };
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    let b = backoff.entry(ep.key.clone()).or_insert(Backoff {
-                        next: Instant::now(),
-                        fails: 0,
-                    });
-                    b.fails += 1;
-                    let wait = crate::base::backoff(b.fails);
-                    b.next = Instant::now() + wait;
-                    tracing::warn!(
-                        endpoint = %ep.url,
-                        "delivering {} events to {} failed ({why}); retrying in {wait:?}",
-                        sent.len(),
-                        ep.url
-                    );
-                }
+                Err(e) => quarantine(&self.queue, n, &e.to_string()),
             }
         }
-        if !busy {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        (!events.is_empty()).then_some((events, sent))
+    }
+
+    /// POSTs one batch; on a 2xx records the delivery durably, otherwise backs off.
+    async fn deliver(&mut self, ep: &Endpoint, events: &[Event], sent: Vec<String>) {
+        let why = match self.client.post(&ep.url).json(events).send().await {
+            Ok(r) if r.status().is_success() => {
+                if let Err(e) = self.queue.mark_acked(&sent, &ep.key) {
+                    tracing::error!("event processor: cannot record delivery to {}: {e}", ep.url);
+                    return;
+                }
+                self.stats.delivered.inc_by(sent.len() as u64);
+                tracing::debug!(endpoint = %ep.url, events = sent.len(), "events delivered");
+                self.cleanup.extend(sent);
+                self.backoff.remove(&ep.key);
+                return;
+            }
+            Ok(r) => format!("HTTP {}", r.status().as_u16()),
+            Err(e) => crate::base::error_chain(&e),
+        };
+        self.stats.failures.inc();
+        let b = self.backoff.entry(ep.key.clone()).or_insert(Backoff {
+            next: Instant::now(),
+            fails: 0,
+        });
+        b.fails += 1;
+        let wait = crate::base::backoff(b.fails);
+        b.next = Instant::now() + wait;
+        tracing::warn!(
+            endpoint = %ep.url,
+            "delivering {} events to {} failed ({why}); retrying in {wait:?}",
+            sent.len(),
+            ep.url
+        );
     }
 }
 

@@ -3,6 +3,9 @@
 //!
 //! Invariant: the forwarding headers are read only when the TCP peer itself is a trusted proxy;
 //! from anyone else they are ignored, so a client cannot claim another address.
+//!
+//! Used by `handler` (every request) and by the settings (`config`, and the CLI's flags),
+//! which parse IPs and CIDRs with [`parse_net`] so both give the same messages.
 
 use std::net::IpAddr;
 use std::str::FromStr;

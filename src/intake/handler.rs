@@ -1,63 +1,56 @@
-//! The wire protocol's server side: routes, access checks, request parsing, answers.
-//! See `wire` for the protocol itself.
+//! The wire protocol's endpoints on the server side: access checks, request parsing, and the
+//! answers of `GET /v1/health`, `POST /v1/transfer`, `/v1/query` and `/v1/finish` (see `wire`
+//! for the protocol itself).
+//!
+//! Owns [`State`], what every connection shares. Called by `connection` (routing); calls
+//! `store` (durability), `access` (who may drain) and `metrics`. Invariants: a transfer is
+//! answered `200` only once `store` says every acknowledged message is durable; a refused
+//! request's body is read and dropped first, so the sender reads the refusal rather than a
+//! reset it would have to treat as "maybe stored".
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, StatusCode};
 
-use super::State;
-use super::access::Forwarded;
+use super::access::{Access, Forwarded};
+use super::metrics::Metrics;
+use super::reply::{Reject, Resp, json};
+use super::store::{Store, TransferGuard};
 use crate::base::ContentHash;
-use crate::wire::{self, ErrorResponse, QueryRequest, QueryResponse, TransferResponse};
-
-type Resp = Response<Full<Bytes>>;
-
-/// A whole-request refusal: status and message, turned into an [`ErrorResponse`].
-struct Reject(StatusCode, String);
-
-impl From<Reject> for Resp {
-    fn from(r: Reject) -> Resp {
-        error(r.0, r.1)
-    }
-}
+use crate::wire::{
+    self, HealthResponse, ItemResult, QueryRequest, QueryResponse, TransferResponse,
+};
 
 /// Largest query body accepted.
 const MAX_QUERY_BYTES: usize = 2 << 20;
 
-pub(crate) async fn handle(
-    state: Arc<State>,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Resp, Infallible> {
-    let started = std::time::Instant::now();
-    let route = (req.method().clone(), req.uri().path().to_string());
-    let resp = match (&route.0, route.1.as_str()) {
-        (&Method::GET, wire::HEALTH_PATH) => json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "version": wire::VERSION,
-                "accepting": state.accepting.load(Ordering::Relaxed),
-            }),
-        ),
-        (&Method::POST, wire::TRANSFER_PATH) => transfer(&state, peer, req).await,
-        (&Method::POST, wire::QUERY_PATH) => query(&state, peer, req).await,
-        (&Method::POST, wire::FINISH_PATH) => finish(&state, peer, req).await,
-        _ => error(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {} {}", route.0, route.1),
-        ),
-    };
-    state.metrics.answered(resp.status());
-    if route.0 == Method::POST && route.1 == wire::TRANSFER_PATH {
-        state.metrics.transfer_took(started.elapsed());
-    }
-    Ok(resp)
+/// Shared by every connection.
+pub(crate) struct State {
+    pub store: Store,
+    pub access: Access,
+    pub max_request_bytes: usize,
+    /// Cleared while the instance is draining or shutting down: intake answers 503.
+    pub accepting: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    /// Request bodies held in memory at once: memory is bounded by this times
+    /// `max_request_bytes`, however many senders connect.
+    pub bodies: Arc<tokio::sync::Semaphore>,
+}
+
+/// `GET /v1/health`.
+pub(crate) fn health(state: &State) -> Resp {
+    json(
+        StatusCode::OK,
+        &HealthResponse {
+            version: wire::VERSION,
+            accepting: state.accepting.load(Ordering::Relaxed),
+        },
+    )
 }
 
 /// The sender's identity, once the peer is known to be allowed.
@@ -67,74 +60,68 @@ struct Caller {
     run: String,
 }
 
-/// Access policy and the `Drain-Sender` / `Drain-Run` headers; an error is the answer to send.
+/// A header's value as text; `None` when absent.
+fn header<'r>(req: &'r Request<Incoming>, name: &str) -> Result<Option<&'r str>, Reject> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| Reject::bad_request(format!("header {name} is not valid text"))),
+    }
+}
+
+/// A `Drain-Sender` / `Drain-Run` header: required, 32 hex digits, lower-cased.
+fn token(req: &Request<Incoming>, name: &str) -> Result<String, Reject> {
+    match header(req, name)? {
+        Some(v) if wire::valid_token(v) => Ok(v.to_ascii_lowercase()),
+        Some(v) => Err(Reject::bad_request(format!(
+            "header {name}: {v:?} is not 32 hex digits"
+        ))),
+        None => Err(Reject::bad_request(format!("missing header {name}"))),
+    }
+}
+
+/// Access policy and the `Drain-Sender` / `Drain-Run` headers.
 fn check_caller(
     state: &State,
     peer: SocketAddr,
     req: &Request<Incoming>,
 ) -> Result<Caller, Reject> {
-    let h = req.headers();
-    let text = |name: &str| -> Result<Option<&str>, Reject> {
-        match h.get(name) {
-            None => Ok(None),
-            Some(v) => v.to_str().map(Some).map_err(|_| {
-                Reject(
-                    StatusCode::BAD_REQUEST,
-                    format!("header {name} is not valid text"),
-                )
-            }),
-        }
-    };
     let fwd = Forwarded {
-        x_forwarded_for: text("x-forwarded-for")?,
-        client_ip: text("client-ip")?,
+        x_forwarded_for: header(req, "x-forwarded-for")?,
+        client_ip: header(req, "client-ip")?,
     };
     let client = state
         .access
         .client_addr(peer.ip(), &fwd)
-        .map_err(|e| Reject(StatusCode::BAD_REQUEST, e))?;
+        .map_err(Reject::bad_request)?;
     if !state.access.allowed(client) {
         tracing::warn!(
             client = %client,
             peer = %peer,
             "refused drain from {client}: not in accept_drain_from"
         );
-        return Err(Reject(
-            StatusCode::FORBIDDEN,
-            format!("{client} may not drain into this instance (not in accept_drain_from)"),
-        ));
+        return Err(Reject::not_allowed(format!(
+            "{client} may not drain into this instance (not in accept_drain_from)"
+        )));
     }
-    let token = |name: &str| -> Result<String, Reject> {
-        match text(name)? {
-            Some(v) if wire::valid_token(v) => Ok(v.to_ascii_lowercase()),
-            Some(v) => Err(Reject(
-                StatusCode::BAD_REQUEST,
-                format!("header {name}: {v:?} is not 32 hex digits"),
-            )),
-            None => Err(Reject(
-                StatusCode::BAD_REQUEST,
-                format!("missing header {name}"),
-            )),
-        }
-    };
     Ok(Caller {
         client,
-        sender: token(wire::HDR_SENDER)?,
-        run: token(wire::HDR_RUN)?,
+        sender: token(req, wire::HDR_SENDER)?,
+        run: token(req, wire::HDR_RUN)?,
     })
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reject> {
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reject(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body exceeds {limit} bytes"),
-        )),
-        Err(e) => Err(Reject(
-            StatusCode::BAD_REQUEST,
-            format!("reading the request body failed: {e}"),
-        )),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::too_large(format!(
+            "request body exceeds {limit} bytes"
+        ))),
+        Err(e) => Err(Reject::bad_request(format!(
+            "reading the request body failed: {e}"
+        ))),
     }
 }
 
@@ -148,94 +135,97 @@ async fn discard_body(req: Request<Incoming>) {
     .await;
 }
 
-async fn transfer(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+/// `POST /v1/transfer`.
+pub(crate) async fn transfer(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Resp, Reject> {
     let caller = match check_caller(state, peer, &req) {
         Ok(c) => c,
         Err(r) => {
             discard_body(req).await;
-            return r.into();
+            return Err(r);
         }
     };
     // From here until the messages are durable (or refused), queries wait for this request.
     let guard = state.store.begin_transfer();
     if !state.accepting.load(Ordering::Relaxed) {
         discard_body(req).await;
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(Reject::not_accepting(
             "this instance is not accepting messages (draining or shutting down)".into(),
-        );
+        ));
     }
     // Bounded: senders beyond this wait here (their requests are not yet read).
     let Ok(_body_permit) = state.bodies.clone().acquire_owned().await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
+        return Err(Reject::not_accepting("shutting down".into()));
     };
-    let body = match read_body(req, state.max_request_bytes).await {
-        Ok(b) => b,
-        Err(r) => return r.into(),
-    };
-    let frames = match wire::decode_batch(body) {
-        Ok(f) => f,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed batch: {e}")),
-    };
+    let body = read_body(req, state.max_request_bytes).await?;
+    let frames = wire::decode_batch(body)
+        .map_err(|e| Reject::bad_request(format!("malformed batch: {e}")))?;
+    store_transfer(state, &caller, frames, guard).await
+}
+
+/// Stores a decoded transfer and answers with its per-message results.
+async fn store_transfer(
+    state: &State,
+    caller: &Caller,
+    frames: Vec<wire::Frame>,
+    guard: TransferGuard,
+) -> Result<Resp, Reject> {
     let n = frames.len();
     let sizes: Vec<u64> = frames.iter().map(|f| f.file.len() as u64).collect();
-    match state
+    let results = state
         .store
         .transfer(&caller.sender, &caller.run, frames, guard)
         .await
-    {
-        Ok(results) => {
-            state.metrics.transfer_results(&results, &sizes);
-            let stored = results
-                .iter()
-                .filter(|r| r.outcome == wire::Outcome::Stored)
-                .count();
-            for r in results.iter().filter(|r| !r.outcome.is_acked()) {
-                tracing::warn!(
-                    client = %caller.client,
-                    hash = %r.hash,
-                    "rejected a message from {}: {}",
-                    caller.client,
-                    r.reason.as_deref().unwrap_or("")
-                );
-            }
-            tracing::debug!(client = %caller.client, run = %caller.run, messages = n, stored, "transfer");
-            json(
-                StatusCode::OK,
-                &TransferResponse {
-                    version: wire::VERSION,
-                    results,
-                },
-            )
-        }
-        Err(e) => {
+        .map_err(|e| {
             tracing::error!(client = %caller.client, "storing a transfer failed: {e}");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("storing failed: {e}"),
-            )
-        }
-    }
+            Reject::failed(format!("storing failed: {e}"))
+        })?;
+    state.metrics.transfer_results(&results, &sizes);
+    log_results(caller, n, &results);
+    Ok(json(
+        StatusCode::OK,
+        &TransferResponse {
+            version: wire::VERSION,
+            results,
+        },
+    ))
 }
 
-async fn query(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp {
-    let caller = match check_caller(state, peer, &req) {
-        Ok(c) => c,
-        Err(r) => return r.into(),
-    };
-    let body = match read_body(req, MAX_QUERY_BYTES).await {
-        Ok(b) => b,
-        Err(r) => return r.into(),
-    };
-    let q: QueryRequest = match serde_json::from_slice(&body) {
-        Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed query: {e}")),
-    };
-    if q.messages.len() > wire::MAX_QUERY {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("at most {} messages per query", wire::MAX_QUERY),
+fn log_results(caller: &Caller, n: usize, results: &[ItemResult]) {
+    let stored = results
+        .iter()
+        .filter(|r| r.outcome == wire::Outcome::Stored)
+        .count();
+    for r in results.iter().filter(|r| !r.outcome.is_acked()) {
+        tracing::warn!(
+            client = %caller.client,
+            hash = %r.hash,
+            "rejected a message from {}: {}",
+            caller.client,
+            r.reason.as_deref().unwrap_or("")
         );
+    }
+    tracing::debug!(client = %caller.client, run = %caller.run, messages = n, stored, "transfer");
+}
+
+/// `POST /v1/query`.
+pub(crate) async fn query(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Resp, Reject> {
+    let caller = check_caller(state, peer, &req)?;
+    let body = read_body(req, MAX_QUERY_BYTES).await?;
+    let q: QueryRequest = serde_json::from_slice(&body)
+        .map_err(|e| Reject::bad_request(format!("malformed query: {e}")))?;
+    if q.messages.len() > wire::MAX_QUERY {
+        return Err(Reject::too_large(format!(
+            "at most {} messages per query",
+            wire::MAX_QUERY
+        )));
     }
     let asked: Vec<_> = q.messages.iter().map(|m| (m.id, m.hash.0)).collect();
     // A transfer that started before this query (perhaps the very one the sender lost) must
@@ -247,65 +237,40 @@ async fn query(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp 
     .await
     .is_err()
     {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(Reject::not_accepting(
             "transfers still in progress; ask again".into(),
-        );
+        ));
     }
-    match state.store.held(&caller.sender, &caller.run, asked).await {
-        Ok(held) => json(
-            StatusCode::OK,
-            &QueryResponse {
-                version: wire::VERSION,
-                held: held.into_iter().map(ContentHash).collect(),
-            },
-        ),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("query failed: {e}"),
-        ),
-    }
-}
-
-async fn finish(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp {
-    let caller = match check_caller(state, peer, &req) {
-        Ok(c) => c,
-        Err(r) => return r.into(),
-    };
-    state.store.wait_for_earlier_transfers().await;
-    match state.store.forget_run(&caller.sender, &caller.run).await {
-        Ok(()) => {
-            tracing::info!(client = %caller.client, run = %caller.run, "drain run finished; its dedupe keys are dropped");
-            json(
-                StatusCode::OK,
-                &serde_json::json!({"version": wire::VERSION, "forgotten": true}),
-            )
-        }
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("finish failed: {e}"),
-        ),
-    }
-}
-
-fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut r = Response::new(Full::new(Bytes::from(bytes)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn error(status: StatusCode, msg: String) -> Resp {
-    json(
-        status,
-        &ErrorResponse {
+    let held = state
+        .store
+        .held(&caller.sender, &caller.run, asked)
+        .await
+        .map_err(|e| Reject::failed(format!("query failed: {e}")))?;
+    Ok(json(
+        StatusCode::OK,
+        &QueryResponse {
             version: wire::VERSION,
-            error: msg,
-            code: None,
+            held: held.into_iter().map(ContentHash).collect(),
         },
-    )
+    ))
+}
+
+/// `POST /v1/finish`.
+pub(crate) async fn finish(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Resp, Reject> {
+    let caller = check_caller(state, peer, &req)?;
+    state.store.wait_for_earlier_transfers().await;
+    state
+        .store
+        .forget_run(&caller.sender, &caller.run)
+        .await
+        .map_err(|e| Reject::failed(format!("finish failed: {e}")))?;
+    tracing::info!(client = %caller.client, run = %caller.run, "drain run finished; its dedupe keys are dropped");
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"version": wire::VERSION, "forgotten": true}),
+    ))
 }

@@ -23,29 +23,40 @@
 //! rejected inside an accepted transfer counts one: `hash_mismatch`, `malformed` (not a valid
 //! spool file), `id_conflict` (a different message with that id is held here), `transient`
 //! (could not check the copy held; the sender retries), `other`. Every reason is exported from
-//! the start, at 0.
+//! the start, at 0. Refusals are classified by the answer's status and the result's
+//! [`RejectCode`], never by the human reason text.
 //!
-//! Counters start at 0 when `drain serve` starts. Kept with atomics and rendered by hand: no
-//! metrics crate is needed for this handful.
+//! Counters start at 0 when `drain serve` starts. Kept and encoded by `prometheus-client`
+//! (its Prometheus text encoder); the values read at scrape time (accepting, events pending,
+//! the event processor's counters) come from a collector. Owned by `intake::serve`, shared by
+//! the connections (which count) and the metrics listener (which renders).
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::events::processor;
 use crate::wire::{ItemResult, Outcome, RejectCode};
 
 /// Why something was refused: the `reason` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Refusal {
     Forbidden,
     TooLarge,
@@ -119,41 +130,45 @@ impl Refusal {
     }
 }
 
+impl EncodeLabelValue for Refusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.label())
+    }
+}
+
+/// `drain_intake_refusals_total`: one counter per reason, encoded in [`Refusal::ALL`] order
+/// (a `Family` would list them in hash order, different at every start).
+#[derive(Debug, Default)]
+struct Refusals([Counter; Refusal::ALL.len()]);
+
+impl Collector for Refusals {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "drain_intake_refusals",
+            "Refused requests and rejected messages, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in Refusal::ALL {
+            self.0[r as usize].encode(family.encode_family(&[("reason", r)])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Upper bounds (seconds) of the transfer latency histogram's buckets; `+Inf` follows.
 pub const LATENCY_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    /// Per bucket (not cumulative), the last one is `+Inf`.
-    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = LATENCY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-}
-
 /// The counters of one `drain serve`, shared by its connections and its metrics listener.
 pub struct Metrics {
-    stored_messages: AtomicU64,
-    stored_bytes: AtomicU64,
-    already_held: AtomicU64,
-    refusals: [AtomicU64; Refusal::ALL.len()],
+    registry: Registry,
+    stored_messages: Counter,
+    stored_bytes: Counter,
+    already_held: Counter,
+    refusals: Arc<Refusals>,
     transfer_seconds: Histogram,
-    accepting: Arc<AtomicBool>,
-    events: Arc<processor::Stats>,
-    events_dir: PathBuf,
 }
 
 impl Metrics {
@@ -162,20 +177,53 @@ impl Metrics {
         events: Arc<processor::Stats>,
         events_dir: PathBuf,
     ) -> Metrics {
-        Metrics {
-            stored_messages: AtomicU64::new(0),
-            stored_bytes: AtomicU64::new(0),
-            already_held: AtomicU64::new(0),
-            refusals: Default::default(),
-            transfer_seconds: Histogram::default(),
+        let mut registry = Registry::default();
+        // Names without `_total`: the encoder appends it to counters. Help without the final
+        // full stop: the registry appends it.
+        let stored_messages = Counter::default();
+        registry.register(
+            "drain_intake_messages_stored",
+            "Messages taken in and stored durably",
+            stored_messages.clone(),
+        );
+        let stored_bytes = Counter::default();
+        registry.register(
+            "drain_intake_bytes_stored",
+            "Bytes of the messages stored (spool file sizes)",
+            stored_bytes.clone(),
+        );
+        let already_held = Counter::default();
+        registry.register(
+            "drain_intake_messages_already_held",
+            "Dedupe hits: messages acknowledged again without storing them twice",
+            already_held.clone(),
+        );
+        registry.register_collector(Box::new(AtScrape {
             accepting,
             events,
             events_dir,
+        }));
+        // Every reason is exported from the start, at 0.
+        let refusals = Arc::new(Refusals::default());
+        registry.register_collector(Box::new(refusals.clone()));
+        let transfer_seconds = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "drain_intake_transfer_duration_seconds",
+            "Time to answer a transfer request",
+            transfer_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            stored_messages,
+            stored_bytes,
+            already_held,
+            refusals,
+            transfer_seconds,
         }
     }
 
-    pub fn refused(&self, r: Refusal) {
-        self.refusals[r as usize].fetch_add(1, Ordering::Relaxed);
+    pub fn refused(&self, reason: Refusal) {
+        self.refusals.0[reason as usize].inc();
     }
 
     /// Counts a whole request's answer (a refusal unless 2xx).
@@ -186,29 +234,49 @@ impl Metrics {
     }
 
     pub fn transfer_took(&self, d: Duration) {
-        self.transfer_seconds.observe(d);
+        self.transfer_seconds.observe(d.as_secs_f64());
     }
 
     /// Counts a transfer's per-message results; `sizes[i]` is frame `i`'s file length.
     pub fn transfer_results(&self, results: &[ItemResult], sizes: &[u64]) {
-        let (mut stored, mut bytes, mut held) = (0u64, 0u64, 0u64);
         for (r, size) in results.iter().zip(sizes) {
             match r.outcome {
                 Outcome::Stored => {
-                    stored += 1;
-                    bytes += size;
+                    self.stored_messages.inc();
+                    self.stored_bytes.inc_by(*size);
                 }
-                Outcome::AlreadyHeld => held += 1,
+                Outcome::AlreadyHeld => {
+                    self.already_held.inc();
+                }
                 Outcome::RejectedPermanent | Outcome::RejectedTransient => {
                     self.refused(Refusal::of_rejection(r))
                 }
             }
         }
-        self.stored_messages.fetch_add(stored, Ordering::Relaxed);
-        self.stored_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.already_held.fetch_add(held, Ordering::Relaxed);
     }
 
+    /// The text exposition (Prometheus text format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::warn!("encoding the metrics failed: {e}");
+        }
+        out
+    }
+}
+
+/// The values read when scraped rather than counted: whether intake accepts, the event
+/// queue's length, and the event processor's counters.
+#[derive(Debug)]
+struct AtScrape {
+    accepting: Arc<AtomicBool>,
+    events: Arc<processor::Stats>,
+    events_dir: PathBuf,
+}
+
+impl AtScrape {
     /// Events waiting, counted without holding their names (the queue may be large).
     fn events_pending(&self) -> Option<u64> {
         let dir = std::fs::read_dir(&self.events_dir).ok()?;
@@ -223,92 +291,43 @@ impl Metrics {
         }
         Some(n)
     }
+}
 
-    /// The text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut scalar = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            );
-        };
-        scalar(
-            "drain_intake_messages_stored_total",
-            "counter",
-            "Messages taken in and stored durably.",
-            get(&self.stored_messages).to_string(),
-        );
-        scalar(
-            "drain_intake_bytes_stored_total",
-            "counter",
-            "Bytes of the messages stored (spool file sizes).",
-            get(&self.stored_bytes).to_string(),
-        );
-        scalar(
-            "drain_intake_messages_already_held_total",
-            "counter",
-            "Dedupe hits: messages acknowledged again without storing them twice.",
-            get(&self.already_held).to_string(),
-        );
-        scalar(
+impl Collector for AtScrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let accepting = ConstGauge::new(i64::from(self.accepting.load(Ordering::Relaxed)));
+        accepting.encode(encoder.encode_descriptor(
             "drain_intake_accepting",
-            "gauge",
             "1 while intake takes messages, 0 while draining or stopping.",
-            u8::from(self.accepting.load(Ordering::Relaxed)).to_string(),
-        );
-        scalar(
+            None,
+            accepting.metric_type(),
+        )?)?;
+        let pending = encoder.encode_descriptor(
             "drain_events_pending",
-            "gauge",
             "Events not yet delivered to every endpoint.",
-            self.events_pending()
-                .map_or_else(|| "NaN".to_string(), |n| n.to_string()),
-        );
-        scalar(
-            "drain_events_delivered_total",
-            "counter",
+            None,
+            MetricType::Gauge,
+        )?;
+        match self.events_pending() {
+            Some(n) => ConstGauge::new(n as i64).encode(pending)?,
+            // Unknown, not zero, when the queue cannot be listed.
+            None => ConstGauge::new(f64::NAN).encode(pending)?,
+        }
+        let delivered = ConstCounter::new(self.events.delivered.get());
+        delivered.encode(encoder.encode_descriptor(
+            "drain_events_delivered",
             "Events delivered, once per endpoint that took them.",
-            get(&self.events.delivered).to_string(),
-        );
-        scalar(
-            "drain_event_delivery_failures_total",
-            "counter",
+            None,
+            delivered.metric_type(),
+        )?)?;
+        let failures = ConstCounter::new(self.events.failures.get());
+        failures.encode(encoder.encode_descriptor(
+            "drain_event_delivery_failures",
             "Failed POSTs to an event endpoint (retried).",
-            get(&self.events.failures).to_string(),
-        );
-
-        let name = "drain_intake_refusals_total";
-        let _ = write!(
-            out,
-            "# HELP {name} Refused requests and rejected messages, by reason.\n\
-             # TYPE {name} counter\n"
-        );
-        for r in Refusal::ALL {
-            let _ = writeln!(
-                out,
-                "{name}{{reason=\"{}\"}} {}",
-                r.label(),
-                get(&self.refusals[r as usize])
-            );
-        }
-
-        let name = "drain_intake_transfer_duration_seconds";
-        let _ = write!(
-            out,
-            "# HELP {name} Time to answer a transfer request.\n# TYPE {name} histogram\n"
-        );
-        let mut cumulative = 0;
-        for (i, c) in self.transfer_seconds.counts.iter().enumerate() {
-            cumulative += get(c);
-            let le = LATENCY_BUCKETS
-                .get(i)
-                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let sum = get(&self.transfer_seconds.sum_micros) as f64 / 1e6;
-        let _ = write!(out, "{name}_sum {sum}\n{name}_count {cumulative}\n");
-        out
+            None,
+            failures.metric_type(),
+        )?)?;
+        Ok(())
     }
 }
 
@@ -358,7 +377,7 @@ fn answer<B>(m: &Metrics, req: &Request<B>) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => (
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
             m.render(),
         ),
         (&Method::GET | &Method::HEAD, "/") => (
@@ -436,5 +455,58 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
         }
+    }
+
+    /// The whole exposition of a fresh serve, byte for byte: names, help, types, order.
+    #[test]
+    fn a_fresh_exposition_is_exactly_this() {
+        let m = Metrics::new(
+            Arc::new(AtomicBool::new(false)),
+            Arc::default(),
+            PathBuf::from("/nonexistent"),
+        );
+        let mut want = String::from(
+            "# HELP drain_intake_messages_stored_total Messages taken in and stored durably.\n\
+             # TYPE drain_intake_messages_stored_total counter\n\
+             drain_intake_messages_stored_total 0\n\
+             # HELP drain_intake_bytes_stored_total Bytes of the messages stored (spool file sizes).\n\
+             # TYPE drain_intake_bytes_stored_total counter\n\
+             drain_intake_bytes_stored_total 0\n\
+             # HELP drain_intake_messages_already_held_total Dedupe hits: messages acknowledged again without storing them twice.\n\
+             # TYPE drain_intake_messages_already_held_total counter\n\
+             drain_intake_messages_already_held_total 0\n\
+             # HELP drain_intake_transfer_duration_seconds Time to answer a transfer request.\n\
+             # TYPE drain_intake_transfer_duration_seconds histogram\n",
+        );
+        for le in [
+            "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30",
+            "60", "+Inf",
+        ] {
+            want += &format!("drain_intake_transfer_duration_seconds_bucket{{le=\"{le}\"}} 0\n");
+        }
+        // A float, as the crate writes it ("0.0"; the hand-written encoder wrote "0").
+        want += "drain_intake_transfer_duration_seconds_sum 0.0\n\
+                 drain_intake_transfer_duration_seconds_count 0\n\
+                 # HELP drain_intake_accepting 1 while intake takes messages, 0 while draining or stopping.\n\
+                 # TYPE drain_intake_accepting gauge\n\
+                 drain_intake_accepting 0\n\
+                 # HELP drain_events_pending Events not yet delivered to every endpoint.\n\
+                 # TYPE drain_events_pending gauge\n\
+                 drain_events_pending NaN\n\
+                 # HELP drain_events_delivered_total Events delivered, once per endpoint that took them.\n\
+                 # TYPE drain_events_delivered_total counter\n\
+                 drain_events_delivered_total 0\n\
+                 # HELP drain_event_delivery_failures_total Failed POSTs to an event endpoint (retried).\n\
+                 # TYPE drain_event_delivery_failures_total counter\n\
+                 drain_event_delivery_failures_total 0\n\
+                 # HELP drain_intake_refusals_total Refused requests and rejected messages, by reason.\n\
+                 # TYPE drain_intake_refusals_total counter\n";
+        for r in Refusal::ALL {
+            want += &format!(
+                "drain_intake_refusals_total{{reason=\"{}\"}} 0\n",
+                r.label()
+            );
+        }
+        assert_eq!(m.render(), want);
     }
 }

@@ -12,25 +12,32 @@
 //!
 //! Dedupe keys are scoped to the sender's instance id and run id, so a message that comes back
 //! in a later run (A->B, B->A, A->B) is stored again rather than mistaken for a duplicate.
+//!
+//! Called by `handler` (transfer, query, finish) and by `serve`'s dedupe expiry; it calls the
+//! spool, the event queue (one `message.received` event per message, durable before the
+//! answer) and the group commit. Each rejected message carries its [`RejectCode`].
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
-use crate::base::{MessageId, QueueKind, Timestamp};
+use super::inflight::InFlight;
+pub use super::inflight::TransferGuard;
+use crate::base::{ContentHash, MessageId, QueueKind, Timestamp};
 use crate::events::{Event, EventQueue};
 use crate::groupcommit::Committer;
 use crate::spool::{Message, Spool, SpoolError};
 use crate::wire::{Frame, ItemResult, Outcome, RejectCode};
 
-/// How the reasons of rejected messages begin (the metrics classify rejections by them).
-pub(crate) const REASON_HASH_MISMATCH: &str = "hash mismatch";
-pub(crate) const REASON_MALFORMED: &str = "malformed spool file";
-pub(crate) const REASON_ID_CONFLICT: &str = "id conflict";
+/// How the human reasons of rejected messages begin. Text only: senders and metrics act on
+/// the result's [`RejectCode`], never on these words.
+const REASON_HASH_MISMATCH: &str = "hash mismatch";
+const REASON_MALFORMED: &str = "malformed spool file";
+const REASON_ID_CONFLICT: &str = "id conflict";
 
 /// (sender instance id, sender run id, message hash) -> `DedupeRecord` JSON.
 const DEDUPE: TableDefinition<(&str, &str, [u8; 32]), &[u8]> = TableDefinition::new("dedupe");
@@ -98,35 +105,6 @@ pub struct Store {
     inflight: Arc<InFlight>,
     instance: String,
     events: EventQueue,
-}
-
-/// Transfers being processed, so that a query waits for those that started before it: a
-/// sender whose connection dropped asks "do you hold these?" only once the request it lost
-/// has either stored its messages or stopped, never in between.
-#[derive(Default)]
-struct InFlight {
-    state: Mutex<(u64, BTreeSet<u64>)>,
-    changed: Notify,
-}
-
-/// Held from the moment a transfer request is accepted until its messages are durable (or it
-/// failed); kept alive by the storing task even if the client disconnects.
-pub struct TransferGuard {
-    inflight: Arc<InFlight>,
-    seq: u64,
-}
-
-impl Drop for TransferGuard {
-    fn drop(&mut self) {
-        let mut st = self
-            .inflight
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        st.1.remove(&self.seq);
-        drop(st);
-        self.inflight.changed.notify_waiters();
-    }
 }
 
 impl Store {
@@ -214,45 +192,12 @@ impl Store {
 
     /// Registers a transfer request as in progress.
     pub fn begin_transfer(&self) -> TransferGuard {
-        let mut st = self
-            .inflight
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        st.0 += 1;
-        let seq = st.0;
-        st.1.insert(seq);
-        TransferGuard {
-            inflight: self.inflight.clone(),
-            seq,
-        }
+        self.inflight.begin()
     }
 
     /// Waits until every transfer that began before this call has finished.
     pub async fn wait_for_earlier_transfers(&self) {
-        let snapshot = self
-            .inflight
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-        loop {
-            let changed = self.inflight.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let oldest = self
-                .inflight
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .1
-                .first()
-                .copied();
-            match oldest {
-                Some(seq) if seq <= snapshot => changed.await,
-                _ => return,
-            }
-        }
+        self.inflight.wait_for_earlier().await
     }
 
     fn db_err(&self, e: impl std::fmt::Display) -> StoreError {
@@ -375,114 +320,183 @@ impl Store {
         let mut seen = HashSet::new();
         let mut held_dirs = BTreeSet::new();
         for frame in frames {
-            let sent = frame.hash;
-            let frame_hash = sent.0;
-            let reject = |id: Option<MessageId>, code: RejectCode, reason: String| ItemResult {
-                hash: sent,
-                id,
-                outcome: Outcome::RejectedPermanent,
-                code: Some(code),
-                reason: Some(reason),
-            };
-            let actual = crate::spool::format::hash(&frame.file);
-            if actual != sent {
-                results.push(reject(
-                    None,
-                    RejectCode::HashMismatch,
-                    format!("{REASON_HASH_MISMATCH}: the content hashes to {actual}"),
-                ));
-                continue;
-            }
-            let msg = match Message::from_bytes(frame.file) {
+            let hash = frame.hash;
+            let msg = match check_frame(frame) {
                 Ok(m) => m,
-                Err(e) => {
-                    results.push(reject(
-                        None,
-                        RejectCode::Malformed,
-                        format!("{REASON_MALFORMED}: {e}"),
-                    ));
+                Err(rejected) => {
+                    results.push(rejected);
                     continue;
                 }
             };
-            let id = msg.header.id;
-            let held = |note: &str| ItemResult {
-                hash: sent,
-                id: Some(id),
-                outcome: Outcome::AlreadyHeld,
-                code: None,
-                reason: Some(note.to_string()),
-            };
-            if !seen.insert(frame_hash) {
-                results.push(held("repeated in the same request"));
-                continue;
-            }
-            if dedupe
-                .get((sender, run, frame_hash))
-                .map_err(|e| self.db_err(e))?
-                .is_some()
-            {
-                results.push(held("stored earlier for this run"));
-                continue;
-            }
-            if let Some(existing) = self.spool.find(id) {
-                match self.spool.read(&existing) {
-                    Ok(m) if m.hash == msg.hash => {
-                        held_dirs.insert(existing.queue);
-                        results.push(held("already in the spool"));
-                        entries.push(DedupeEntry::new(
-                            sender,
-                            run,
-                            frame_hash,
-                            id,
-                            existing.queue,
-                        ));
-                    }
-                    Ok(_) => results.push(reject(
-                        Some(id),
-                        RejectCode::IdConflict,
-                        format!(
-                            "{REASON_ID_CONFLICT}: a different message with id {id} is held here"
-                        ),
-                    )),
-                    Err(e) => results.push(ItemResult {
-                        hash: sent,
-                        id: Some(id),
-                        outcome: Outcome::RejectedTransient,
-                        code: Some(RejectCode::Transient),
-                        reason: Some(format!("cannot check the copy already held: {e}")),
-                    }),
+            let key = Key { sender, run, hash };
+            match self.classify(&dedupe, key, msg, &mut seen)? {
+                Verdict::Answer(r) => results.push(r),
+                Verdict::FoundHeld(r, entry) => {
+                    held_dirs.insert(entry.queue);
+                    results.push(r);
+                    entries.push(entry);
                 }
-                continue;
+                Verdict::Store(msg, entry) => {
+                    results.push(item(hash, Some(entry.id), Outcome::Stored, None, None));
+                    entries.push(entry);
+                    to_store.push(msg);
+                }
             }
-            results.push(ItemResult {
-                hash: sent,
-                id: Some(id),
-                outcome: Outcome::Stored,
-                code: None,
-                reason: None,
-            });
-            entries.push(DedupeEntry::new(
-                sender,
-                run,
-                frame_hash,
-                id,
-                msg.header.queue,
-            ));
-            to_store.push(msg);
         }
         drop(dedupe);
         drop(txn);
-        self.spool.store_many(&to_store)?;
-        // A copy found in the spool may predate a crash that lost its directory fsync.
+        self.make_durable(&to_store, held_dirs, &entries)?;
+        Ok((results, entries))
+    }
+
+    /// What to do with a well-formed frame: already held (repeated in this request, in the
+    /// dedupe table, or in the spool), an id conflict, or new.
+    fn classify(
+        &self,
+        dedupe: &redb::ReadOnlyTable<(&str, &str, [u8; 32]), &[u8]>,
+        key: Key<'_>,
+        msg: Message,
+        seen: &mut HashSet<[u8; 32]>,
+    ) -> Result<Verdict, StoreError> {
+        let id = msg.header.id;
+        let held = |note: &str| {
+            Verdict::Answer(item(
+                key.hash,
+                Some(id),
+                Outcome::AlreadyHeld,
+                None,
+                Some(note.to_string()),
+            ))
+        };
+        if !seen.insert(key.hash.0) {
+            return Ok(held("repeated in the same request"));
+        }
+        if dedupe
+            .get((key.sender, key.run, key.hash.0))
+            .map_err(|e| self.db_err(e))?
+            .is_some()
+        {
+            return Ok(held("stored earlier for this run"));
+        }
+        let Some(existing) = self.spool.find(id) else {
+            let entry = key.entry(id, msg.header.queue);
+            return Ok(Verdict::Store(msg, entry));
+        };
+        Ok(match self.spool.read(&existing) {
+            Ok(m) if m.hash == msg.hash => Verdict::FoundHeld(
+                item(
+                    key.hash,
+                    Some(id),
+                    Outcome::AlreadyHeld,
+                    None,
+                    Some("already in the spool".into()),
+                ),
+                key.entry(id, existing.queue),
+            ),
+            Ok(_) => Verdict::Answer(item(
+                key.hash,
+                Some(id),
+                Outcome::RejectedPermanent,
+                Some(RejectCode::IdConflict),
+                Some(format!(
+                    "{REASON_ID_CONFLICT}: a different message with id {id} is held here"
+                )),
+            )),
+            Err(e) => Verdict::Answer(item(
+                key.hash,
+                Some(id),
+                Outcome::RejectedTransient,
+                Some(RejectCode::Transient),
+                Some(format!("cannot check the copy already held: {e}")),
+            )),
+        })
+    }
+
+    /// Writes the new messages durably, fsyncs the directories of copies found held (they
+    /// may predate a crash that lost their directory fsync), and records one event per
+    /// message taken in: all before the answer.
+    fn make_durable(
+        &self,
+        to_store: &[Message],
+        held_dirs: BTreeSet<QueueKind>,
+        entries: &[DedupeEntry],
+    ) -> Result<(), StoreError> {
+        self.spool.store_many(to_store)?;
         for q in held_dirs {
             crate::spool::sync_dir(&self.spool.queue_dir(q))?;
         }
-        // One event per message taken in, durable before the answer. A message found in the
-        // spool without its dedupe record was stored by a request interrupted before its
-        // event could be recorded, so it gets one now (at least one event per message).
-        self.record_events(&entries)?;
-        Ok((results, entries))
+        // A message found in the spool without its dedupe record was stored by a request
+        // interrupted before its event could be recorded, so it gets one now (at least one
+        // event per message).
+        self.record_events(entries)
     }
+}
+
+/// Where a frame's dedupe key comes from: the sender's run and the hash it sent.
+#[derive(Clone, Copy)]
+struct Key<'a> {
+    sender: &'a str,
+    run: &'a str,
+    hash: ContentHash,
+}
+
+impl Key<'_> {
+    fn entry(&self, id: MessageId, queue: QueueKind) -> DedupeEntry {
+        DedupeEntry::new(self.sender, self.run, self.hash.0, id, queue)
+    }
+}
+
+/// The decision for one well-formed frame, taken before anything is written.
+enum Verdict {
+    /// Answered without writing anything: already held, or rejected.
+    Answer(ItemResult),
+    /// In the spool without a dedupe record: answered `already_held`, recorded now.
+    FoundHeld(ItemResult, DedupeEntry),
+    /// New: to be stored.
+    Store(Message, DedupeEntry),
+}
+
+fn item(
+    hash: ContentHash,
+    id: Option<MessageId>,
+    outcome: Outcome,
+    code: Option<RejectCode>,
+    reason: Option<String>,
+) -> ItemResult {
+    ItemResult {
+        hash,
+        id,
+        outcome,
+        code,
+        reason,
+    }
+}
+
+/// Checks a frame on its own (nothing read from disk): its bytes hash to the hash sent and
+/// form a valid spool file. A failure is the frame's permanent rejection.
+fn check_frame(frame: Frame) -> Result<Message, ItemResult> {
+    let sent = frame.hash;
+    let actual = crate::spool::format::hash(&frame.file);
+    if actual != sent {
+        return Err(item(
+            sent,
+            None,
+            Outcome::RejectedPermanent,
+            Some(RejectCode::HashMismatch),
+            Some(format!(
+                "{REASON_HASH_MISMATCH}: the content hashes to {actual}"
+            )),
+        ));
+    }
+    Message::from_bytes(frame.file).map_err(|e| {
+        item(
+            sent,
+            None,
+            Outcome::RejectedPermanent,
+            Some(RejectCode::Malformed),
+            Some(format!("{REASON_MALFORMED}: {e}")),
+        )
+    })
 }
 
 impl Store {

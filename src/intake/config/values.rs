@@ -1,0 +1,144 @@
+//! The value types of the settings: how each is read from the config file (with the same
+//! checks and messages as its flag) and how it is written back as TOML by `--check-config`.
+//!
+//! One [`ConfigValue`] impl per Rust type, so a new setting of an existing type needs no code
+//! here. Used by the settings table (`super::table`), `file` (reading) and `render`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::file::{Reader, Value};
+use crate::events::processor::Endpoint;
+use crate::intake::access::NetList;
+
+/// A setting's type: read from a TOML value, written as TOML.
+pub trait ConfigValue: Sized {
+    /// Reads the value of `key`; a problem is recorded in `r` (with its line) and gives `None`.
+    /// Relative paths are taken from `base`.
+    fn read(r: &mut Reader<'_>, key: &str, v: &Value<'_>, base: &Path) -> Option<Self>;
+    /// The value as TOML, as `--check-config` prints it.
+    fn to_toml(&self) -> String;
+}
+
+/// Parses `"ADDR:PORT"`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!("invalid address {s:?} (expected IP:PORT, for example 0.0.0.0:443 or [::]:443)")
+    })
+}
+
+/// Parses a duration such as `7d`, `36h`, `90m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration {s:?} ({e}; expected for example \"7d\" or \"36h\")")
+    })
+}
+
+/// Checks an event endpoint URL (the event processor's own check).
+pub fn check_endpoint(s: &str) -> Result<String, String> {
+    Endpoint::new(s).map(|e| e.url)
+}
+
+/// A TOML string.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// A TOML array of strings.
+fn list<I: IntoIterator<Item = String>>(items: I) -> String {
+    let v: Vec<String> = items.into_iter().map(|s| quote(&s)).collect();
+    format!("[{}]", v.join(", "))
+}
+
+impl ConfigValue for SocketAddr {
+    fn read(r: &mut Reader<'_>, key: &str, v: &Value<'_>, _: &Path) -> Option<Self> {
+        r.parsed(key, v, parse_listen)
+    }
+    fn to_toml(&self) -> String {
+        quote(&self.to_string())
+    }
+}
+
+impl ConfigValue for PathBuf {
+    fn read(r: &mut Reader<'_>, key: &str, v: &Value<'_>, base: &Path) -> Option<Self> {
+        r.parsed(key, v, |s| {
+            if s.trim().is_empty() {
+                Err("empty path".into())
+            } else {
+                Ok(base.join(s))
+            }
+        })
+    }
+    fn to_toml(&self) -> String {
+        quote(&self.display().to_string())
+    }
+}
+
+impl ConfigValue for NetList {
+    fn read(r: &mut Reader<'_>, key: &str, v: &Value<'_>, _: &Path) -> Option<Self> {
+        let items = r.strings(key, v)?;
+        let mut list = NetList::default();
+        let mut ok = true;
+        for (s, span) in items {
+            if let Err(e) = list.parse_into(s) {
+                r.err(span, key, e);
+                ok = false;
+            }
+        }
+        ok.then_some(list)
+    }
+    fn to_toml(&self) -> String {
+        list(self.0.iter().map(|n| n.to_string()))
+    }
+}
+
+/// A count or a size: an integer, at least 1.
+impl ConfigValue for usize {
+    fn read(r: &mut Reader<'_>, key: &str, v: &Value<'_>, _: &Path) -> Option<Self> {
+        r.integer(key, v, 1)
+    }
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Event endpoint URLs (the only list of strings among the settings).
+impl ConfigValue for Vec<String> {
+    fn read(r: &mut Reader<'_>, key: &str, v: &Value<'_>, _: &Path) -> Option<Self> {
+        let items = r.strings(key, v)?;
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (s, span) in items {
+            match check_endpoint(s) {
+                Ok(u) => out.push(u),
+                Err(e) => {
+                    r.err(span, key, e);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+    fn to_toml(&self) -> String {
+        list(self.iter().cloned())
+    }
+}
+
+impl ConfigValue for Duration {
+    fn read(r: &mut Reader<'_>, key: &str, v: &Value<'_>, _: &Path) -> Option<Self> {
+        r.parsed(key, v, parse_duration)
+    }
+    fn to_toml(&self) -> String {
+        quote(&humantime::format_duration(*self).to_string())
+    }
+}
+
+impl ConfigValue for bool {
+    fn read(r: &mut Reader<'_>, key: &str, v: &Value<'_>, _: &Path) -> Option<Self> {
+        r.boolean(key, v)
+    }
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}

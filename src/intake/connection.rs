@@ -1,0 +1,66 @@
+//! One accepted connection: serves HTTP (1.1 or 2, hyper) on its TLS stream and routes each
+//! request to its endpoint in `handler`, counting every answer in the metrics.
+//!
+//! Called by `listener` once the TLS handshake is done; the connection is watched by the
+//! listener's graceful shutdown, so a request in flight is finished, not cut, when `drain
+//! serve` stops.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::handler::{self, State};
+use super::reply::{Reject, Resp};
+use crate::wire;
+
+/// Serves one connection until the peer closes it or the shutdown watcher ends it.
+pub(crate) async fn serve(
+    tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    state: Arc<State>,
+    builder: Builder<TokioExecutor>,
+    watcher: Watcher,
+) {
+    let svc = hyper::service::service_fn(move |req| route(state.clone(), peer, req));
+    let conn = builder
+        .serve_connection(TokioIo::new(tls), svc)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(peer = %peer, "connection ended: {e}");
+    }
+}
+
+/// Routes one request; every answer is counted (a refusal unless 2xx), and a transfer's
+/// latency is observed whatever its answer.
+async fn route(
+    state: Arc<State>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let answer = match (&method, path.as_str()) {
+        (&Method::GET, wire::HEALTH_PATH) => Ok(handler::health(&state)),
+        (&Method::POST, wire::TRANSFER_PATH) => handler::transfer(&state, peer, req).await,
+        (&Method::POST, wire::QUERY_PATH) => handler::query(&state, peer, req).await,
+        (&Method::POST, wire::FINISH_PATH) => handler::finish(&state, peer, req).await,
+        _ => Err(Reject::not_found(format!(
+            "no such endpoint: {method} {path}"
+        ))),
+    };
+    let resp = answer.unwrap_or_else(Resp::from);
+    state.metrics.answered(resp.status());
+    if method == Method::POST && path == wire::TRANSFER_PATH {
+        state.metrics.transfer_took(started.elapsed());
+    }
+    Ok(resp)
+}

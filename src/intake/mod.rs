@@ -18,6 +18,7 @@
 
 pub mod access;
 pub mod config;
+mod claims;
 mod connection;
 mod handler;
 mod inflight;

@@ -25,6 +25,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use super::claims::{Claim, ClaimSet, Claims};
 use super::inflight::InFlight;
 pub use super::inflight::TransferGuard;
 use crate::base::{ContentHash, MessageId, QueueKind, Timestamp};
@@ -103,6 +104,8 @@ pub struct Store {
     workers: Arc<Semaphore>,
     worker_count: usize,
     inflight: Arc<InFlight>,
+    /// Ids being stored by transfers in progress (one file per id, ever).
+    claims: Arc<Claims>,
     instance: String,
     events: EventQueue,
 }
@@ -172,6 +175,7 @@ impl Store {
             workers: Arc::new(Semaphore::new(worker_count)),
             worker_count,
             inflight: Arc::default(),
+            claims: Arc::default(),
             instance: instance.to_string(),
             events,
         })
@@ -319,6 +323,8 @@ impl Store {
         let mut to_store = Vec::new();
         let mut seen = HashSet::new();
         let mut held_dirs = BTreeSet::new();
+        // Released once the files are durable: from then on the spool answers for the ids.
+        let mut claims = ClaimSet::new(self.claims.clone());
         for frame in frames {
             let hash = frame.hash;
             let msg = match check_frame(frame) {
@@ -329,7 +335,7 @@ impl Store {
                 }
             };
             let key = Key { sender, run, hash };
-            match self.classify(&dedupe, key, msg, &mut seen)? {
+            match self.classify(&dedupe, key, msg, &mut seen, &mut claims)? {
                 Verdict::Answer(r) => results.push(r),
                 Verdict::FoundHeld(r, entry) => {
                     held_dirs.insert(entry.queue);
@@ -346,6 +352,7 @@ impl Store {
         drop(dedupe);
         drop(txn);
         self.make_durable(&to_store, held_dirs, &entries)?;
+        drop(claims);
         Ok((results, entries))
     }
 
@@ -357,6 +364,7 @@ impl Store {
         key: Key<'_>,
         msg: Message,
         seen: &mut HashSet<[u8; 32]>,
+        claims: &mut ClaimSet,
     ) -> Result<Verdict, StoreError> {
         let id = msg.header.id;
         let held = |note: &str| {
@@ -378,6 +386,19 @@ impl Store {
         {
             return Ok(held("stored earlier for this run"));
         }
+        match claims.claim(id, key.hash) {
+            Claim::Granted => {}
+            Claim::Conflict => return Ok(Verdict::Answer(id_conflict(key.hash, id))),
+            Claim::SameInProgress => {
+                return Ok(Verdict::Answer(item(
+                    key.hash,
+                    Some(id),
+                    Outcome::RejectedTransient,
+                    Some(RejectCode::Transient),
+                    Some("another transfer is storing this message right now; retry".into()),
+                )));
+            }
+        }
         let Some(existing) = self.spool.find(id) else {
             let entry = key.entry(id, msg.header.queue);
             return Ok(Verdict::Store(msg, entry));
@@ -393,15 +414,7 @@ impl Store {
                 ),
                 key.entry(id, existing.queue),
             ),
-            Ok(_) => Verdict::Answer(item(
-                key.hash,
-                Some(id),
-                Outcome::RejectedPermanent,
-                Some(RejectCode::IdConflict),
-                Some(format!(
-                    "{REASON_ID_CONFLICT}: a different message with id {id} is held here"
-                )),
-            )),
+            Ok(_) => Verdict::Answer(id_conflict(key.hash, id)),
             Err(e) => Verdict::Answer(item(
                 key.hash,
                 Some(id),
@@ -454,6 +467,19 @@ enum Verdict {
     FoundHeld(ItemResult, DedupeEntry),
     /// New: to be stored.
     Store(Message, DedupeEntry),
+}
+
+/// A different message with the same id is held here, or being stored right now.
+fn id_conflict(hash: ContentHash, id: MessageId) -> ItemResult {
+    item(
+        hash,
+        Some(id),
+        Outcome::RejectedPermanent,
+        Some(RejectCode::IdConflict),
+        Some(format!(
+            "{REASON_ID_CONFLICT}: a different message with id {id} is held here"
+        )),
+    )
 }
 
 fn item(

@@ -2,14 +2,14 @@
 //! detail of one run (messages and bytes by state, destination and queue kind, throughput),
 //! its anomalies, or one message's whole history.
 //!
-//! Safe at any time, a drain running included: the journal is opened read-only in redb's
-//! `SingleWriter` mode, as the drain opens it, in one read transaction (one consistent
-//! snapshot); nothing is created or modified (the journal's read-only `journal::Reader`, which
-//! also reads a journal left unclean by a SIGKILL, in memory). This module holds no database
-//! code: it only renders what the reader hands it. Messages are streamed: memory holds counters and bounded lists, so a
-//! journal of a million messages is summarised in the memory of a small one. A record that
+//! Safe at any time, a drain running included: the journal is read through the journal's
+//! read-only `journal::Reader` (opened as the drain opens it, in redb's single-writer mode; one
+//! read transaction, one consistent snapshot; a journal left unclean by a SIGKILL is recovered
+//! in memory); nothing is created or modified. This module holds no database code: it renders
+//! what the reader hands it. Messages are streamed: memory holds counters and bounded lists, so
+//! a journal of a million messages is summarised in the memory of a small one. A record that
 //! does not decode is listed as an anomaly naming its key; only a journal that cannot be read
-//! at all fails the command (exit 1, naming the file).
+//! at all fails the command (exit 1, naming the file). Called by the CLI (`drain inspect`).
 //!
 //! # `--json` (schema 1)
 //!

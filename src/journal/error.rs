@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::tables::FORMAT_VERSION;
+use super::records::FORMAT_VERSION;
 use super::transition::Refused;
 use crate::base::MessageId;
 

@@ -38,14 +38,11 @@ use tables::{MESSAGES, META, RUNS, Snapshot, UNREADABLE};
 
 pub use error::{Corrupt, JournalError};
 pub use reader::{OpenMode, Reader, last_run_status, read};
-pub use records::{MessageRecord, Op, RunRecord, RunStatus, State, Transition, UnreadableRecord};
-pub use tables::{FORMAT_VERSION, Runs};
+pub use records::{
+    FORMAT_VERSION, MessageRecord, Op, RunRecord, RunStatus, State, Transition, UnreadableRecord,
+};
+pub use tables::{Runs, file_path};
 pub use transition::{OpKind, Refused};
-
-/// The journal file of `data_dir`.
-pub fn file_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("journal.redb")
-}
 
 /// The journal of one data directory, open for writing.
 #[derive(Clone)]

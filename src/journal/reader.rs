@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 use redb::{DatabaseError, ReadTransaction, ReadableDatabase};
 use serde::de::DeserializeOwned;
 
+use super::error::{Corrupt, JournalError};
 use super::overlay::Overlay;
-use super::tables::{CACHE_BYTES, Runs, Snapshot};
-use super::{Corrupt, JournalError, MessageRecord, RunRecord, UnreadableRecord, file_path};
+use super::records::{MessageRecord, RunRecord, UnreadableRecord};
+use super::tables::{CACHE_BYTES, Runs, Snapshot, file_path};
 use crate::base::MessageId;
 
 /// How the journal was opened.

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::{ContentHash, MessageId, QueueKind, Timestamp};
 
+/// The journal format version this build reads and writes (stored in the `meta` table): the
+/// version of the record encodings below.
+pub const FORMAT_VERSION: &str = "1";
+
 /// A message's state within one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]

@@ -1,5 +1,5 @@
-//! The journal's on-disk layout, in one place: the table definitions, the format version and
-//! its check, the JSON decoding of records, and every read of the tables ([`Snapshot`]).
+//! The journal's on-disk layout, in one place: the file name, the table definitions, the
+//! format version check, the JSON decoding of records, and every read of the tables ([`Snapshot`]).
 //!
 //! Both the writing [`Journal`](super::Journal) and the read-only [`Reader`](super::Reader)
 //! read through a `Snapshot` (one read transaction), so there is one decoder per table. A
@@ -7,12 +7,13 @@
 //! empty. Record decoding failures come back per record as [`Corrupt`]: the caller decides
 //! whether that is fatal (the engine) or an anomaly to list (`drain inspect`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{ReadTransaction, ReadableTable, TableDefinition, TableError};
 use serde::de::DeserializeOwned;
 
-use super::{Corrupt, JournalError, MessageRecord, RunRecord, UnreadableRecord};
+use super::error::{Corrupt, JournalError};
+use super::records::{FORMAT_VERSION, MessageRecord, RunRecord, UnreadableRecord};
 use crate::base::MessageId;
 
 /// Metadata: `format` -> journal format version (decimal string).
@@ -30,8 +31,10 @@ pub(super) const UNREADABLE: TableDefinition<(u64, &str), &[u8]> =
 /// 1 GiB): memory must not grow with the number of messages.
 pub(super) const CACHE_BYTES: usize = 16 << 20;
 
-/// The journal format version this build reads and writes.
-pub const FORMAT_VERSION: &str = "1";
+/// The journal file of `data_dir`.
+pub fn file_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("journal.redb")
+}
 
 /// The one format check. `found`: the `meta` table's `format` value, if any. Returns whether
 /// the version is missing (a new file, which the writer then stamps).

@@ -6,7 +6,7 @@
 //! function; every accepted op appends one `Transition` to the history. Called by the journal's
 //! writer for every message op it commits, and by tests.
 
-use super::{MessageRecord, Op, State, Transition};
+use super::records::{MessageRecord, Op, State, Transition};
 use crate::base::{ContentHash, QueueKind, Timestamp};
 
 /// An op's kind, named as in `journal-format.md`.

@@ -10,8 +10,9 @@ use std::path::Path;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
+use super::error::JournalError;
+use super::records::{Op, UnreadableRecord};
 use super::tables::{self, MESSAGES, RUNS, UNREADABLE};
-use super::{JournalError, Op, UnreadableRecord};
 use crate::base::{MessageId, Timestamp};
 
 type Messages<'t> = Table<'t, (u64, [u8; 16]), &'static [u8]>;

@@ -4,9 +4,10 @@
 
 use serde::Serialize;
 
-use super::reader::{Corrupt, Reader, RunRow};
+use super::RunRow;
 use super::summary::Rejection;
 use crate::base::{ContentHash, MessageId, Timestamp};
+use crate::journal::{Corrupt, Reader};
 use crate::journal::{MessageRecord, RunStatus, State, Transition};
 
 /// One transition, as `--json` shows it: `dest` and `note` are always present (null when
@@ -73,7 +74,7 @@ pub fn collect(
     only: Option<u64>,
     schema: u32,
 ) -> anyhow::Result<MessageHistory> {
-    let runs = reader.runs()?;
+    let runs = reader.runs::<RunRow>()?;
     let mut out = MessageHistory {
         schema,
         journal: reader.path().display().to_string(),

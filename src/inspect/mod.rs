@@ -2,13 +2,14 @@
 //! detail of one run (messages and bytes by state, destination and queue kind, throughput),
 //! its anomalies, or one message's whole history.
 //!
-//! Safe at any time, a drain running included: the journal is opened read-only in redb's
-//! `SingleWriter` mode, as the drain opens it, in one read transaction (one consistent
-//! snapshot); nothing is created or modified (see `reader` and, for a journal left unclean by
-//! a SIGKILL, `overlay`). Messages are streamed: memory holds counters and bounded lists, so a
-//! journal of a million messages is summarised in the memory of a small one. A record that
+//! Safe at any time, a drain running included: the journal is read through the journal's
+//! read-only `journal::Reader` (opened as the drain opens it, in redb's single-writer mode; one
+//! read transaction, one consistent snapshot; a journal left unclean by a SIGKILL is recovered
+//! in memory); nothing is created or modified. This module holds no database code: it renders
+//! what the reader hands it. Messages are streamed: memory holds counters and bounded lists, so
+//! a journal of a million messages is summarised in the memory of a small one. A record that
 //! does not decode is listed as an anomaly naming its key; only a journal that cannot be read
-//! at all fails the command (exit 1, naming the file).
+//! at all fails the command (exit 1, naming the file). Called by the CLI (`drain inspect`).
 //!
 //! # `--json` (schema 1)
 //!
@@ -26,7 +27,7 @@
 //! journal       string: the journal's path
 //! exists        bool: false when no drain has run here (then runs is [] and run null)
 //! unclean       bool: no process had the journal open and its last writer did not close it
-//!               (SIGKILL, crash); it was read through an in-memory recovery (`overlay`)
+//!               (SIGKILL, crash); it was read through an in-memory recovery
 //! runs          [Run], oldest first:
 //!   seq u64, id string, status "running"|"interrupted"|"finished",
 //!   started_at string, ended_at string|null, destinations [string],
@@ -76,20 +77,19 @@
 //! ```
 
 mod history;
-mod overlay;
-mod reader;
 mod summary;
 mod text;
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+pub use crate::journal::{Corrupt, OpenMode};
 pub use history::{MessageHistory, Step};
-pub use reader::{Corrupt, OpenMode, RunRow};
 pub use summary::{Anomalies, DestCounts, Listing, RunDetail, StateCounts, Throughput};
 
 use crate::base::{MessageId, Timestamp};
+use crate::journal::{Reader, RunStatus};
 
 /// The `--json` schema version.
 pub const SCHEMA: u32 = 1;
@@ -121,37 +121,28 @@ pub struct Summary {
     pub run: Option<RunDetail>,
 }
 
-/// Runs `drain inspect` and returns what it prints.
-pub fn inspect(opts: &InspectOptions) -> anyhow::Result<String> {
-    let path = opts.data_dir.join("journal.redb");
-    if !journal_exists(&path)? {
-        return Ok(nothing(opts, &path));
-    }
-    // Read through the overlay, the result is valid only if no writer opened the journal
-    // meanwhile; if one did, read again (now shared with it).
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let reader = reader::Reader::open(&path)?;
-        let recovered = reader.mode() == OpenMode::Recovered;
-        let out = render(opts, &reader)?;
-        drop(reader);
-        if !recovered || attempts >= 3 || reader::still_unattended(&path) {
-            return Ok(out);
-        }
-        tracing::debug!(
-            "a writer opened {} while it was read; reading again",
-            path.display()
-        );
-    }
+/// A run as `drain inspect` shows it: the run record without its options and final report
+/// (those can be large and are not needed here; unknown fields are skipped while decoding).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRow {
+    pub seq: u64,
+    pub id: String,
+    pub status: RunStatus,
+    pub started_at: Timestamp,
+    #[serde(default)]
+    pub ended_at: Option<Timestamp>,
+    pub destinations: Vec<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub resumed: u32,
 }
 
-/// Whether there is a journal to read (a missing or empty file: no drain ever committed).
-fn journal_exists(path: &Path) -> anyhow::Result<bool> {
-    match std::fs::metadata(path) {
-        Ok(m) => Ok(m.len() > 0),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("journal {}", path.display()))),
+/// Runs `drain inspect` and returns what it prints.
+pub fn inspect(opts: &InspectOptions) -> anyhow::Result<String> {
+    match crate::journal::read(&opts.data_dir, |reader| render(opts, reader))? {
+        Some(out) => Ok(out),
+        None => Ok(nothing(opts, &crate::journal::file_path(&opts.data_dir))),
     }
 }
 
@@ -181,7 +172,7 @@ fn nothing(opts: &InspectOptions, path: &Path) -> String {
     format!("{}\n", doc.unwrap_or_default())
 }
 
-fn render(opts: &InspectOptions, reader: &reader::Reader) -> anyhow::Result<String> {
+fn render(opts: &InspectOptions, reader: &Reader) -> anyhow::Result<String> {
     if let Some(id) = opts.message {
         let h = history::collect(reader, id, opts.run, SCHEMA)?;
         return Ok(if opts.json {
@@ -200,8 +191,8 @@ fn render(opts: &InspectOptions, reader: &reader::Reader) -> anyhow::Result<Stri
 }
 
 /// Builds the default view, streaming run `run` (default: the last one whose record decodes).
-fn summarize(reader: &reader::Reader, run: Option<u64>, cap: usize) -> anyhow::Result<Summary> {
-    let runs = reader.runs()?;
+fn summarize(reader: &Reader, run: Option<u64>, cap: usize) -> anyhow::Result<Summary> {
+    let runs = reader.runs::<RunRow>()?;
     let path = reader.path();
     let row = match run {
         None => runs.rows.last(),

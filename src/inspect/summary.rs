@@ -10,9 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::reader::{Corrupt, RunRow};
+use super::RunRow;
 use crate::base::units::Count;
 use crate::base::{MessageId, Timestamp};
+use crate::journal::Corrupt;
 use crate::journal::{MessageRecord, RunStatus, State, UnreadableRecord};
 
 /// Distinct (destination, kind, reason) groups listed per grouping; further ones are counted

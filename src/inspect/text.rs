@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::Summary;
 use super::history::{MessageHistory, Step};
-use super::summary::{Listing, ReasonGroup, RunDetail};
+use super::summary::{AckedNotRemoved, Listing, NotDelivered, ReasonGroup, RunDetail};
 use crate::base::units::{Count, human_bytes};
 use crate::journal::RunStatus;
 
@@ -157,14 +157,7 @@ fn anomalies(o: &mut String, d: &RunDetail, unclean: bool, limit: usize) {
         "acked but the local copy is not removed (run `drain resume`)",
         &a.acked_not_removed,
         limit,
-        |x| match &x.reason {
-            Some(r) => format!("{} (held by {}): {r}", x.id, opt(&x.dest)),
-            None => format!(
-                "{} (held by {}): not tried before the run ended",
-                x.id,
-                opt(&x.dest)
-            ),
-        },
+        acked_not_removed,
     );
     list(
         o,
@@ -207,21 +200,34 @@ fn anomalies(o: &mut String, d: &RunDetail, unclean: bool, limit: usize) {
         "not delivered (still in the spool when the run ended)",
         &a.not_delivered,
         limit,
-        |x| {
-            let mut s = format!("{} ({}, {})", x.id, x.queue, human_bytes(x.size));
-            if !x.rejected_by.is_empty() {
-                let by: Vec<String> = x
-                    .rejected_by
-                    .iter()
-                    .map(|r| format!("{}: {}", r.dest, r.reason))
-                    .collect();
-                let _ = write!(s, " rejected by {}", by.join("; "));
-            } else if let Some(n) = &x.last_note {
-                let _ = write!(s, " last: {n}");
-            }
-            s
-        },
+        not_delivered,
     );
+}
+
+fn acked_not_removed(x: &AckedNotRemoved) -> String {
+    match &x.reason {
+        Some(r) => format!("{} (held by {}): {r}", x.id, opt(&x.dest)),
+        None => format!(
+            "{} (held by {}): not tried before the run ended",
+            x.id,
+            opt(&x.dest)
+        ),
+    }
+}
+
+fn not_delivered(x: &NotDelivered) -> String {
+    let mut s = format!("{} ({}, {})", x.id, x.queue, human_bytes(x.size));
+    if !x.rejected_by.is_empty() {
+        let by: Vec<String> = x
+            .rejected_by
+            .iter()
+            .map(|r| format!("{}: {}", r.dest, r.reason))
+            .collect();
+        let _ = write!(s, " rejected by {}", by.join("; "));
+    } else if let Some(n) = &x.last_note {
+        let _ = write!(s, " last: {n}");
+    }
+    s
 }
 
 fn more(o: &mut String, n: u64) {

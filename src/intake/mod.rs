@@ -49,19 +49,14 @@ use tasks::Tasks;
 /// Invariant 6: an instance whose last drain run is unfinished does not serve, because a
 /// message it still holds may also be on a destination until `drain resume` settles it.
 fn refuse_if_draining(data_dir: &std::path::Path) -> anyhow::Result<()> {
-    if !data_dir.join("journal.redb").exists() {
-        return Ok(());
-    }
-    let journal = crate::journal::Journal::open(data_dir).map_err(|e| {
-        anyhow::anyhow!("cannot check this instance's drain journal (is a drain running?): {e}")
-    })?;
-    let last = journal.last_run();
-    journal.close();
-    if let Some(run) = last?
+    // Read-only: never creates, repairs or locks the sender's journal.
+    let last = crate::journal::last_run_status(data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot check this instance's drain journal: {e}"))?;
+    if let Some(run) = last
         && run.status != crate::journal::RunStatus::Finished
     {
         anyhow::bail!(
-            "refusing to serve: drain run #{} ({}) on {} is unfinished ({:?}); settle it first with \
+            "refusing to serve: drain run #{} ({}) on {} is unfinished ({}); settle it first with \
              `drain --data-dir {} resume` (or `drain --data-dir {} resume --settle-only` to settle \
              the messages in doubt and keep the rest here)",
             run.seq,

@@ -100,7 +100,7 @@ pub struct Store {
     spool: Spool,
     db: Arc<Database>,
     db_path: String,
-    committer: Committer<Write>,
+    committer: Committer<Write, String>,
     workers: Arc<Semaphore>,
     worker_count: usize,
     inflight: Arc<InFlight>,

@@ -1,118 +1,70 @@
 //! The journal: the sending instance's durable record of every drain run and every message's
-//! state in it, kept in a redb database at `<data-dir>/journal.redb`.
+//! state in it, kept in a redb database at `<data-dir>/journal.redb`. This module owns that
+//! file: nothing else in the crate opens it or knows its tables.
 //!
 //! Each message of a run moves `read -> sent(destination) -> acked(destination) -> deleted`
-//! (tables, encodings and the state diagram are in `journal-format.md`). Invariants:
+//! (tables, encodings and the state table are in `journal-format.md`). Invariants:
 //! - a `sent` record is durable before the request carrying the message leaves (invariant 2);
 //! - a local file is removed only after its `acked` record is durable (invariant 1);
 //! - transitions are checked: an impossible one is an error, never silently applied.
 //!
-//! All writes go through one writer thread that applies every pending request in one write
-//! transaction and one commit (group commit, see `writer`), so many sending tasks share each
-//! fsync. Readers open their own read transactions. Callers: the drain engine, and `drain serve`
-//! (which refuses to start while the last run is unfinished).
+//! Layout: `records` (the record types and ops), `transition` (the state machine), `tables`
+//! (table definitions, format version, decoding, reads), `writer` (applies a group of ops),
+//! `reader` + `overlay` (read-only access, also to a file left unclean by a killed writer),
+//! `error`. All writes go through one writer thread that applies every pending request in one
+//! write transaction and one commit (group commit), so many sending tasks share each fsync.
+//! Callers: the drain engine writes through [`Journal`]; `drain inspect` and `drain serve`'s
+//! start-up check read through [`Reader`] / [`read`] / [`last_run_status`].
 
+mod error;
+mod overlay;
+mod reader;
 mod records;
+mod tables;
+mod transition;
 mod writer;
+
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::groupcommit::Committer;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
-pub use records::{MessageRecord, Op, RunRecord, RunStatus, State, Transition, UnreadableRecord};
+use crate::base::MessageId;
+use crate::groupcommit::{CommitError, Committer};
+use tables::{MESSAGES, META, RUNS, Snapshot, UNREADABLE};
 
-/// Metadata: `format` -> journal format version (decimal string).
-pub(crate) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-/// Runs by sequence number -> `RunRecord` JSON.
-pub(crate) const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
-/// (run sequence, message id) -> `MessageRecord` JSON.
-pub(crate) const MESSAGES: TableDefinition<(u64, [u8; 16]), &[u8]> =
-    TableDefinition::new("messages");
-/// (run sequence, file path) -> `UnreadableRecord` JSON: files that could not be read.
-pub(crate) const UNREADABLE: TableDefinition<(u64, &str), &[u8]> =
-    TableDefinition::new("unreadable");
+pub use error::{Corrupt, JournalError};
+pub use reader::{OpenMode, Reader, last_run_status, read};
+pub use records::{
+    FORMAT_VERSION, MessageRecord, Op, RunRecord, RunStatus, State, Transition, UnreadableRecord,
+};
+pub use tables::{Runs, file_path};
+pub use transition::{OpKind, Refused};
 
-/// redb's page cache for the journal (redb's default would grow up to 1 GiB).
-const CACHE_BYTES: usize = 16 << 20;
-
-/// The journal format version this build writes.
-pub const FORMAT_VERSION: &str = "1";
-
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error("journal {path}: {source}")]
-    Db {
-        path: PathBuf,
-        #[source]
-        source: Box<redb::Error>,
-    },
-    #[error("journal {path}: corrupt record {key}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        key: String,
-        reason: String,
-    },
-    #[error(
-        "journal {path}: format version {found} is not supported (this build uses {FORMAT_VERSION})"
-    )]
-    Version { path: PathBuf, found: String },
-    #[error("journal: invalid transition for message {id} in run {run}: {reason}")]
-    Transition {
-        run: u64,
-        id: String,
-        reason: String,
-    },
-    #[error("journal writer stopped: {0}")]
-    Writer(String),
-}
-
-/// The journal of one data directory.
+/// The journal of one data directory, open for writing.
 #[derive(Clone)]
 pub struct Journal {
     db: Arc<Database>,
     path: PathBuf,
-    writer: Committer<Vec<Op>>,
+    writer: Committer<Vec<Op>, JournalError>,
 }
 
 impl Journal {
     /// Opens (creating if needed) the journal in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Journal, JournalError> {
-        let path = data_dir.join("journal.redb");
-        // A fixed cache: memory must not grow with the number of messages (invariant 5).
-        // SingleWriter: `drain inspect` may open it read-only from another process meanwhile.
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-            .create(&path)
-            .map_err(|e| db_err(&path, e))?;
-        let txn = db.begin_write().map_err(|e| db_err(&path, e))?;
-        {
-            let mut meta = txn.open_table(META).map_err(|e| db_err(&path, e))?;
-            let found = meta
-                .get("format")
-                .map_err(|e| db_err(&path, e))?
-                .map(|v| v.value().to_string());
-            match found {
-                None => {
-                    meta.insert("format", FORMAT_VERSION)
-                        .map_err(|e| db_err(&path, e))?;
-                }
-                Some(v) if v == FORMAT_VERSION => {}
-                Some(found) => return Err(JournalError::Version { path, found }),
-            }
-            txn.open_table(RUNS).map_err(|e| db_err(&path, e))?;
-            txn.open_table(MESSAGES).map_err(|e| db_err(&path, e))?;
-            txn.open_table(UNREADABLE).map_err(|e| db_err(&path, e))?;
-        }
-        txn.commit().map_err(|e| db_err(&path, e))?;
-        let db = Arc::new(db);
+        let path = file_path(data_dir);
+        let db = Arc::new(open_db(&path)?);
         let wpath = path.clone();
         let writer = Committer::spawn("journal-writer", db.clone(), move |txn, groups| {
-            writer::apply_group(txn, &wpath, groups).map_err(|e| e.to_string())
+            writer::apply_group(txn, &wpath, groups)
         })
-        .map_err(|e| JournalError::Writer(format!("cannot start the writer thread: {e}")))?;
+        .map_err(|e| JournalError::Spawn {
+            path: path.clone(),
+            source: e.into(),
+        })?;
         Ok(Journal { db, path, writer })
     }
 
@@ -135,35 +87,54 @@ impl Journal {
     }
 
     /// Applies `ops` durably: when this returns `Ok`, they survive a crash. Concurrent callers
-    /// share one commit.
+    /// share one commit; if any op of that commit is refused, every caller of it gets the
+    /// error and nothing of it is committed.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), JournalError> {
         if ops.is_empty() {
             return Ok(());
         }
-        self.writer.submit(ops).await.map_err(JournalError::Writer)
+        self.writer.submit(ops).await.map_err(|e| match e {
+            CommitError::Apply(e) => e,
+            CommitError::Db(source) => JournalError::Db {
+                path: self.path.clone(),
+                source,
+            },
+            CommitError::Stopped => JournalError::Stopped {
+                path: self.path.clone(),
+            },
+        })
+    }
+
+    /// Runs `f` on a snapshot of the committed state (one read transaction).
+    fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&Snapshot<'_>) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| JournalError::db(&self.path, e))?;
+        f(&Snapshot {
+            txn: &txn,
+            path: &self.path,
+        })
     }
 
     /// The most recent run, if any.
     pub fn last_run(&self) -> Result<Option<RunRecord>, JournalError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let runs = txn.open_table(RUNS).map_err(|e| self.err(e))?;
-        let last = runs.last().map_err(|e| self.err(e))?;
-        match last {
+        match self.snapshot(|s| s.last_run())? {
             None => Ok(None),
-            Some((k, v)) => Ok(Some(self.decode(&format!("run {}", k.value()), v.value())?)),
+            Some(rec) => rec.map(Some).map_err(|c| c.into_error(&self.path)),
         }
     }
 
     /// Every run, oldest first.
     pub fn runs(&self) -> Result<Vec<RunRecord>, JournalError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let runs = txn.open_table(RUNS).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for item in runs.iter().map_err(|e| self.err(e))? {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            out.push(self.decode(&format!("run {}", k.value()), v.value())?);
+        let runs = self.snapshot(|s| s.runs::<RunRecord>())?;
+        match runs.corrupt.into_iter().next() {
+            Some(c) => Err(c.into_error(&self.path)),
+            None => Ok(runs.rows),
         }
-        Ok(out)
     }
 
     /// The next run sequence number.
@@ -175,93 +146,85 @@ impl Journal {
     pub fn for_each_message(
         &self,
         seq: u64,
-        mut f: impl FnMut(crate::base::MessageId, MessageRecord) -> Result<(), JournalError>,
+        mut f: impl FnMut(MessageId, MessageRecord) -> Result<(), JournalError>,
     ) -> Result<(), JournalError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = txn.open_table(MESSAGES).map_err(|e| self.err(e))?;
-        for item in t
-            .range((seq, [0u8; 16])..=(seq, [0xffu8; 16]))
-            .map_err(|e| self.err(e))?
-        {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            let id = crate::base::MessageId(k.value().1);
-            let rec = self.decode(&format!("message {id} of run {seq}"), v.value())?;
-            f(id, rec)?;
-        }
-        Ok(())
+        self.snapshot(|s| {
+            s.for_each_message(seq, |id, rec| {
+                f(id, rec.map_err(|c| c.into_error(&self.path))?)
+            })
+        })
     }
 
     /// One message's record in run `seq`.
-    pub fn message(
-        &self,
-        seq: u64,
-        id: crate::base::MessageId,
-    ) -> Result<Option<MessageRecord>, JournalError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = txn.open_table(MESSAGES).map_err(|e| self.err(e))?;
-        let v = t.get((seq, id.0)).map_err(|e| self.err(e))?;
-        match v {
-            None => Ok(None),
-            Some(v) => Ok(Some(
-                self.decode(&format!("message {id} of run {seq}"), v.value())?,
-            )),
-        }
+    pub fn message(&self, seq: u64, id: MessageId) -> Result<Option<MessageRecord>, JournalError> {
+        Ok(self.messages(seq, &[id])?.pop().flatten())
     }
 
     /// The records of several messages of run `seq`, in order, in one read transaction.
     pub fn messages(
         &self,
         seq: u64,
-        ids: &[crate::base::MessageId],
+        ids: &[MessageId],
     ) -> Result<Vec<Option<MessageRecord>>, JournalError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = txn.open_table(MESSAGES).map_err(|e| self.err(e))?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.push(match t.get((seq, id.0)).map_err(|e| self.err(e))? {
-                None => None,
-                Some(v) => Some(self.decode(&format!("message {id} of run {seq}"), v.value())?),
-            });
-        }
-        Ok(out)
+        let recs = self.snapshot(|s| s.messages(seq, ids))?;
+        recs.into_iter()
+            .map(|r| r.transpose().map_err(|c| c.into_error(&self.path)))
+            .collect()
     }
 
     /// Files that could not be read in run `seq`.
     pub fn unreadable(&self, seq: u64) -> Result<Vec<(String, UnreadableRecord)>, JournalError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = txn.open_table(UNREADABLE).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for item in t.range((seq, "")..(seq + 1, "")).map_err(|e| self.err(e))? {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            let path = k.value().1.to_string();
-            out.push((
-                path.clone(),
-                self.decode(&format!("unreadable {path}"), v.value())?,
-            ));
-        }
+        self.snapshot(|s| {
+            s.for_each_unreadable(seq, |path, rec| {
+                out.push((path, rec.map_err(|c| c.into_error(&self.path))?));
+                Ok(())
+            })
+        })?;
         Ok(out)
-    }
-
-    fn err(&self, e: impl Into<redb::Error>) -> JournalError {
-        db_err(&self.path, e)
-    }
-
-    fn decode<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-        bytes: &[u8],
-    ) -> Result<T, JournalError> {
-        serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
-            path: self.path.clone(),
-            key: key.to_string(),
-            reason: e.to_string(),
-        })
     }
 }
 
-pub(crate) fn db_err(path: &Path, e: impl Into<redb::Error>) -> JournalError {
-    JournalError::Db {
-        path: path.to_path_buf(),
-        source: Box::new(e.into()),
+/// Opens or creates the database, checks its format version (stamping a new file) and creates
+/// the tables, in one write transaction.
+fn open_db(path: &Path) -> Result<Database, JournalError> {
+    let err = |e: redb::Error| JournalError::db(path, e);
+    // A fixed cache: memory must not grow with the number of messages (invariant 5).
+    // SingleWriter: `drain inspect` may open it read-only from another process meanwhile.
+    let db = redb::Builder::new()
+        .set_cache_size(tables::CACHE_BYTES)
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .create(path)
+        .map_err(|e| err(e.into()))?;
+    let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+        let found = meta
+            .get("format")
+            .map_err(|e| err(e.into()))?
+            .map(|v| v.value().to_string());
+        if tables::check_format(path, found)? {
+            meta.insert("format", FORMAT_VERSION)
+                .map_err(|e| err(e.into()))?;
+        }
+        txn.open_table(RUNS).map_err(|e| err(e.into()))?;
+        txn.open_table(MESSAGES).map_err(|e| err(e.into()))?;
+        txn.open_table(UNREADABLE).map_err(|e| err(e.into()))?;
+    }
+    txn.commit().map_err(|e| err(e.into()))?;
+    Ok(db)
+}
+
+#[cfg(test)]
+impl Journal {
+    /// Test-only: stores `bytes` as the record of message `id` in run `seq`, unchecked (to
+    /// plant a record that does not decode).
+    pub(crate) fn put_raw_message(&self, seq: u64, id: MessageId, bytes: &[u8]) {
+        let txn = self.db.begin_write().expect("write transaction");
+        {
+            let mut t = txn.open_table(MESSAGES).expect("messages table");
+            t.insert((seq, id.0), bytes).expect("insert");
+        }
+        txn.commit().expect("commit");
     }
 }

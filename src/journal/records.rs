@@ -1,11 +1,17 @@
 //! Journal records (stored as JSON values) and the operations that change them.
 //!
-//! `Op::apply_to` is the state machine: it checks each transition against the message's
-//! current state (see `journal-format.md`) and appends it to the message's history.
+//! The field names and JSON encodings here are the journal's format (`journal-format.md`
+//! section 2): renaming or retyping one needs a new format version. The state machine that
+//! applies a message op to its record is in `transition`. Built by the drain engine (ops) and
+//! read by every journal reader.
 
 use serde::{Deserialize, Serialize};
 
 use crate::base::{ContentHash, MessageId, QueueKind, Timestamp};
+
+/// The journal format version this build reads and writes (stored in the `meta` table): the
+/// version of the record encodings below.
+pub const FORMAT_VERSION: &str = "1";
 
 /// A message's state within one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -29,6 +35,12 @@ impl State {
             State::Acked => "acked",
             State::Deleted => "deleted",
         }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -78,6 +90,22 @@ pub enum RunStatus {
     Interrupted,
     /// Ended with nothing in doubt; what was not delivered is back in the spool's hands.
     Finished,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Finished => "finished",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One drain run.
@@ -195,167 +223,6 @@ impl Op {
             | Op::Reassigned { run, id, .. }
             | Op::RemoveFailed { run, id, .. } => Some((*run, *id)),
             Op::PutRun(_) | Op::Unreadable { .. } => None,
-        }
-    }
-
-    /// Applies a message op to the current record (None: not yet journaled), checking the
-    /// transition. Returns the new record, or why the transition is invalid.
-    pub fn apply_to(&self, cur: Option<MessageRecord>) -> Result<MessageRecord, String> {
-        let now = Timestamp::now();
-        let tr = |state, dest: Option<&String>, note: Option<String>| Transition {
-            state,
-            at: now,
-            dest: dest.cloned(),
-            note,
-        };
-        match (self, cur) {
-            (
-                Op::Read {
-                    queue, hash, size, ..
-                },
-                cur,
-            ) => {
-                let mut rec = match cur {
-                    None => MessageRecord {
-                        queue: *queue,
-                        hash: *hash,
-                        size: *size,
-                        state: State::Read,
-                        dest: None,
-                        rejected_by: Vec::new(),
-                        possible_duplicate: false,
-                        remove_failed: None,
-                        history: Vec::new(),
-                    },
-                    Some(r) if r.state == State::Read => r,
-                    Some(r) => return Err(format!("read while {}", r.state.as_str())),
-                };
-                if rec.hash != *hash {
-                    // The file changed since it was last read: earlier rejections no longer apply.
-                    rec.rejected_by.clear();
-                }
-                rec.hash = *hash;
-                rec.size = *size;
-                rec.queue = *queue;
-                rec.history.push(tr(State::Read, None, None));
-                Ok(rec)
-            }
-            (
-                Op::Sent {
-                    dest,
-                    possible_duplicate,
-                    ..
-                },
-                Some(mut r),
-            ) => {
-                if r.state != State::Read {
-                    return Err(format!("sent to {dest} while {}", r.state.as_str()));
-                }
-                r.state = State::Sent;
-                r.dest = Some(dest.clone());
-                r.possible_duplicate |= *possible_duplicate;
-                let note = possible_duplicate.then(|| "possible duplicate: reassigned".to_string());
-                r.history.push(tr(State::Sent, Some(dest), note));
-                Ok(r)
-            }
-            (Op::NotDelivered { dest, reason, .. }, Some(mut r)) => {
-                if r.state != State::Sent || r.dest.as_deref() != Some(dest.as_str()) {
-                    return Err(format!(
-                        "not-delivered by {dest} while {} to {:?}",
-                        r.state.as_str(),
-                        r.dest
-                    ));
-                }
-                r.state = State::Read;
-                r.history
-                    .push(tr(State::Read, Some(dest), Some(reason.clone())));
-                Ok(r)
-            }
-            (
-                Op::Rejected {
-                    dest,
-                    reason,
-                    permanent,
-                    ..
-                },
-                Some(mut r),
-            ) => {
-                if r.state != State::Sent || r.dest.as_deref() != Some(dest.as_str()) {
-                    return Err(format!(
-                        "rejected by {dest} while {} to {:?}",
-                        r.state.as_str(),
-                        r.dest
-                    ));
-                }
-                r.state = State::Read;
-                let kind = if *permanent {
-                    "rejected"
-                } else {
-                    "refused (transient)"
-                };
-                if *permanent && !r.rejected_by.iter().any(|(d, _)| d == dest) {
-                    r.rejected_by.push((dest.clone(), reason.clone()));
-                }
-                r.history.push(tr(
-                    State::Read,
-                    Some(dest),
-                    Some(format!("{kind}: {reason}")),
-                ));
-                Ok(r)
-            }
-            (Op::Acked { dest, note, .. }, Some(mut r)) => {
-                if r.state != State::Sent || r.dest.as_deref() != Some(dest.as_str()) {
-                    return Err(format!(
-                        "acked by {dest} while {} to {:?}",
-                        r.state.as_str(),
-                        r.dest
-                    ));
-                }
-                r.state = State::Acked;
-                r.history
-                    .push(tr(State::Acked, Some(dest), Some(note.clone())));
-                Ok(r)
-            }
-            (Op::Reassigned { from, reason, .. }, Some(mut r)) => {
-                if r.state != State::Sent || r.dest.as_deref() != Some(from.as_str()) {
-                    return Err(format!(
-                        "reassigned from {from} while {} to {:?}",
-                        r.state.as_str(),
-                        r.dest
-                    ));
-                }
-                r.state = State::Read;
-                r.possible_duplicate = true;
-                r.history.push(tr(
-                    State::Read,
-                    Some(from),
-                    Some(format!("reassigned, possible duplicate: {reason}")),
-                ));
-                Ok(r)
-            }
-            (Op::Deleted { .. }, Some(mut r)) => {
-                if r.state != State::Acked {
-                    return Err(format!("deleted while {}", r.state.as_str()));
-                }
-                r.state = State::Deleted;
-                r.remove_failed = None;
-                r.history.push(tr(State::Deleted, None, None));
-                Ok(r)
-            }
-            (Op::RemoveFailed { reason, .. }, Some(mut r)) => {
-                if r.state != State::Acked {
-                    return Err(format!("remove-failed while {}", r.state.as_str()));
-                }
-                r.remove_failed = Some(reason.clone());
-                r.history.push(tr(
-                    State::Acked,
-                    None,
-                    Some(format!("removing the local copy failed: {reason}")),
-                ));
-                Ok(r)
-            }
-            (op, None) => Err(format!("{op:?} on a message never read")),
-            (op, Some(_)) => Err(format!("{op:?} is not a message transition")),
         }
     }
 }

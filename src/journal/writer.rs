@@ -1,14 +1,21 @@
-//! The journal's single writer: applies groups of ops (see `groupcommit`) and checks each
-//! message transition through `Op::apply_to`.
+//! The journal's single writer: applies one group of requests (see `groupcommit`) inside the
+//! group's write transaction, checking each message transition through `Op::apply_to`.
+//!
+//! Ops are applied in submission order, so several ops on one message in one group see each
+//! other. Any error (a refused transition, a corrupt current record) fails the whole group:
+//! the transaction is aborted and nothing of it is committed. Called only by the journal's
+//! group-commit thread.
 
 use std::path::Path;
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::{
-    JournalError, MESSAGES, MessageRecord, Op, RUNS, UNREADABLE, UnreadableRecord, db_err,
-};
-use crate::base::Timestamp;
+use super::error::JournalError;
+use super::records::{Op, UnreadableRecord};
+use super::tables::{self, MESSAGES, RUNS, UNREADABLE};
+use crate::base::{MessageId, Timestamp};
+
+type Messages<'t> = Table<'t, (u64, [u8; 16]), &'static [u8]>;
 
 /// Applies every op of every request in `groups` inside `txn`.
 pub(super) fn apply_group(
@@ -16,16 +23,16 @@ pub(super) fn apply_group(
     path: &Path,
     groups: &[Vec<Op>],
 ) -> Result<(), JournalError> {
-    let enc = |e: serde_json::Error| JournalError::Writer(e.to_string());
-    let mut runs = txn.open_table(RUNS).map_err(|e| db_err(path, e))?;
-    let mut msgs = txn.open_table(MESSAGES).map_err(|e| db_err(path, e))?;
-    let mut unreadable = txn.open_table(UNREADABLE).map_err(|e| db_err(path, e))?;
+    let db_err = |e: redb::TableError| JournalError::db(path, e);
+    let mut runs = txn.open_table(RUNS).map_err(db_err)?;
+    let mut msgs = txn.open_table(MESSAGES).map_err(db_err)?;
+    let mut unreadable = txn.open_table(UNREADABLE).map_err(db_err)?;
+    let store_err = |e: redb::StorageError| JournalError::db(path, e);
     for op in groups.iter().flatten() {
         match op {
             Op::PutRun(run) => {
-                let v = serde_json::to_vec(run).map_err(enc)?;
-                runs.insert(run.seq, v.as_slice())
-                    .map_err(|e| db_err(path, e))?;
+                let v = encode(path, || format!("run {}", run.seq), run)?;
+                runs.insert(run.seq, v.as_slice()).map_err(store_err)?;
             }
             Op::Unreadable {
                 run,
@@ -38,38 +45,58 @@ pub(super) fn apply_group(
                     reason: reason.clone(),
                     at: Timestamp::now(),
                 };
-                let v = serde_json::to_vec(&rec).map_err(enc)?;
+                let v = encode(path, || format!("unreadable {file} of run {run}"), &rec)?;
                 unreadable
                     .insert((*run, file.as_str()), v.as_slice())
-                    .map_err(|e| db_err(path, e))?;
+                    .map_err(store_err)?;
             }
             op => {
-                let Some((run, id)) = op.message_key() else {
-                    continue;
-                };
-                let cur: Option<MessageRecord> =
-                    match msgs.get((run, id.0)).map_err(|e| db_err(path, e))? {
-                        None => None,
-                        Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| {
-                            JournalError::Corrupt {
-                                path: path.to_path_buf(),
-                                key: format!("message {id} of run {run}"),
-                                reason: e.to_string(),
-                            }
-                        })?),
-                    };
-                let next = op
-                    .apply_to(cur)
-                    .map_err(|reason| JournalError::Transition {
-                        run,
-                        id: id.to_string(),
-                        reason,
-                    })?;
-                let v = serde_json::to_vec(&next).map_err(enc)?;
-                msgs.insert((run, id.0), v.as_slice())
-                    .map_err(|e| db_err(path, e))?;
+                if let Some((run, id)) = op.message_key() {
+                    apply_message_op(&mut msgs, path, op, run, id)?;
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Reads the message's record, applies `op` to it and writes the result.
+fn apply_message_op(
+    msgs: &mut Messages<'_>,
+    path: &Path,
+    op: &Op,
+    run: u64,
+    id: MessageId,
+) -> Result<(), JournalError> {
+    let store_err = |e: redb::StorageError| JournalError::db(path, e);
+    let cur = match msgs.get((run, id.0)).map_err(store_err)? {
+        None => None,
+        Some(v) => Some(
+            tables::decode(|| tables::message_key(run, id), v.value())
+                .map_err(|c| c.into_error(path))?,
+        ),
+    };
+    let next = op
+        .apply_to(cur)
+        .map_err(|refused| JournalError::Transition {
+            path: path.to_path_buf(),
+            run,
+            id,
+            refused,
+        })?;
+    let v = encode(path, || tables::message_key(run, id), &next)?;
+    msgs.insert((run, id.0), v.as_slice()).map_err(store_err)?;
+    Ok(())
+}
+
+fn encode<T: serde::Serialize>(
+    path: &Path,
+    key: impl FnOnce() -> String,
+    value: &T,
+) -> Result<Vec<u8>, JournalError> {
+    serde_json::to_vec(value).map_err(|e| JournalError::Encode {
+        path: path.to_path_buf(),
+        key: key(),
+        reason: e.to_string(),
+    })
 }

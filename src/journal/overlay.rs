@@ -1,14 +1,14 @@
 //! A copy-on-write view of a file, as a redb storage backend: reads come from the file unless
 //! the range was written; writes go to memory, in 4 KiB blocks, and never reach the file.
 //!
-//! `drain inspect` uses it to read a journal left unclean by a writer that is gone (SIGKILL):
-//! redb must repair such a file before reading it, and the repair (rebuilding the allocator
-//! state, rewriting the header) happens here, in memory. The file is opened read-only, so
+//! The journal's read-only `Reader` uses it to read a journal left unclean by a writer that is
+//! gone (SIGKILL): redb must repair such a file before reading it, and the repair (rebuilding
+//! the allocator state, rewriting the header) happens here, in memory. The file is opened read-only, so
 //! nothing can modify it. What the repair writes is small next to the journal (headers and
 //! allocator state), so memory stays bounded by it, not by the number of messages.
 //!
 //! No file locks are taken (the lock methods keep redb's `Unsupported` default): the reader
-//! checks afterwards that no writer opened the journal meanwhile (`reader::still_unattended`).
+//! checks afterwards that no writer opened the journal meanwhile (`reader::read`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -76,7 +76,10 @@ impl Overlay {
             self.read_file_part(st, start, &mut buf[..visible as usize])?;
             st.blocks.insert(b, buf);
         }
-        Ok(st.blocks.get_mut(&b).expect("just inserted"))
+        Ok(st
+            .blocks
+            .entry(b)
+            .or_insert_with(|| vec![0u8; BLOCK as usize].into_boxed_slice()))
     }
 }
 

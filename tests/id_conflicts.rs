@@ -1,0 +1,202 @@
+//! One message id, one file, one `stored`: a receiver never acknowledges two different
+//! messages with the same id, whether they come from four senders at the same moment, twice in
+//! one request, or in two queues. A sender told `stored` deletes its copy, so a second
+//! `stored` for an id would lose a message.
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::*;
+use drain::base::{MessageId, QueueKind};
+use drain::spool::Message;
+use drain::wire::{self, Outcome, QueryItem, QueryRequest, QueryResponse, RejectCode};
+
+fn client(server: &Server) -> reqwest::Client {
+    drain::tls::install_provider();
+    let pem = std::fs::read(&server.cert).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+        .local_address("127.0.0.1".parse::<IpAddr>().unwrap())
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// A message with a chosen id.
+fn with_id(id: MessageId, queue: QueueKind, body: &[u8]) -> Message {
+    let m = message(queue, 0, body);
+    let mut h = m.header.clone();
+    h.id = id;
+    let bytes = drain::spool::format::encode(&h, body).unwrap();
+    Message::from_bytes(bytes.into()).unwrap()
+}
+
+fn token(n: u8) -> String {
+    format!("{n:02x}").repeat(16)
+}
+
+async fn transfer(
+    c: &reqwest::Client,
+    s: &Server,
+    who: u8,
+    frames: Vec<&Message>,
+) -> wire::TransferResponse {
+    let body = batch(&frames.iter().map(|m| (*m, m.hash)).collect::<Vec<_>>());
+    let r = c
+        .post(format!("https://{}{}", s.addr, wire::TRANSFER_PATH))
+        .header(wire::HDR_SENDER, token(who))
+        .header(wire::HDR_RUN, token(who + 100))
+        .header("content-type", wire::BATCH_CONTENT_TYPE)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.json().await.unwrap()
+}
+
+async fn held(c: &reqwest::Client, s: &Server, who: u8, m: &Message) -> bool {
+    let q = QueryRequest {
+        messages: vec![QueryItem {
+            id: m.header.id,
+            hash: m.hash,
+        }],
+    };
+    let r = c
+        .post(format!("https://{}{}", s.addr, wire::QUERY_PATH))
+        .header(wire::HDR_SENDER, token(who))
+        .header(wire::HDR_RUN, token(who + 100))
+        .json(&q)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let q: QueryResponse = r.json().await.unwrap();
+    q.held.contains(&m.hash)
+}
+
+fn outcomes(results: &[wire::ItemResult]) -> Vec<(Outcome, Option<RejectCode>)> {
+    results.iter().map(|r| (r.outcome, r.code)).collect()
+}
+
+/// The receiver's spool: (id, hash) of every file.
+fn on_disk(s: &Server) -> Vec<(String, String)> {
+    s.ls().into_iter().map(|e| (e.id, e.hash)).collect()
+}
+
+#[test]
+fn four_senders_one_id_at_once_exactly_one_is_stored() {
+    let tmp = TempDir::new("idrace");
+    let s = Server::start(&tmp, "a", ServeConfig::on("127.0.0.93"));
+    let c = client(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for round in 0..5u8 {
+        let id = MessageId([round + 1; 16]);
+        let msgs: Vec<Message> = (0..4u8)
+            .map(|i| with_id(id, QueueKind::Queue, format!("body {i}").as_bytes()))
+            .collect();
+        let answers = rt.block_on(async {
+            let futs = msgs
+                .iter()
+                .enumerate()
+                .map(|(i, m)| transfer(&c, &s, i as u8 + 4 * round, vec![m]));
+            futures_join_all(futs).await
+        });
+        let stored: Vec<usize> = (0..4)
+            .filter(|&i| answers[i].results[0].outcome == Outcome::Stored)
+            .collect();
+        assert_eq!(stored.len(), 1, "round {round}: {answers:?}");
+        for (i, a) in answers.iter().enumerate() {
+            if i != stored[0] {
+                assert_eq!(
+                    outcomes(&a.results),
+                    [(Outcome::RejectedPermanent, Some(RejectCode::IdConflict))],
+                    "round {round}, sender {i}"
+                );
+            }
+            let is_held = rt.block_on(held(&c, &s, i as u8 + 4 * round, &msgs[i]));
+            assert_eq!(is_held, i == stored[0], "round {round}: query of sender {i}");
+        }
+        let files: Vec<_> = on_disk(&s)
+            .into_iter()
+            .filter(|(i, _)| *i == id.to_string())
+            .collect();
+        assert_eq!(
+            files,
+            [(id.to_string(), msgs[stored[0]].hash.to_string())],
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn one_id_twice_in_a_request_or_in_two_queues_is_stored_once() {
+    let tmp = TempDir::new("idbatch");
+    let s = Server::start(&tmp, "a", ServeConfig::on("127.0.0.94"));
+    let c = client(&s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = MessageId([0xa1; 16]);
+    let (a1, a2) = (
+        with_id(a, QueueKind::Queue, b"one"),
+        with_id(a, QueueKind::Queue, b"two"),
+    );
+    let b = MessageId([0xb1; 16]);
+    let (b1, b2) = (
+        with_id(b, QueueKind::Queue, b"same"),
+        with_id(b, QueueKind::BounceFull, b"same"),
+    );
+    assert_ne!(b1.hash, b2.hash, "the queue is part of the file");
+    let r = rt.block_on(transfer(&c, &s, 1, vec![&a1, &a2, &b1, &b2, &a1]));
+    let conflict = (Outcome::RejectedPermanent, Some(RejectCode::IdConflict));
+    assert_eq!(
+        outcomes(&r.results),
+        [
+            (Outcome::Stored, None),
+            conflict,
+            (Outcome::Stored, None),
+            conflict,
+            (Outcome::AlreadyHeld, None),
+        ]
+    );
+    let mut files = on_disk(&s);
+    files.sort();
+    let mut want = vec![
+        (a.to_string(), a1.hash.to_string()),
+        (b.to_string(), b1.hash.to_string()),
+    ];
+    want.sort();
+    assert_eq!(files, want);
+    assert!(!rt.block_on(held(&c, &s, 1, &a2)));
+    assert!(rt.block_on(held(&c, &s, 1, &a1)));
+}
+
+/// Polls every future to completion concurrently (no extra crate for one join).
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futs.map(Box::pin).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    let mut pending: Vec<_> = handles.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(results.into_iter().map(|r| r.expect("ready")));
+    out
+}

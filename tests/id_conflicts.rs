@@ -116,7 +116,11 @@ fn four_senders_one_id_at_once_exactly_one_is_stored() {
                 );
             }
             let is_held = rt.block_on(held(&c, &s, i as u8 + 4 * round, &msgs[i]));
-            assert_eq!(is_held, i == stored[0], "round {round}: query of sender {i}");
+            assert_eq!(
+                is_held,
+                i == stored[0],
+                "round {round}: query of sender {i}"
+            );
         }
         let files: Vec<_> = on_disk(&s)
             .into_iter()

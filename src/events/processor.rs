@@ -78,6 +78,9 @@ pub async fn run(queue: EventQueue, endpoints: Vec<Endpoint>, stats: Arc<Stats>)
     crate::tls::install_provider();
     let client = match reqwest::Client::builder()
         .no_proxy()
+        // A followed 301/302/303 turns the POST into a GET without the events: never follow,
+        // an event is removed only after a 2xx to the POST that carried it.
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()
     {
@@ -171,6 +174,14 @@ impl Processor {
                 self.backoff.remove(&ep.key);
                 return;
             }
+            Ok(r) if r.status().is_redirection() => format!(
+                "HTTP {} redirecting to {:?}, not followed: point --event-endpoint at the final URL",
+                r.status().as_u16(),
+                r.headers()
+                    .get(reqwest::header::LOCATION)
+                    .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+                    .unwrap_or_default()
+            ),
             Ok(r) => format!("HTTP {}", r.status().as_u16()),
             Err(e) => crate::base::error_chain(&e),
         };

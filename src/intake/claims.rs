@@ -82,7 +82,11 @@ mod tests {
     #[test]
     fn one_claim_per_id_until_released() {
         let claims = Arc::new(Claims::default());
-        let (id, h1, h2) = (MessageId([1; 16]), ContentHash([1; 32]), ContentHash([2; 32]));
+        let (id, h1, h2) = (
+            MessageId([1; 16]),
+            ContentHash([1; 32]),
+            ContentHash([2; 32]),
+        );
         let mut a = ClaimSet::new(claims.clone());
         let mut b = ClaimSet::new(claims.clone());
         assert_eq!(a.claim(id, h1), Claim::Granted);

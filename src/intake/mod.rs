@@ -17,8 +17,8 @@
 //!   `metrics`: counting and the Prometheus exposition; `config`: the settings.
 
 pub mod access;
-pub mod config;
 mod claims;
+pub mod config;
 mod connection;
 mod handler;
 mod inflight;

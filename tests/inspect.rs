@@ -22,14 +22,6 @@ fn inspect(dir: &Path, args: &[&str]) -> std::process::Output {
     drain(dir, &all)
 }
 
-fn inspect_json(dir: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let o = inspect(dir, &all);
-    assert_eq!(code(&o), 0, "{}", show(&o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(&o)))
-}
-
 fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("{v} is not a count"))
 }

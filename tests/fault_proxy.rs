@@ -150,7 +150,10 @@ fn lost_answers_lose_and_duplicate_nothing() {
     );
     let on_a = ids(&a.ls());
     let not_on_a: Vec<_> = lost.difference(&on_a).collect();
-    assert!(not_on_a.is_empty(), "stored by A, then moved: {not_on_a:?} {ctx}");
+    assert!(
+        not_on_a.is_empty(),
+        "stored by A, then moved: {not_on_a:?} {ctx}"
+    );
 
     // Census: each original on exactly one destination, with its hash and queue.
     assert_census(&[&a, &b], &src, &originals);

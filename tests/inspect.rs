@@ -155,15 +155,13 @@ fn inspect_runs_beside_a_drain_and_lists_what_a_sigkill_left_in_doubt() {
     let mut silent = Silent::start(listener);
     let src = tmp.sub("src");
     let originals = fill(&src, 40);
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&src)
-        .args(["--ca-cert", cert.to_str().unwrap(), &dest])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("drain.log")).unwrap())
-        .spawn()
-        .expect("spawn drain");
+    let (out, log) = (tmp.path().join("drain.out"), tmp.path().join("drain.log"));
+    let mut child = spawn_logged(
+        &src,
+        &["--ca-cert", cert.to_str().unwrap(), &dest],
+        &out,
+        &log,
+    );
 
     // While the drain runs (its requests hang), inspect opens the journal and sees them.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -21,10 +21,7 @@ use common::*;
 /// The journal as far as progress goes: every run (status, resumed, ...) and the last run's
 /// counts by state. It differs before and after an attempt iff the attempt journaled something.
 fn journal_mark(summary: &serde_json::Value) -> (serde_json::Value, serde_json::Value) {
-    (
-        summary["runs"].clone(),
-        summary["run"]["by_state"].clone(),
-    )
+    (summary["runs"].clone(), summary["run"]["by_state"].clone())
 }
 
 /// Kills of the drain, by what they interrupted.

@@ -82,4 +82,3 @@ pub fn pending_events(dir: &Path) -> usize {
         })
         .unwrap_or(0)
 }
-

@@ -2,10 +2,10 @@
 //! `drain` binary, and a seeded random generator. The rest is split by responsibility:
 //! `servers` (real `drain serve` destinations), `spool` (filling and listing spools), `process`
 //! (background drains, readiness by output, time limits), `inspect` (the journal through
-//! `drain inspect --json`), `census`
-//! (where every message ended up), `events` (an event endpoint) and `proxy` (a TLS-terminating
-//! proxy that drops answers). Each test crate uses what it needs, hence `dead_code` allowed.
-#![allow(dead_code, unused_imports)]
+//! `drain inspect --json`), `census` (where every message ended up), `events` (an event
+//! endpoint) and `proxy` (a TLS-terminating proxy that drops answers). Each test crate uses
+//! what it needs, hence `dead_code` allowed.
+#![allow(dead_code)]
 
 pub mod census;
 pub mod events;
@@ -15,12 +15,10 @@ pub mod proxy;
 pub mod servers;
 pub mod spool;
 
-pub use census::*;
-pub use events::*;
-pub use inspect::*;
-pub use process::*;
-pub use servers::*;
-pub use spool::*;
+// Flat re-exports, so a test needs only `use common::*;` (a test that uses none of a module's
+// items would otherwise warn).
+#[allow(unused_imports)]
+pub use {census::*, events::*, inspect::*, process::*, servers::*, spool::*};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -129,4 +127,3 @@ pub fn signal(child: &Child, sig: i32) {
         libc::kill(child.id() as i32, sig);
     }
 }
-

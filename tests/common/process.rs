@@ -45,7 +45,6 @@ pub fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<St
     }
 }
 
-
 /// Starts `drain --data-dir DIR ARGS...` in the background, standard output and error to the
 /// files `out` and `err`.
 pub fn spawn_logged(dir: &Path, args: &[&str], out: &Path, err: &Path) -> Child {

@@ -291,7 +291,10 @@ fn cut_transfer(status: u16, body: &[u8]) -> CutTransfer {
 }
 
 /// Sends `req` to the destination over a new TLS connection and reads its whole answer.
-async fn forward(shared: &Shared, req: Request<Incoming>) -> Result<(ResponseParts, Bytes), String> {
+async fn forward(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<(ResponseParts, Bytes), String> {
     let (mut parts, body) = req.into_parts();
     let body = body
         .collect()

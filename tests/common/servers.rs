@@ -225,4 +225,3 @@ pub fn closed_port(ip: &str) -> u16 {
     let l = TcpListener::bind(format!("{ip}:0")).expect("bind");
     l.local_addr().expect("addr").port()
 }
-

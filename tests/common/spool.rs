@@ -99,4 +99,3 @@ pub fn batch(msgs: &[(&drain::spool::Message, drain::base::ContentHash)]) -> Vec
     }
     b
 }
-

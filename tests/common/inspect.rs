@@ -9,11 +9,18 @@ use super::{code, drain, show};
 
 /// `drain inspect --json ARGS...` on `dir`, which must succeed: its one JSON document.
 pub fn inspect_json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    try_inspect_json(dir, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `drain inspect --json ARGS...` on `dir`: its document, or what it printed if it failed.
+pub fn try_inspect_json(dir: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
     let mut all = vec!["inspect", "--json"];
     all.extend_from_slice(args);
     let o = drain(dir, &all);
-    assert_eq!(code(&o), 0, "{}", show(&o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(&o)))
+    if code(&o) != 0 {
+        return Err(show(&o));
+    }
+    serde_json::from_slice(&o.stdout).map_err(|e| format!("not JSON ({e}): {}", show(&o)))
 }
 
 /// One message in one run, as `drain inspect --json --message ID` lists it.

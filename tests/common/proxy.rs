@@ -233,22 +233,24 @@ async fn handle(
     cut: Arc<Notify>,
 ) -> Result<Response<Full<Bytes>>, String> {
     let line = format!("{} {}", req.method(), req.uri().path());
-    let verdict = if *shared.dark.borrow() {
-        Verdict::CutAndGoDark
-    } else if req.uri().path() == drain::wire::TRANSFER_PATH {
+    if *shared.dark.borrow() {
+        // The destination looks dead: the request never reaches it.
+        cut.notify_one();
+        return std::future::pending().await;
+    }
+    let verdict = if req.uri().path() == drain::wire::TRANSFER_PATH {
         let n = shared.transfers.fetch_add(1, Ordering::SeqCst);
         (shared.rule.lock().unwrap())(n)
     } else {
         Verdict::Forward
     };
-    let answer = match forward(&shared, req).await {
+    let (parts, body) = match forward(&shared, req).await {
         Ok(a) => a,
         Err(e) => {
             shared.error(format!("{line}: {e}"));
             return Err(e);
         }
     };
-    let (parts, body) = answer;
     let status = parts.status.as_u16();
     if verdict == Verdict::Forward {
         shared
@@ -258,11 +260,8 @@ async fn handle(
             .push(format!("{line} -> {status}"));
         return Ok(Response::from_parts(parts, Full::new(body)));
     }
-    // The destination answered, so whatever it stored is durable: swallow the answer (a
-    // request reaching a proxy already dark is dropped, and was not a transfer it cut).
-    if !*shared.dark.borrow() {
-        shared.cut.lock().unwrap().push(cut_transfer(status, &body));
-    }
+    // The destination answered, so whatever it stored is durable: swallow the answer.
+    shared.cut.lock().unwrap().push(cut_transfer(status, &body));
     if verdict == Verdict::CutAndGoDark {
         shared.dark.send_replace(true);
     }

@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -150,21 +149,8 @@ fn settle_only_ends_the_run_and_keeps_the_rest_for_the_instance() {
     let src = tmp.sub("src");
     fill(&src, 10);
     let dest = format!("127.0.0.55:{port}");
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&src)
-        .arg(&dest)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    for line in stderr.lines().map_while(Result::ok) {
-        if line.contains("every destination failed") {
-            break;
-        }
-    }
+    let (mut child, lines) = spawn_watched(&src, &[&dest]);
+    wait_line(&lines, "every destination failed");
     signal(&child, libc::SIGINT);
     assert_eq!(child.wait().unwrap().code(), Some(42));
     let o = drain(&src, &["resume", "--settle-only"]);

@@ -22,14 +22,6 @@ fn inspect(dir: &Path, args: &[&str]) -> std::process::Output {
     drain(dir, &all)
 }
 
-fn inspect_json(dir: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let o = inspect(dir, &all);
-    assert_eq!(code(&o), 0, "{}", show(&o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(&o)))
-}
-
 fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("{v} is not a count"))
 }
@@ -163,15 +155,13 @@ fn inspect_runs_beside_a_drain_and_lists_what_a_sigkill_left_in_doubt() {
     let mut silent = Silent::start(listener);
     let src = tmp.sub("src");
     let originals = fill(&src, 40);
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&src)
-        .args(["--ca-cert", cert.to_str().unwrap(), &dest])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("drain.log")).unwrap())
-        .spawn()
-        .expect("spawn drain");
+    let (out, log) = (tmp.path().join("drain.out"), tmp.path().join("drain.log"));
+    let mut child = spawn_logged(
+        &src,
+        &["--ca-cert", cert.to_str().unwrap(), &dest],
+        &out,
+        &log,
+    );
 
     // While the drain runs (its requests hang), inspect opens the journal and sees them.
     let deadline = Instant::now() + Duration::from_secs(60);

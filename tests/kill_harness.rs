@@ -2,6 +2,11 @@
 //! `drain resume` after each kill until exit 0, then a census: every original message is on
 //! exactly one destination, byte-identical (same hash), and the source is empty.
 //!
+//! A kill point is a kill of the drain after its attempt journaled something (the run, its
+//! resumption, progress); kills during start-up are counted apart. After each kill, before the
+//! next attempt, `drain inspect --json` tells whether it left messages journaled `sent` (in
+//! doubt); the harness asserts that some did, or it would not test settling at all.
+//!
 //! CI makes `DRAIN_KILL_POINTS` (default 20) kill points with a fresh seed per run. The soak:
 //! `DRAIN_KILL_POINTS=500 cargo test --release --test kill_harness -- --nocapture`.
 //! Replay a failure with the printed `DRAIN_KILL_SEED=...`.
@@ -9,66 +14,43 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
-fn spawn_drain(src: &Path, args: &[String], log: &Path) -> Child {
-    Command::new(BIN)
-        .arg("--data-dir")
-        .arg(src)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log"))
-        .spawn()
-        .expect("spawn drain")
+/// The journal as far as progress goes: every run (status, resumed, ...) and the last run's
+/// counts by state. It differs before and after an attempt iff the attempt journaled something.
+fn journal_mark(summary: &serde_json::Value) -> (serde_json::Value, serde_json::Value) {
+    (summary["runs"].clone(), summary["run"]["by_state"].clone())
 }
 
-/// Waits up to `d` for the child; true if it exited.
-fn wait_up_to(child: &mut Child, d: Duration) -> Option<i32> {
-    let deadline = Instant::now() + d;
-    loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            return Some(st.code().unwrap_or(-1));
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+/// Kills of the drain, by what they interrupted.
+#[derive(Default, Debug)]
+struct Kills {
+    /// After the run was journaled: the kill points.
+    points: usize,
+    /// Before the attempt journaled anything (start-up): not kill points.
+    startup: usize,
+    /// Kill points that left messages journaled `sent` (in doubt) for `drain resume`.
+    in_doubt: usize,
+    /// Messages in doubt summed over those kills.
+    in_doubt_messages: u64,
 }
 
-/// Every expected message on exactly one destination with its hash; the source empty.
-fn assert_census(servers: &[&Server], src: &Path, expected: &BTreeMap<String, (String, String)>) {
-    let all = census(servers);
-    let missing: Vec<&String> = expected
-        .keys()
-        .filter(|id| !all.contains_key(*id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} messages lost: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    let extra: Vec<&String> = all
-        .keys()
-        .filter(|id| !expected.contains_key(*id))
-        .collect();
-    assert!(extra.is_empty(), "unexpected messages: {extra:?}");
-    for (id, (queue, hash)) in expected {
-        let (_, e) = &all[id];
-        assert_eq!((&e.queue, &e.hash), (queue, hash), "message {id} changed");
+impl Kills {
+    /// Counts a kill from the journal before the attempt and after the kill.
+    fn count(&mut self, before: &serde_json::Value, after: &serde_json::Value) {
+        if journal_mark(before) == journal_mark(after) {
+            self.startup += 1;
+            return;
+        }
+        self.points += 1;
+        let sent = last_run_count(after, "sent");
+        if sent > 0 {
+            self.in_doubt += 1;
+            self.in_doubt_messages += sent;
+        }
     }
-    let left = spool_ls(src);
-    assert!(
-        left.is_empty(),
-        "{} messages left at the source",
-        left.len()
-    );
 }
 
 #[test]
@@ -85,11 +67,12 @@ fn drain_killed_at_random_moments_then_resumed_loses_and_duplicates_nothing() {
     let ca = ca_bundle(&tmp, &refs).display().to_string();
     let src = tmp.sub("src");
     let log = tmp.path().join("drain.log");
+    let out = tmp.path().join("drain.out");
     let mut expected = BTreeMap::new();
-    let (mut kills, mut rounds) = (0usize, 0usize);
-    while kills < points {
+    let (mut kills, mut rounds) = (Kills::default(), 0usize);
+    while kills.points < points {
         rounds += 1;
-        assert!(rounds <= 10 * points + 10, "too many rounds");
+        assert!(rounds <= 10 * points + 10, "too many rounds: {kills:?}");
         expected.extend(fill(&src, 150 + rng.below(150) as usize));
         let mut attempt = 0;
         loop {
@@ -109,13 +92,19 @@ fn drain_killed_at_random_moments_then_resumed_loses_and_duplicates_nothing() {
             } else {
                 args.push("resume".into());
             }
-            let mut child = spawn_drain(&src, &args, &log);
-            if kills < points {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let before = inspect_json(&src, &[]);
+            let mut child = spawn_logged(&src, &args, &out, &log);
+            if kills.points < points {
                 let delay = Duration::from_millis(rng.below(350));
                 if wait_up_to(&mut child, delay).is_none() {
                     let _ = child.kill();
                     let _ = child.wait();
-                    kills += 1;
+                    // What the kill left, read before `drain resume` settles it.
+                    let after = try_inspect_json(&src, &[]).unwrap_or_else(|e| {
+                        panic!("the kill after {delay:?} left a journal unreadable: {e}")
+                    });
+                    kills.count(&before, &after);
                     continue;
                 }
             }
@@ -129,8 +118,18 @@ fn drain_killed_at_random_moments_then_resumed_loses_and_duplicates_nothing() {
         }
     }
     eprintln!(
-        "{kills} kills over {rounds} rounds, {} messages",
-        expected.len()
+        "{} kill points over {rounds} rounds, {} messages; {} kills during start-up (not \
+         counted); {} kills left {} messages in doubt (journaled sent)",
+        kills.points,
+        expected.len(),
+        kills.startup,
+        kills.in_doubt,
+        kills.in_doubt_messages
+    );
+    assert!(
+        kills.in_doubt > 0,
+        "no kill left a message in doubt: the harness never killed a drain mid-transfer \
+         ({kills:?})"
     );
     assert_census(&refs, &src, &expected);
     // Every run is settled: the instance may serve again.
@@ -160,6 +159,7 @@ fn receivers_killed_at_random_moments_lose_nothing_they_acknowledged() {
     let dests: Vec<String> = servers.iter().map(|s| s.dest()).collect();
     let src = tmp.sub("src");
     let log = tmp.path().join("drain.log");
+    let out = tmp.path().join("drain.out");
     let mut expected = BTreeMap::new();
     let (mut kills, mut rounds) = (0usize, 0usize);
     while kills < points {
@@ -175,7 +175,8 @@ fn receivers_killed_at_random_moments_lose_nothing_they_acknowledged() {
             "3".into(),
         ];
         args.extend(dests.iter().cloned());
-        let mut child = spawn_drain(&src, &args, &log);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = spawn_logged(&src, &args, &out, &log);
         let code = loop {
             if let Some(code) = wait_up_to(&mut child, Duration::from_millis(10 + rng.below(150))) {
                 break code;

@@ -100,7 +100,27 @@ fn completions_and_manual_page_come_from_the_command_line_definitions() {
         assert!(bash.contains(word), "{word} missing from completions");
     }
     let o = drain(dir.path(), &["completions", "zsh"]);
-    assert_eq!(code(&o), 0);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    let zsh = String::from_utf8_lossy(&o.stdout);
+    assert!(zsh.starts_with("#compdef drain"), "zsh header:\n{zsh}");
+    assert!(zsh.contains("_drain() {"), "no _drain function:\n{zsh}");
+    // Every subcommand, and options of `drain` itself, of a subcommand and global ones.
+    for word in [
+        "resume",
+        "inspect",
+        "serve",
+        "spool",
+        "completions",
+        "man",
+        "--data-dir",
+        "--max-in-flight-bytes",
+        "--reassign-after",
+        "--fallback-path",
+        "--accept-drain-from",
+        "--tls-cert",
+    ] {
+        assert!(zsh.contains(word), "{word} missing from zsh completions");
+    }
     let o = drain(dir.path(), &["man"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     let man = String::from_utf8_lossy(&o.stdout);

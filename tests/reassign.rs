@@ -3,344 +3,33 @@
 //! one is flagged `possible_duplicate` in the journal. Without the flag they stay pinned (never
 //! sent elsewhere) until the drain is stopped.
 //!
-//! Destination A sits behind a "black hole" proxy that terminates TLS (with A's certificate,
-//! valid for the proxy's address too), forwards each request to A, and for the first transfer
-//! request reads A's whole answer (so A has stored the messages durably) and then, instead of
-//! returning it, closes its listening socket and cuts the connection. From then on every
-//! connection to the proxy is refused: A looks dead, but it holds every message of that request.
-//! Terminating TLS (rather than guessing from encrypted byte counts) makes the scenario exact:
-//! the proxy knows which request is a transfer and which ids A stored.
+//! Destination A sits behind a TLS-terminating proxy (`common::proxy`, with A's certificate,
+//! valid for the proxy's address too) that forwards each request to A and, for the first
+//! transfer request, reads A's whole answer (so A has stored the messages durably) and then,
+//! instead of returning it, goes dark: it cuts the connection and refuses every later one. A
+//! looks dead, but it holds every message of that request. Terminating TLS (rather than guessing
+//! from encrypted byte counts) makes the scenario exact: the proxy knows which request is a
+//! transfer and which ids A stored. The journal is read through `drain inspect --json`.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use common::proxy::{AnswerDropProxy, Verdict};
 use common::*;
-use drain::journal::{Journal, MessageRecord, RunStatus, State};
 
 /// One drain run may not take longer than this.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the proxy waits on either side of a connection before giving up.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A transfer request whose answer the proxy swallowed.
-#[derive(Clone, Debug)]
-struct CutTransfer {
-    /// A's HTTP status.
-    status: u16,
-    /// Frames in A's answer.
-    results: usize,
-    /// Ids A answered `stored` or `already_held` for.
-    stored: BTreeSet<String>,
-}
-
-#[derive(Default)]
-struct ProxyState {
-    /// `None` once the proxy has gone dark: new connections are refused.
-    listener: Mutex<Option<TcpListener>>,
-    connections: AtomicUsize,
-    cut: Mutex<Vec<CutTransfer>>,
-    /// Requests forwarded both ways ("METHOD PATH -> STATUS").
-    forwarded: Mutex<Vec<String>>,
-    errors: Mutex<Vec<String>>,
-}
-
-/// TLS-terminating proxy in front of A that never returns a transfer answer and goes dark after
-/// the first one.
-struct BlackHoleProxy {
-    addr: SocketAddr,
-    state: Arc<ProxyState>,
-}
-
-impl BlackHoleProxy {
-    fn start(listen_ip: &str, upstream: &Server) -> BlackHoleProxy {
-        drain::tls::install_provider();
-        let server_cfg = drain::tls::server_config(&upstream.cert, &upstream.key).expect("tls");
-        let mut roots = rustls::RootCertStore::empty();
-        for c in drain::tls::load_certs(&upstream.cert).expect("A's cert") {
-            roots.add(c).expect("root");
-        }
-        let mut client_cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        client_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let client_cfg = Arc::new(client_cfg);
-
-        let listener = TcpListener::bind(format!("{listen_ip}:0")).expect("bind proxy");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("proxy addr");
-        let state = Arc::new(ProxyState {
-            listener: Mutex::new(Some(listener)),
-            ..ProxyState::default()
-        });
-        let st = state.clone();
-        let up = upstream.addr;
-        std::thread::spawn(move || {
-            loop {
-                let accepted = {
-                    let guard = st.listener.lock().unwrap();
-                    let Some(l) = guard.as_ref() else { return };
-                    l.accept()
-                };
-                match accepted {
-                    Ok((tcp, _)) => {
-                        st.connections.fetch_add(1, Ordering::SeqCst);
-                        let (st, sc, cc) = (st.clone(), server_cfg.clone(), client_cfg.clone());
-                        std::thread::spawn(move || {
-                            if let Err(e) = serve_conn(tcp, up, sc, cc, &st) {
-                                st.errors.lock().unwrap().push(e);
-                            }
-                        });
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => {
-                        st.errors.lock().unwrap().push(format!("accept: {e}"));
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
-        });
-        BlackHoleProxy { addr, state }
-    }
-
-    fn cut(&self) -> Vec<CutTransfer> {
-        self.state.cut.lock().unwrap().clone()
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "proxy: {} connections, cut {:?}, forwarded {:?}, errors {:?}, dark: {}",
-            self.state.connections.load(Ordering::SeqCst),
-            self.cut(),
-            self.state.forwarded.lock().unwrap(),
-            self.state.errors.lock().unwrap(),
-            self.state.listener.lock().unwrap().is_none()
-        )
-    }
-}
-
-impl Drop for BlackHoleProxy {
-    fn drop(&mut self) {
-        self.state.listener.lock().unwrap().take();
-    }
-}
-
-/// One HTTP/1.1 message as it travelled (`raw`), with what the proxy needs from it.
-struct HttpMsg {
-    raw: Vec<u8>,
-    /// Request: "METHOD PATH"; response: "HTTP/1.1 STATUS ...".
-    start_line: String,
-    body: Vec<u8>,
-}
-
-impl HttpMsg {
-    fn path(&self) -> &str {
-        let target = self.start_line.split(' ').nth(1).unwrap_or("");
-        target.split('?').next().unwrap_or("")
-    }
-
-    fn status(&self) -> u16 {
-        self.start_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Reads more bytes into `buf`; false on end of stream (a peer closing without close_notify
-/// counts as the end too).
-fn fill_more(s: &mut impl Read, buf: &mut Vec<u8>) -> Result<bool, String> {
-    let mut tmp = [0u8; 16 * 1024];
-    match s.read(&mut tmp) {
-        Ok(0) => Ok(false),
-        Ok(n) => {
-            buf.extend_from_slice(&tmp[..n]);
-            Ok(true)
-        }
-        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(format!("read: {e}")),
-    }
-}
-
-/// Parses a chunked body at the start of `b`: (bytes consumed, decoded body), or None if
-/// incomplete.
-fn parse_chunked(b: &[u8]) -> Result<Option<(usize, Vec<u8>)>, String> {
-    let mut pos = 0;
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = find(&b[pos..], b"\r\n") else {
-            return Ok(None);
-        };
-        let line = std::str::from_utf8(&b[pos..pos + eol]).map_err(|e| e.to_string())?;
-        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|e| format!("chunk size {line:?}: {e}"))?;
-        pos += eol + 2;
-        if size == 0 {
-            // Trailers (none expected), then the final CRLF.
-            let Some(end) = find(&b[pos..], b"\r\n") else {
-                return Ok(None);
-            };
-            if end != 0 {
-                return Err("trailers are not supported".into());
-            }
-            return Ok(Some((pos + 2, body)));
-        }
-        if b.len() < pos + size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&b[pos..pos + size]);
-        pos += size + 2;
-    }
-}
-
-/// Reads one HTTP/1.1 message (Content-Length or chunked body). None: the peer closed the
-/// connection between messages.
-fn read_message(s: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<HttpMsg>, String> {
-    let head_end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if !fill_more(s, buf)? {
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            return Err(format!(
-                "connection closed inside a message head ({} bytes)",
-                buf.len()
-            ));
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let start_line = lines.next().unwrap_or("").to_string();
-    let mut length = None;
-    let mut chunked = false;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-            if k == "content-length" {
-                length = Some(v.parse::<usize>().map_err(|e| format!("{l}: {e}"))?);
-            } else if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
-                chunked = true;
-            }
-        }
-    }
-    let (total, body) = if chunked {
-        loop {
-            if let Some((n, body)) = parse_chunked(&buf[head_end..])? {
-                break (head_end + n, body);
-            }
-            if !fill_more(s, buf)? {
-                return Err("connection closed inside a chunked body".into());
-            }
-        }
-    } else {
-        let len = length.unwrap_or(0);
-        while buf.len() < head_end + len {
-            if !fill_more(s, buf)? {
-                return Err(format!("connection closed inside a body of {len} bytes"));
-            }
-        }
-        (head_end + len, buf[head_end..head_end + len].to_vec())
-    };
-    let raw: Vec<u8> = buf.drain(..total).collect();
-    Ok(Some(HttpMsg {
-        raw,
-        start_line,
-        body,
-    }))
-}
-
-/// Serves one client connection: requests go to A; a transfer's answer is swallowed, the proxy
-/// goes dark (listener closed) and the connection is cut.
-fn serve_conn(
-    tcp: TcpStream,
-    upstream: SocketAddr,
-    server_cfg: Arc<rustls::ServerConfig>,
-    client_cfg: Arc<rustls::ClientConfig>,
-    st: &ProxyState,
-) -> Result<(), String> {
-    tcp.set_nonblocking(false).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    let conn = rustls::ServerConnection::new(server_cfg).map_err(|e| e.to_string())?;
-    let mut down = rustls::StreamOwned::new(conn, tcp);
-
-    let up_tcp = TcpStream::connect(upstream).map_err(|e| format!("connect A: {e}"))?;
-    up_tcp
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::IpAddress(upstream.ip().into());
-    let conn = rustls::ClientConnection::new(client_cfg, name).map_err(|e| e.to_string())?;
-    let mut up = rustls::StreamOwned::new(conn, up_tcp);
-
-    let (mut dbuf, mut ubuf) = (Vec::new(), Vec::new());
-    loop {
-        let Some(req) = read_message(&mut down, &mut dbuf).map_err(|e| format!("client: {e}"))?
-        else {
-            return Ok(());
-        };
-        up.write_all(&req.raw)
-            .and_then(|_| up.flush())
-            .map_err(|e| format!("write to A: {e}"))?;
-        let resp = read_message(&mut up, &mut ubuf)
-            .map_err(|e| format!("A: {e}"))?
-            .ok_or_else(|| format!("A closed without answering {}", req.start_line))?;
-        if req.path() == drain::wire::TRANSFER_PATH {
-            // A answered, so whatever it stored is durable. Go dark first (later connections
-            // are refused), then cut this one without a word.
-            st.listener.lock().unwrap().take();
-            let (results, stored) =
-                match serde_json::from_slice::<drain::wire::TransferResponse>(&resp.body) {
-                    Ok(r) => (
-                        r.results.len(),
-                        r.results
-                            .iter()
-                            .filter(|i| i.outcome.is_acked())
-                            .filter_map(|i| i.id.map(|id| id.to_string()))
-                            .collect(),
-                    ),
-                    Err(_) => (0, BTreeSet::new()),
-                };
-            st.cut.lock().unwrap().push(CutTransfer {
-                status: resp.status(),
-                results,
-                stored,
-            });
-            let _ = down.sock.shutdown(Shutdown::Both);
-            let _ = up.sock.shutdown(Shutdown::Both);
-            return Ok(());
-        }
-        st.forwarded
-            .lock()
-            .unwrap()
-            .push(format!("{} -> {}", req.start_line, resp.status()));
-        down.write_all(&resp.raw)
-            .and_then(|_| down.flush())
-            .map_err(|e| format!("write to client: {e}"))?;
-    }
-}
 
 /// A (behind the proxy) and B, on loopback addresses `base`, `base+1` (A), `base+2` (B).
 struct Setup {
     tmp: TempDir,
     a: Server,
     b: Server,
-    proxy: BlackHoleProxy,
+    proxy: AnswerDropProxy,
     ca: PathBuf,
     src: PathBuf,
     originals: BTreeMap<String, (String, String)>,
@@ -354,7 +43,7 @@ impl Setup {
         let b_ip = format!("127.0.0.{}", base + 2);
         let a = Server::start_with_names(&tmp, "a", ServeConfig::on(&a_ip), &[&a_ip, &proxy_ip]);
         let b = Server::start(&tmp, "b", ServeConfig::on(&b_ip));
-        let proxy = BlackHoleProxy::start(&proxy_ip, &a);
+        let proxy = AnswerDropProxy::start(&proxy_ip, &a, |_| Verdict::CutAndGoDark);
         let ca = ca_bundle(&tmp, &[&a, &b]);
         let src = tmp.sub("src");
         let originals = fill(&src, messages);
@@ -378,21 +67,14 @@ impl Setup {
     fn spawn_drain(&self, extra: &[&str], name: &str) -> (Child, PathBuf, PathBuf) {
         let out = self.tmp.path().join(format!("{name}.out"));
         let err = self.tmp.path().join(format!("{name}.err"));
-        let child = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&self.src)
-            .arg("--ca-cert")
-            .arg(&self.ca)
-            .args(["--concurrency", "2", "--batch-size", "20", "--json"])
-            .args(extra)
-            // A first: the round robin starts there, so the first request carries the batch.
-            .arg(self.proxy_dest())
-            .arg(self.b.dest())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).expect("stdout file"))
-            .stderr(std::fs::File::create(&err).expect("stderr file"))
-            .spawn()
-            .expect("run drain");
+        let ca = self.ca.display().to_string();
+        let (proxy, b) = (self.proxy_dest(), self.b.dest());
+        let mut args = vec!["--ca-cert", &ca, "--concurrency", "2", "--batch-size", "20"];
+        args.push("--json");
+        args.extend_from_slice(extra);
+        // A first: the round robin starts there, so the first request carries the batch.
+        args.extend([proxy.as_str(), b.as_str()]);
+        let child = spawn_logged(&self.src, &args, &out, &err);
         (child, out, err)
     }
 
@@ -406,56 +88,18 @@ impl Setup {
     }
 }
 
-/// Waits for `child` to exit, killing it (and panicking) after `limit`.
-fn wait_exit(child: &mut Child, limit: Duration, err: &Path) -> i32 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = child.try_wait().expect("wait drain") {
-            return s.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "drain did not exit within {limit:?}\nstderr:\n{}",
-                std::fs::read_to_string(err).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Every message record of the source's last run, by id, and that run.
-fn journal_of(src: &Path) -> (drain::journal::RunRecord, BTreeMap<String, MessageRecord>) {
-    let j = Journal::open(src).expect("open the sender's journal");
-    let run = j
-        .last_run()
-        .expect("last run")
-        .expect("a run was journaled");
-    let mut recs = BTreeMap::new();
-    j.for_each_message(run.seq, |id, rec| {
-        recs.insert(id.to_string(), rec);
-        Ok(())
-    })
-    .expect("read message records");
-    (run, recs)
-}
-
-fn ids(entries: &[LsEntry]) -> BTreeSet<String> {
-    entries.iter().map(|e| e.id.clone()).collect()
-}
-
-/// Checks each listed message against the original (hash, queue); no unknown message.
-fn check_copies(where_: &str, entries: &[LsEntry], originals: &BTreeMap<String, (String, String)>) {
-    let mut seen = BTreeSet::new();
-    for e in entries {
-        assert!(seen.insert(&e.id), "{where_} lists {} twice", e.id);
-        let (queue, hash) = originals
-            .get(&e.id)
-            .unwrap_or_else(|| panic!("{where_} holds an unknown message {}", e.id));
-        assert_eq!(&e.hash, hash, "{where_}: hash of {}", e.id);
-        assert_eq!(&e.queue, queue, "{where_}: queue of {}", e.id);
-    }
+/// The journaled messages among the originals, by id (through `drain inspect`), and the
+/// summary of the source's last run.
+fn journal_of(
+    src: &std::path::Path,
+    originals: &BTreeMap<String, (String, String)>,
+) -> (serde_json::Value, BTreeMap<String, MessageInRun>) {
+    let summary = inspect_json(src, &[]);
+    let recs = originals
+        .keys()
+        .filter_map(|id| Some((id.clone(), message_history(src, id)?)))
+        .collect();
+    (summary, recs)
 }
 
 #[test]
@@ -534,14 +178,16 @@ fn reassign_after_releases_pinned_messages_flagged_as_possible_duplicates() {
     assert!(missing.is_empty(), "lost messages: {missing:?}");
 
     // The journal: finished, every message deleted after B's ack; the duplicates are flagged.
-    let (run, recs) = journal_of(&s.src);
-    assert_eq!(run.status, RunStatus::Finished, "{run:?}");
-    assert_eq!(run.exit_code, Some(0), "{run:?}");
+    let (summary, recs) = journal_of(&s.src, &s.originals);
+    let run = &summary["run"];
+    assert_eq!(run["status"], "finished", "{run}");
+    assert_eq!(run["exit_code"], 0, "{run}");
     assert_eq!(
         recs.keys().cloned().collect::<BTreeSet<_>>(),
         all,
         "journaled messages"
     );
+    assert_eq!(last_run_count(&summary, "total"), all.len() as u64, "{run}");
     let flagged: BTreeSet<String> = recs
         .iter()
         .filter(|(_, r)| r.possible_duplicate)
@@ -558,16 +204,13 @@ fn reassign_after_releases_pinned_messages_flagged_as_possible_duplicates() {
         "flagged messages are exactly the ones the cut request carried (all stored by A)"
     );
     for (id, r) in &recs {
-        assert_eq!(r.state, State::Deleted, "{id}: {r:?}");
+        assert_eq!(r.state, "deleted", "{id}: {r:?}");
         assert_eq!(r.dest.as_deref(), Some(b_dest.as_str()), "{id}: {r:?}");
         let reassigned: Vec<_> = r
             .history
             .iter()
             .enumerate()
-            .filter(|(_, t)| {
-                t.state == State::Read
-                    && t.note.as_deref().is_some_and(|n| n.contains("reassigned"))
-            })
+            .filter(|(_, t)| t.event == "reassigned")
             .collect();
         if !r.possible_duplicate {
             assert!(
@@ -587,7 +230,7 @@ fn reassign_after_releases_pinned_messages_flagged_as_possible_duplicates() {
         let sent = r.history[..i]
             .iter()
             .rev()
-            .find(|t| t.state == State::Sent)
+            .find(|t| t.event == "sent")
             .unwrap_or_else(|| panic!("{id}: reassigned without a prior send: {r:?}"));
         assert_eq!(
             sent.dest.as_deref(),
@@ -595,18 +238,18 @@ fn reassign_after_releases_pinned_messages_flagged_as_possible_duplicates() {
             "{id}: {r:?}"
         );
         assert!(
-            t.at.0 - sent.at.0 >= time::Duration::seconds(2),
+            t.time() - sent.time() >= time::Duration::seconds(2),
             "{id}: released {} after it was sent, before --reassign-after 2s: {r:?}",
-            t.at.0 - sent.at.0
+            t.time() - sent.time()
         );
         // After it: sent to B and acknowledged there.
         let after: Vec<_> = r.history[i + 1..]
             .iter()
-            .map(|t| (t.state, t.dest.clone()))
+            .map(|t| (t.event.as_str(), t.dest.clone()))
             .collect();
         assert!(
-            after.contains(&(State::Sent, Some(b_dest.clone())))
-                && after.contains(&(State::Acked, Some(b_dest.clone()))),
+            after.contains(&("sent", Some(b_dest.clone())))
+                && after.contains(&("acked", Some(b_dest.clone()))),
             "{id}: not re-sent to B after the reassignment: {r:?}"
         );
     }
@@ -671,12 +314,13 @@ fn without_reassign_after_pinned_messages_wait_for_their_destination() {
         "A holds exactly what it answered stored{ctx}"
     );
 
-    let (run, recs) = journal_of(&s.src);
-    assert_eq!(run.status, RunStatus::Interrupted, "{run:?}");
-    assert_eq!(run.exit_code, Some(42), "{run:?}");
+    let (summary, recs) = journal_of(&s.src, &s.originals);
+    let run = &summary["run"];
+    assert_eq!(run["status"], "interrupted", "{run}");
+    assert_eq!(run["exit_code"], 42, "{run}");
     let pinned: BTreeSet<String> = recs
         .iter()
-        .filter(|(_, r)| r.state == State::Sent)
+        .filter(|(_, r)| r.state == "sent")
         .map(|(id, _)| id.clone())
         .collect();
     assert_eq!(

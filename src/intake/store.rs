@@ -125,10 +125,9 @@ impl Store {
             reason: e.to_string(),
         };
         // A fixed cache: memory must not grow with the number of messages taken in.
-        let db = redb::Builder::new()
-            .set_cache_size(16 << 20)
-            .create(&path)
-            .map_err(|e| dberr(&e))?;
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(16 << 20);
+        let db = crate::groupcommit::create_or_open(&path, &builder).map_err(|e| dberr(&e))?;
         let txn = db.begin_write().map_err(|e| dberr(&e))?;
         txn.open_table(DEDUPE).map_err(|e| dberr(&e))?;
         txn.commit().map_err(|e| dberr(&e))?;

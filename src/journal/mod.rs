@@ -191,11 +191,11 @@ fn open_db(path: &Path) -> Result<Database, JournalError> {
     let err = |e: redb::Error| JournalError::db(path, e);
     // A fixed cache: memory must not grow with the number of messages (invariant 5).
     // SingleWriter: `drain inspect` may open it read-only from another process meanwhile.
-    let db = redb::Builder::new()
+    let mut builder = redb::Builder::new();
+    builder
         .set_cache_size(tables::CACHE_BYTES)
-        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-        .create(path)
-        .map_err(|e| err(e.into()))?;
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    let db = crate::groupcommit::create_or_open(path, &builder).map_err(err)?;
     let txn = db.begin_write().map_err(|e| err(e.into()))?;
     {
         let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;

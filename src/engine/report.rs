@@ -1,10 +1,17 @@
-//! What a drain run did, counted as it happens and printed at the end (text, or JSON).
+//! What a drain run did, counted as it happens and printed at the end (text, or JSON), and the
+//! exit code it means.
+//!
+//! Owns [`Report`] and [`exit_code`] (the table of product.md). Uses only `options` ([`Mode`]);
+//! filled by the ledger and the flow modules through `run`, finished by `lifecycle`, printed
+//! by the CLI and the demo.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::Serialize;
+
+use super::options::Mode;
 
 pub use crate::base::units::{Count, human_bytes};
 
@@ -63,6 +70,15 @@ impl Report {
 
     pub fn set_elapsed(&mut self, d: Duration) {
         self.elapsed_secs = (d.as_secs_f64() * 1000.0).round() / 1000.0;
+    }
+
+    /// The report as printed on standard output: one JSON line, or the text.
+    pub fn render(&self, json: bool) -> Result<String, serde_json::Error> {
+        Ok(if json {
+            format!("{}\n", serde_json::to_string(self)?)
+        } else {
+            self.to_text()
+        })
     }
 
     /// Human-readable report.
@@ -146,5 +162,213 @@ impl Report {
             );
         }
         s
+    }
+}
+
+/// The exit code and a one-line outcome, as product.md defines them.
+pub fn exit_code(r: &Report, stopped: bool, mode: Mode) -> (i32, &'static str) {
+    if stopped {
+        (42, "stopped by signal")
+    } else if !r.remove_failed.is_empty() {
+        if r.undelivered.is_empty() && r.in_doubt == r.remove_failed.len() as u64 {
+            (40, "delivered; removing some local copies failed")
+        } else {
+            (41, "partly delivered; removing some local copies failed")
+        }
+    } else if !r.undelivered.is_empty() || r.in_doubt > 0 {
+        (12, "some messages could not be distributed")
+    } else if !r.unreadable.is_empty() {
+        (11, "some messages could not be read")
+    } else if r.fallback.messages > 0 {
+        (13, "the rest was moved to the fallback path")
+    } else if mode == Mode::SettleOnly {
+        (0, "settled")
+    } else {
+        (0, "drained")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(n: usize) -> Vec<Problem> {
+        (0..n)
+            .map(|i| Problem {
+                what: format!("m{i}"),
+                reason: "r".into(),
+            })
+            .collect()
+    }
+
+    /// What a test case puts into the report.
+    #[derive(Default, Clone, Copy)]
+    struct Case {
+        stopped: bool,
+        remove_failed: usize,
+        undelivered: usize,
+        in_doubt: u64,
+        unreadable: usize,
+        fallback: u64,
+        settle_only: bool,
+    }
+
+    fn code_of(c: Case) -> (i32, &'static str) {
+        let r = Report {
+            remove_failed: problems(c.remove_failed),
+            undelivered: problems(c.undelivered),
+            in_doubt: c.in_doubt,
+            unreadable: problems(c.unreadable),
+            fallback: Count {
+                messages: c.fallback,
+                bytes: c.fallback * 10,
+            },
+            ..Report::default()
+        };
+        let mode = if c.settle_only {
+            Mode::SettleOnly
+        } else {
+            Mode::Fresh
+        };
+        exit_code(&r, c.stopped, mode)
+    }
+
+    #[test]
+    fn exit_code_table() {
+        let none = Case::default();
+        let table: Vec<(&str, Case, i32, &str)> = vec![
+            ("empty spool", none, 0, "drained"),
+            (
+                "settle only",
+                Case {
+                    settle_only: true,
+                    ..none
+                },
+                0,
+                "settled",
+            ),
+            (
+                "unreadable",
+                Case {
+                    unreadable: 1,
+                    ..none
+                },
+                11,
+                "some messages could not be read",
+            ),
+            (
+                "undelivered",
+                Case {
+                    undelivered: 2,
+                    ..none
+                },
+                12,
+                "some messages could not be distributed",
+            ),
+            (
+                "in doubt",
+                Case {
+                    in_doubt: 1,
+                    ..none
+                },
+                12,
+                "some messages could not be distributed",
+            ),
+            (
+                "undelivered beats unreadable",
+                Case {
+                    undelivered: 1,
+                    unreadable: 1,
+                    ..none
+                },
+                12,
+                "some messages could not be distributed",
+            ),
+            (
+                "fallback",
+                Case {
+                    fallback: 3,
+                    ..none
+                },
+                13,
+                "the rest was moved to the fallback path",
+            ),
+            (
+                "unreadable beats fallback",
+                Case {
+                    unreadable: 1,
+                    fallback: 3,
+                    ..none
+                },
+                11,
+                "some messages could not be read",
+            ),
+            (
+                "remove failed, all delivered",
+                Case {
+                    remove_failed: 2,
+                    in_doubt: 2,
+                    ..none
+                },
+                40,
+                "delivered; removing some local copies failed",
+            ),
+            (
+                "remove failed, more in doubt",
+                Case {
+                    remove_failed: 2,
+                    in_doubt: 3,
+                    ..none
+                },
+                41,
+                "partly delivered; removing some local copies failed",
+            ),
+            (
+                "remove failed and undelivered",
+                Case {
+                    remove_failed: 1,
+                    in_doubt: 1,
+                    undelivered: 1,
+                    ..none
+                },
+                41,
+                "partly delivered; removing some local copies failed",
+            ),
+            (
+                "remove failed, none in doubt",
+                Case {
+                    remove_failed: 1,
+                    ..none
+                },
+                41,
+                "partly delivered; removing some local copies failed",
+            ),
+            (
+                "stopped beats everything",
+                Case {
+                    stopped: true,
+                    remove_failed: 1,
+                    undelivered: 1,
+                    unreadable: 1,
+                    in_doubt: 4,
+                    fallback: 1,
+                    ..none
+                },
+                42,
+                "stopped by signal",
+            ),
+            (
+                "stopped with nothing else",
+                Case {
+                    stopped: true,
+                    ..none
+                },
+                42,
+                "stopped by signal",
+            ),
+        ];
+        for (name, case, code, outcome) in table {
+            assert_eq!(code_of(case), (code, outcome), "{name}");
+        }
     }
 }

@@ -7,8 +7,6 @@
 //! records themselves are written by the ledger. Uses `options`, `report`, `run` and `ledger`;
 //! called by `engine::run` at its start and end.
 
-use std::time::Instant;
-
 use anyhow::Context;
 
 use super::ledger;
@@ -123,12 +121,7 @@ fn new_run(journal: &Journal, opts: &DrainOptions) -> anyhow::Result<RunRecord> 
 
 /// Ends this invocation: counts what is still in doubt, sets the exit code, journals the run's
 /// record, and (when finished) tells the destinations. Returns the report.
-pub(crate) async fn finish(
-    run: &Run,
-    mut record: RunRecord,
-    started: Instant,
-    mode: Mode,
-) -> anyhow::Result<Report> {
+pub(crate) async fn finish(run: &Run, mut record: RunRecord, mode: Mode) -> anyhow::Result<Report> {
     // What is still in doubt decides whether the run is finished.
     let mut in_doubt = 0u64;
     run.journal.for_each_message(record.seq, |_, rec| {
@@ -140,7 +133,7 @@ pub(crate) async fn finish(
     let stopped = run.stopped();
     let mut report = run.state.report().clone();
     report.in_doubt = in_doubt;
-    report.set_elapsed(started.elapsed());
+    report.set_elapsed(run.set.started.elapsed());
     let (code, outcome) = report::exit_code(&report, stopped, mode);
     report.exit_code = code;
     report.outcome = outcome.to_string();

@@ -82,10 +82,8 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
         } => (record, continuing, dests, active),
         Begun::NothingToResume(report) => return Ok(report),
     };
-    let set = Settings::new(&opts, record.seq, dests, active);
-    let run = Arc::new(assemble(
-        &opts, &inst, &record, set, &journal, spool, stop, started,
-    )?);
+    let set = Settings::new(&opts, record.seq, dests, active, started);
+    let run = Arc::new(assemble(&opts, &inst, &record, set, &journal, spool, stop)?);
     tracing::info!(
         run = %record.id,
         destinations = %run.set.dests.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","),
@@ -95,7 +93,7 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
         record.seq
     );
     progress::count_spool(&run);
-    let progress = tokio::spawn(progress::show(run.clone(), started, opts.progress));
+    let progress = tokio::spawn(progress::show(run.clone(), opts.progress));
 
     if continuing {
         resume::resume_in_doubt(&run).await?;
@@ -106,7 +104,7 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
     progress.abort();
     let _ = progress.await;
 
-    let report = lifecycle::finish(&run, record, started, opts.mode).await?;
+    let report = lifecycle::finish(&run, record, opts.mode).await?;
     // Close the journal cleanly (every task holding the run has ended).
     drop(run);
     journal.close();
@@ -114,7 +112,6 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
 }
 
 /// Opens the run's services (fallback directory, HTTPS client, byte budget) around `set`.
-#[allow(clippy::too_many_arguments)]
 fn assemble(
     opts: &DrainOptions,
     inst: &Instance,
@@ -123,10 +120,9 @@ fn assemble(
     journal: &Journal,
     spool: Spool,
     stop: CancellationToken,
-    started: Instant,
 ) -> anyhow::Result<Run> {
     let fallback = match &opts.fallback {
-        Some((dir, after)) => Some(FallbackDir::open(dir, started + *after)?),
+        Some((dir, after)) => Some(FallbackDir::open(dir, set.started + *after)?),
         None => None,
     };
     let client = Client::new(

@@ -4,11 +4,11 @@
 //! so "left" and the ETA appear once it is done.
 //!
 //! Owns the display only: it reads the run's report and totals and changes nothing. Uses
-//! `options`, `run` and `report`; started and aborted by `engine::run`.
+//! `options` and `run`; started and aborted by `engine::run`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::options::ProgressMode;
 use super::run::Run;
@@ -42,7 +42,7 @@ struct Snapshot {
     per_dest: String,
 }
 
-fn snapshot(run: &Run, started: Instant) -> Snapshot {
+fn snapshot(run: &Run) -> Snapshot {
     let (done, done_bytes, failed, per_dest) = {
         let r = run.state.report();
         let t = r.total();
@@ -59,7 +59,7 @@ fn snapshot(run: &Run, started: Instant) -> Snapshot {
             per.join(","),
         )
     };
-    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let secs = run.set.started.elapsed().as_secs_f64().max(0.001);
     let (tm, tb) = (
         run.state.totals.messages.load(Ordering::Relaxed),
         run.state.totals.bytes.load(Ordering::Relaxed),
@@ -85,12 +85,12 @@ fn snapshot(run: &Run, started: Instant) -> Snapshot {
 }
 
 /// Shows progress until aborted.
-pub(crate) async fn show(run: Arc<Run>, started: Instant, mode: ProgressMode) {
+pub(crate) async fn show(run: Arc<Run>, mode: ProgressMode) {
     match mode {
         ProgressMode::Off => {}
         ProgressMode::Log(every) => loop {
             tokio::time::sleep(every).await;
-            let s = snapshot(&run, started);
+            let s = snapshot(&run);
             tracing::info!(
                 done = s.done,
                 done_bytes = s.done_bytes,
@@ -114,7 +114,7 @@ pub(crate) async fn show(run: Arc<Run>, started: Instant, mode: ProgressMode) {
             );
             let _clear = ClearOnDrop(bar.clone());
             loop {
-                let s = snapshot(&run, started);
+                let s = snapshot(&run);
                 bar.set_length(s.left.map_or(s.done, |l| s.done + s.failed + l));
                 bar.set_position(s.done + s.failed);
                 bar.set_message(format!(

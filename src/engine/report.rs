@@ -131,6 +131,19 @@ impl Report {
                 let _ = writeln!(s, "    {n} x {r}");
             }
         }
+        self.write_problems(&mut s);
+        if self.in_doubt > 0 {
+            let _ = writeln!(
+                s,
+                "  {} messages are in doubt (sent, not confirmed): run `drain resume`",
+                self.in_doubt
+            );
+        }
+        s
+    }
+
+    /// The lists of what did not move, at most 50 lines each.
+    fn write_problems(&self, s: &mut String) {
         let lists = [
             ("could not be read (left in place)", &self.unreadable),
             ("could not be delivered (left in place)", &self.undelivered),
@@ -154,14 +167,6 @@ impl Report {
                 }
             }
         }
-        if self.in_doubt > 0 {
-            let _ = writeln!(
-                s,
-                "  {} messages are in doubt (sent, not confirmed): run `drain resume`",
-                self.in_doubt
-            );
-        }
-        s
     }
 }
 
@@ -192,7 +197,7 @@ pub fn exit_code(r: &Report, stopped: bool, mode: Mode) -> (i32, &'static str) {
 mod tests {
     use super::*;
 
-    fn problems(n: usize) -> Vec<Problem> {
+    fn problems(n: u64) -> Vec<Problem> {
         (0..n)
             .map(|i| Problem {
                 what: format!("m{i}"),
@@ -201,174 +206,80 @@ mod tests {
             .collect()
     }
 
-    /// What a test case puts into the report.
-    #[derive(Default, Clone, Copy)]
-    struct Case {
-        stopped: bool,
-        remove_failed: usize,
-        undelivered: usize,
-        in_doubt: u64,
-        unreadable: usize,
-        fallback: u64,
-        settle_only: bool,
-    }
+    /// Columns of a case: stopped, remove_failed, undelivered, in_doubt, unreadable,
+    /// fallback messages, settle_only (booleans as 0/1).
+    type Case = [u64; 7];
 
-    fn code_of(c: Case) -> (i32, &'static str) {
-        let r = Report {
-            remove_failed: problems(c.remove_failed),
-            undelivered: problems(c.undelivered),
-            in_doubt: c.in_doubt,
-            unreadable: problems(c.unreadable),
-            fallback: Count {
-                messages: c.fallback,
-                bytes: c.fallback * 10,
-            },
-            ..Report::default()
-        };
-        let mode = if c.settle_only {
-            Mode::SettleOnly
-        } else {
-            Mode::Fresh
-        };
-        exit_code(&r, c.stopped, mode)
+    /// Every exit code a run can produce, with the precedence between them.
+    const TABLE: &[(&str, Case, i32)] = &[
+        ("empty spool", [0, 0, 0, 0, 0, 0, 0], 0),
+        ("settle only", [0, 0, 0, 0, 0, 0, 1], 0),
+        ("unreadable", [0, 0, 0, 0, 1, 0, 0], 11),
+        ("undelivered", [0, 0, 2, 0, 0, 0, 0], 12),
+        ("in doubt", [0, 0, 0, 1, 0, 0, 0], 12),
+        ("in doubt, settle only", [0, 0, 0, 1, 0, 0, 1], 12),
+        ("undelivered beats unreadable", [0, 0, 1, 0, 1, 0, 0], 12),
+        ("fallback", [0, 0, 0, 0, 0, 3, 0], 13),
+        ("unreadable beats fallback", [0, 0, 0, 0, 1, 3, 0], 11),
+        ("undelivered beats fallback", [0, 0, 1, 0, 0, 3, 0], 12),
+        ("remove failed, rest delivered", [0, 2, 0, 2, 0, 0, 0], 40),
+        ("remove failed, more in doubt", [0, 2, 0, 3, 0, 0, 0], 41),
+        ("remove failed and undelivered", [0, 1, 1, 1, 0, 0, 0], 41),
+        ("remove failed, none in doubt", [0, 1, 0, 0, 0, 0, 0], 41),
+        ("remove failed beats unreadable", [0, 1, 0, 1, 1, 0, 0], 40),
+        ("stopped", [1, 0, 0, 0, 0, 0, 0], 42),
+        ("stopped beats everything", [1, 1, 1, 4, 1, 1, 1], 42),
+    ];
+
+    fn outcome_of(code: i32, settle_only: bool) -> &'static str {
+        match code {
+            0 if settle_only => "settled",
+            0 => "drained",
+            11 => "some messages could not be read",
+            12 => "some messages could not be distributed",
+            13 => "the rest was moved to the fallback path",
+            40 => "delivered; removing some local copies failed",
+            41 => "partly delivered; removing some local copies failed",
+            42 => "stopped by signal",
+            _ => "?",
+        }
     }
 
     #[test]
     fn exit_code_table() {
-        let none = Case::default();
-        let table: Vec<(&str, Case, i32, &str)> = vec![
-            ("empty spool", none, 0, "drained"),
-            (
-                "settle only",
-                Case {
-                    settle_only: true,
-                    ..none
+        for &(name, c, code) in TABLE {
+            let [
+                stopped,
+                remove_failed,
+                undelivered,
+                in_doubt,
+                unreadable,
+                fallback,
+                settle,
+            ] = c;
+            let r = Report {
+                remove_failed: problems(remove_failed),
+                undelivered: problems(undelivered),
+                in_doubt,
+                unreadable: problems(unreadable),
+                fallback: Count {
+                    messages: fallback,
+                    bytes: fallback * 10,
                 },
-                0,
-                "settled",
-            ),
-            (
-                "unreadable",
-                Case {
-                    unreadable: 1,
-                    ..none
-                },
-                11,
-                "some messages could not be read",
-            ),
-            (
-                "undelivered",
-                Case {
-                    undelivered: 2,
-                    ..none
-                },
-                12,
-                "some messages could not be distributed",
-            ),
-            (
-                "in doubt",
-                Case {
-                    in_doubt: 1,
-                    ..none
-                },
-                12,
-                "some messages could not be distributed",
-            ),
-            (
-                "undelivered beats unreadable",
-                Case {
-                    undelivered: 1,
-                    unreadable: 1,
-                    ..none
-                },
-                12,
-                "some messages could not be distributed",
-            ),
-            (
-                "fallback",
-                Case {
-                    fallback: 3,
-                    ..none
-                },
-                13,
-                "the rest was moved to the fallback path",
-            ),
-            (
-                "unreadable beats fallback",
-                Case {
-                    unreadable: 1,
-                    fallback: 3,
-                    ..none
-                },
-                11,
-                "some messages could not be read",
-            ),
-            (
-                "remove failed, all delivered",
-                Case {
-                    remove_failed: 2,
-                    in_doubt: 2,
-                    ..none
-                },
-                40,
-                "delivered; removing some local copies failed",
-            ),
-            (
-                "remove failed, more in doubt",
-                Case {
-                    remove_failed: 2,
-                    in_doubt: 3,
-                    ..none
-                },
-                41,
-                "partly delivered; removing some local copies failed",
-            ),
-            (
-                "remove failed and undelivered",
-                Case {
-                    remove_failed: 1,
-                    in_doubt: 1,
-                    undelivered: 1,
-                    ..none
-                },
-                41,
-                "partly delivered; removing some local copies failed",
-            ),
-            (
-                "remove failed, none in doubt",
-                Case {
-                    remove_failed: 1,
-                    ..none
-                },
-                41,
-                "partly delivered; removing some local copies failed",
-            ),
-            (
-                "stopped beats everything",
-                Case {
-                    stopped: true,
-                    remove_failed: 1,
-                    undelivered: 1,
-                    unreadable: 1,
-                    in_doubt: 4,
-                    fallback: 1,
-                    ..none
-                },
-                42,
-                "stopped by signal",
-            ),
-            (
-                "stopped with nothing else",
-                Case {
-                    stopped: true,
-                    ..none
-                },
-                42,
-                "stopped by signal",
-            ),
-        ];
-        for (name, case, code, outcome) in table {
-            assert_eq!(code_of(case), (code, outcome), "{name}");
+                ..Report::default()
+            };
+            let mode = if settle == 1 {
+                Mode::SettleOnly
+            } else {
+                Mode::Fresh
+            };
+            let want = (code, outcome_of(code, settle == 1));
+            assert_eq!(exit_code(&r, stopped == 1, mode), want, "{name}");
         }
+        let codes: std::collections::BTreeSet<i32> = TABLE.iter().map(|t| t.2).collect();
+        assert_eq!(
+            codes.into_iter().collect::<Vec<_>>(),
+            [0, 11, 12, 13, 40, 41, 42]
+        );
     }
 }

@@ -43,6 +43,8 @@ pub(crate) struct Settings {
     /// The byte budget in KiB permits.
     pub budget_units: u32,
     pub reassign_after: Option<Duration>,
+    /// When the run's invocation started (progress, elapsed time, fallback deadline).
+    pub started: Instant,
 }
 
 impl Settings {
@@ -52,6 +54,7 @@ impl Settings {
         run_seq: u64,
         dests: Vec<Destination>,
         active: Vec<bool>,
+        started: Instant,
     ) -> Settings {
         let concurrency = opts.concurrency.max(1);
         // About one request in flight per active destination (at least two): larger requests
@@ -74,6 +77,7 @@ impl Settings {
             workers,
             budget_units,
             reassign_after: opts.reassign_after,
+            started,
         }
     }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::engine::Destination;
+use crate::base::Destination;
 use crate::intake::{NetList, ServeOptions, config};
 
 #[derive(Parser, Debug)]

@@ -14,10 +14,9 @@
 //! | counted and shown | `report`, `progress` |
 //! | the run's own record and exit code | `lifecycle`, `report` |
 //!
-//! Shared context: `run` (fixed [`Settings`](run::Settings), shared services, mutable
-//! [`RunState`](run::RunState)); `options` holds what the caller asks for ([`DrainOptions`],
-//! [`Mode`]); `item` is one message on its way. A process-level wrapper with the instance lock
-//! and signal handling is [`session`].
+//! Shared context: `run` (fixed `Settings`, shared services, mutable `RunState`); `options`
+//! holds what the caller asks for ([`DrainOptions`], [`Mode`]); `item` is one message on its
+//! way. A process-level wrapper with the instance lock and signal handling is [`session`].
 //!
 //! Imports flow one way (each module uses only those listed before it):
 //! `options`, `report`, `client`, `item`, `fallback_dir` -> `run` -> `ledger` ->

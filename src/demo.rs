@@ -1,6 +1,9 @@
 //! `drain demo`: the whole product on one machine. Starts two `drain serve` destinations on
 //! 127.0.0.2 and 127.0.0.3 with self-signed certificates, fills a source spool with sample
 //! messages of every queue kind, drains it, and audits where every message went.
+//!
+//! Drains through `engine::session`, as `drain` does; called by the CLI (`drain demo`), and
+//! `fill` by tests and benches.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::base::{MessageId, QueueKind, Timestamp};
-use crate::engine::{Destination, DrainOptions};
+use crate::engine::{Destination, DrainOptions, Mode, ProgressMode, session};
 use crate::spool::{Header, Message, Spool};
 
 /// Kills the child processes however the demo ends.
@@ -40,6 +43,57 @@ pub fn run(messages: usize, keep: bool) -> anyhow::Result<i32> {
 fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("cannot find the drain executable")?;
     let mut children = Children(Vec::new());
+    let (dests, ca) = start_destinations(base, &exe, &mut children)?;
+    let src = base.join("source");
+    let originals = fill(&src, messages)?;
+    let total: u64 = originals.values().map(|(_, _, s)| s).sum();
+    println!(
+        "source: {} messages ({}) in {}",
+        originals.len(),
+        crate::base::units::human_bytes(total),
+        src.display()
+    );
+    println!(
+        "draining to {} ...",
+        dests
+            .iter()
+            .map(|(_, d)| d.to_string())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    );
+    let opts = DrainOptions {
+        data_dir: src.clone(),
+        destinations: dests.iter().map(|(_, d)| d.clone()).collect(),
+        concurrency: crate::engine::default_concurrency(),
+        bind_ip: None,
+        ca_cert: Some(ca),
+        max_in_flight_bytes: 64 << 20,
+        batch_size: None,
+        mode: Mode::Fresh,
+        reassign_after: None,
+        fallback: None,
+        progress: ProgressMode::for_stderr(false, Duration::from_secs(2)),
+    };
+    let wait = crate::control::EventWait {
+        wait: true,
+        max: None,
+    };
+    let code = session::drain(opts, Some(wait))?.print(false)?;
+    let ok = audit(&src, &dests, &originals)? && code == 0;
+    println!("demo {}", if ok { "passed" } else { "FAILED" });
+    Ok(if ok { 0 } else { code.max(1) })
+}
+
+/// A destination of the demo: its data directory and address.
+type Dest = (std::path::PathBuf, Destination);
+
+/// Starts two `drain serve` destinations with self-signed certificates; returns them and the
+/// path of a CA bundle trusting both.
+fn start_destinations(
+    base: &Path,
+    exe: &Path,
+    children: &mut Children,
+) -> anyhow::Result<(Vec<Dest>, std::path::PathBuf)> {
     let mut dests = Vec::new();
     let mut bundle = String::new();
     for (i, ip) in ["127.0.0.2", "127.0.0.3"].iter().enumerate() {
@@ -48,7 +102,7 @@ fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
         let (cert, key) =
             crate::tls::write_self_signed(&[ip.to_string()], base, &format!("dest{}", i + 1))?;
         bundle.push_str(&std::fs::read_to_string(&cert)?);
-        let child = Command::new(&exe)
+        let child = Command::new(exe)
             .arg("--data-dir")
             .arg(&dir)
             .arg("--quiet")
@@ -77,51 +131,19 @@ fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
     }
     let ca = base.join("ca.pem");
     std::fs::write(&ca, bundle)?;
+    Ok((dests, ca))
+}
 
-    let src = base.join("source");
-    let originals = fill(&src, messages)?;
-    let total: u64 = originals.values().map(|(_, _, s)| s).sum();
-    println!(
-        "source: {} messages ({}) in {}",
-        originals.len(),
-        crate::base::units::human_bytes(total),
-        src.display()
-    );
-    println!(
-        "draining to {} ...",
-        dests
-            .iter()
-            .map(|(_, d)| d.to_string())
-            .collect::<Vec<_>>()
-            .join(" and ")
-    );
-    let code = crate::cli::drain(
-        DrainOptions {
-            data_dir: src.clone(),
-            destinations: dests.iter().map(|(_, d)| d.clone()).collect(),
-            concurrency: crate::engine::default_concurrency(),
-            bind_ip: None,
-            ca_cert: Some(ca),
-            max_in_flight_bytes: 64 << 20,
-            batch_size: None,
-            resume: false,
-            settle_only: false,
-            reassign_after: None,
-            fallback: None,
-            progress: crate::cli::progress_mode(false, std::time::Duration::from_secs(2)),
-        },
-        false,
-        Some(crate::control::EventWait {
-            wait: true,
-            max: None,
-        }),
-    )?;
-
-    // The audit: every original on exactly one destination, byte-identical.
+/// The audit: every original on exactly one destination, byte-identical, none left behind.
+fn audit(
+    src: &Path,
+    dests: &[Dest],
+    originals: &HashMap<MessageId, (QueueKind, crate::base::ContentHash, u64)>,
+) -> anyhow::Result<bool> {
     println!("audit:");
     let mut seen: HashMap<MessageId, usize> = HashMap::new();
     let mut mismatched = 0;
-    for (dir, d) in &dests {
+    for (dir, d) in dests {
         let spool = Spool::open(dir)?;
         let mut per_queue: BTreeMap<&str, usize> = BTreeMap::new();
         for e in spool.scan() {
@@ -136,7 +158,7 @@ fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
         let n: usize = per_queue.values().sum();
         println!("  {d}: {n} messages {per_queue:?}");
     }
-    let left = Spool::open(&src)?.scan().count();
+    let left = Spool::open(src)?.scan().count();
     let once = originals
         .keys()
         .filter(|id| seen.get(id) == Some(&1))
@@ -145,9 +167,7 @@ fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
         "  {once} of {} messages are on exactly one destination with the same hash; {mismatched} differ; {left} left in the source spool",
         originals.len()
     );
-    let ok = once == originals.len() && mismatched == 0 && left == 0 && code == 0;
-    println!("demo {}", if ok { "passed" } else { "FAILED" });
-    Ok(if ok { 0 } else { code.max(1) })
+    Ok(once == originals.len() && mismatched == 0 && left == 0)
 }
 
 /// Waits until `drain serve` writes its address (or exits).

@@ -12,7 +12,7 @@
 //!
 //! Supporting modules: [`instance`] (the data directory and its lock), [`control`] (stopping a
 //! running instance before a drain), [`events`] (the event queue and its processor), [`groupcommit`] (shared commits for
-//! redb), [`tls`] (certificates).
+//! redb), [`tls`] (certificates), [`signal`] (SIGTERM/SIGINT), [`demo`] (`drain demo`).
 
 pub mod base;
 pub mod cli;
@@ -25,6 +25,7 @@ pub mod inspect;
 pub mod instance;
 pub mod intake;
 pub mod journal;
+pub mod signal;
 pub mod spool;
 pub mod tls;
 pub mod wire;

@@ -2,11 +2,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::engine::Destination;
+use crate::base::Destination;
 use crate::intake::{NetList, ServeOptions, config};
 
 #[derive(Parser, Debug)]
@@ -54,6 +53,10 @@ pub struct Cli {
     #[arg(value_name = "DESTINATION")]
     pub destinations: Vec<String>,
 
+    /// Print the final report as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+
     #[command(flatten)]
     pub drain: DrainArgs,
 
@@ -69,47 +72,51 @@ pub enum LogFormat {
 
 const DEFAULT_IN_FLIGHT: u64 = 64 << 20;
 
-/// Options shared by `drain` and `drain resume`.
+/// Options shared by `drain` and `drain resume`: global, so they may be written before or after
+/// `resume` (`drain --ca-cert X resume`, `drain resume --ca-cert X`); written twice, the last
+/// one wins. (`--json` is not among them: `inspect` and `spool ls` have their own.)
 #[derive(Args, Debug, Clone)]
 pub struct DrainArgs {
     /// Local address for outgoing HTTPS connections.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub bind_ip: Option<IpAddr>,
     /// Messages in flight (default: 2 x CPUs, clamped to 10..=64).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub concurrency: Option<usize>,
     /// Trust roots (PEM) for the destinations' certificates (default: the system's roots).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub ca_cert: Option<PathBuf>,
     /// Bytes of message data held in memory at once.
-    #[arg(long, default_value_t = DEFAULT_IN_FLIGHT)]
+    #[arg(long, default_value_t = DEFAULT_IN_FLIGHT, global = true)]
     pub max_in_flight_bytes: u64,
     /// Let messages in doubt with a destination that stays unreachable this long go to another
     /// one, each flagged in the journal as a possible duplicate (`90s`, `10m`). Default: wait.
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", global = true)]
     pub reassign_after: Option<std::time::Duration>,
     /// Messages per request (default: concurrency / destinations).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, global = true)]
     pub batch_size: Option<usize>,
-    /// Print the final report as JSON on standard output.
-    #[arg(long)]
-    pub json: bool,
     /// A data directory to move the remaining messages into when the destinations have not
     /// taken everything within --automatic-fallback-after (exit 13); drain it later with
     /// `drain --data-dir DIR <DESTINATION>...`.
-    #[arg(long, value_name = "DIR", requires = "automatic_fallback_after")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "automatic_fallback_after",
+        global = true
+    )]
     pub fallback_path: Option<PathBuf>,
     /// How long the destinations get before the rest goes to --fallback-path (`10m`).
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", requires = "fallback_path")]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", requires = "fallback_path", global = true)]
     pub automatic_fallback_after: Option<std::time::Duration>,
     /// When standard error is not a terminal, log a progress line this often.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s", value_name = "DURATION")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s", value_name = "DURATION", global = true)]
     pub progress_every: std::time::Duration,
     /// Do not wait for the instance's event queue to empty before draining.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub no_wait_on_events: bool,
     /// Give up with exit 10 if events are still pending after this long (`15s`, `2m`).
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", global = true)]
     pub max_event_wait: Option<std::time::Duration>,
 }
 
@@ -120,45 +127,12 @@ impl DrainArgs {
             .max(1)
     }
 
-    /// These flags, with any not given here taken from `outer` (the same flags written before
-    /// the subcommand: `drain --ca-cert X resume`).
-    pub fn or(&self, outer: &DrainArgs) -> DrainArgs {
-        DrainArgs {
-            bind_ip: self.bind_ip.or(outer.bind_ip),
-            concurrency: self.concurrency.or(outer.concurrency),
-            ca_cert: self.ca_cert.clone().or_else(|| outer.ca_cert.clone()),
-            max_in_flight_bytes: if self.max_in_flight_bytes != DEFAULT_IN_FLIGHT {
-                self.max_in_flight_bytes
-            } else {
-                outer.max_in_flight_bytes
-            },
-            reassign_after: self.reassign_after.or(outer.reassign_after),
-            batch_size: self.batch_size.or(outer.batch_size),
-            json: self.json || outer.json,
-            no_wait_on_events: self.no_wait_on_events || outer.no_wait_on_events,
-            progress_every: if self.progress_every != Duration::from_secs(5) {
-                self.progress_every
-            } else {
-                outer.progress_every
-            },
-            fallback_path: self
-                .fallback_path
-                .clone()
-                .or_else(|| outer.fallback_path.clone()),
-            automatic_fallback_after: self
-                .automatic_fallback_after
-                .or(outer.automatic_fallback_after),
-            max_event_wait: self.max_event_wait.or(outer.max_event_wait),
-        }
-    }
-
     /// The engine's options for these flags.
     pub fn options(
         &self,
         data_dir: PathBuf,
         destinations: Vec<Destination>,
-        resume: bool,
-        settle_only: bool,
+        mode: crate::engine::Mode,
     ) -> crate::engine::DrainOptions {
         crate::engine::DrainOptions {
             data_dir,
@@ -168,8 +142,7 @@ impl DrainArgs {
             ca_cert: self.ca_cert.clone(),
             max_in_flight_bytes: self.max_in_flight_bytes,
             batch_size: self.batch_size,
-            resume,
-            settle_only,
+            mode,
             reassign_after: self.reassign_after,
             fallback: self
                 .fallback_path
@@ -210,8 +183,9 @@ pub struct ResumeArgs {
     /// Settle in-doubt messages and end the run, leaving the rest in the spool.
     #[arg(long)]
     pub settle_only: bool,
-    #[command(flatten)]
-    pub drain: DrainArgs,
+    /// Print the final report as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn parse_destinations(list: &[String]) -> anyhow::Result<Vec<Destination>> {
@@ -455,4 +429,87 @@ pub struct DemoArgs {
     /// Keep the demo's temporary directory.
     #[arg(long)]
     pub keep: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("drain").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn explicit_default_in_flight_bytes_after_resume_is_kept() {
+        let default = DEFAULT_IN_FLIGHT.to_string();
+        let cli = parse(&[
+            "--max-in-flight-bytes",
+            "1048576",
+            "resume",
+            "--max-in-flight-bytes",
+            &default,
+        ]);
+        assert!(matches!(cli.command, Some(Command::Resume(_))));
+        assert_eq!(cli.drain.max_in_flight_bytes, DEFAULT_IN_FLIGHT);
+    }
+
+    #[test]
+    fn drain_options_before_or_after_resume() {
+        let before = parse(&["--ca-cert", "/c.pem", "--concurrency", "7", "resume"]);
+        let after = parse(&["resume", "--ca-cert", "/c.pem", "--concurrency", "7"]);
+        for cli in [before, after] {
+            assert_eq!(cli.drain.ca_cert, Some(PathBuf::from("/c.pem")));
+            assert_eq!(cli.drain.concurrency, Some(7));
+            assert_eq!(cli.drain.max_in_flight_bytes, DEFAULT_IN_FLIGHT);
+            assert_eq!(cli.drain.progress_every, std::time::Duration::from_secs(5));
+        }
+        let cli = parse(&[
+            "resume",
+            "--progress-every",
+            "5s",
+            "--max-in-flight-bytes",
+            "1024",
+        ]);
+        assert_eq!(cli.drain.max_in_flight_bytes, 1024);
+        let cli = parse(&["--progress-every", "1s", "resume", "--progress-every", "5s"]);
+        assert_eq!(cli.drain.progress_every, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn json_belongs_to_its_command() {
+        let cli = parse(&["--json", "resume"]);
+        assert!(cli.json);
+        let cli = parse(&["resume", "--json", "--settle-only"]);
+        let Some(Command::Resume(a)) = cli.command else {
+            panic!("not resume");
+        };
+        assert!(a.json && a.settle_only && !cli.json);
+        let cli = parse(&["inspect", "--json"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Inspect(InspectArgs { json: true, .. }))
+        ));
+    }
+
+    #[test]
+    fn fallback_flags_require_each_other_after_resume() {
+        let ok = parse(&[
+            "resume",
+            "--fallback-path",
+            "/fb",
+            "--automatic-fallback-after",
+            "10m",
+        ]);
+        assert_eq!(ok.drain.fallback_path, Some(PathBuf::from("/fb")));
+        assert!(Cli::try_parse_from(["drain", "resume", "--fallback-path", "/fb"]).is_err());
+        assert!(Cli::try_parse_from(["drain", "--fallback-path", "/fb", "10.0.0.2"]).is_err());
+    }
+
+    #[test]
+    fn command_definition_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

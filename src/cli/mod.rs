@@ -1,5 +1,7 @@
-//! The command line: argument definitions (clap), logging setup, signals, and exit codes.
+//! The command line: argument definitions (clap), logging setup, and exit codes.
 //! Each subcommand is a thin layer over the library; errors are reported here with context.
+//! `drain` and `drain resume` run through `engine::session` (lock, signals, report); the demo
+//! is called from here and never calls back.
 
 mod args;
 mod spool_cmd;
@@ -12,8 +14,9 @@ use clap::Parser;
 
 pub use args::{Cli, Command, LogFormat};
 
-use crate::control::{EventWait, PrepareError};
-use crate::engine::{self, DrainOptions, Stop};
+use crate::control::EventWait;
+use crate::engine::{Mode, ProgressMode, session};
+use crate::signal::wait_for_signal;
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
@@ -97,10 +100,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Spool(cmd)) => spool_cmd::run(&need_dir()?, cmd),
         Some(Command::Resume(a)) => {
             let dests = args::parse_destinations(&a.destinations)?;
-            let flags = a.drain.or(&cli.drain);
-            let mut opts = flags.options(need_dir()?, dests, true, a.settle_only);
-            opts.progress = progress_mode(cli.quiet, flags.progress_every);
-            drain(opts, flags.json, None)
+            let mode = if a.settle_only {
+                Mode::SettleOnly
+            } else {
+                Mode::Resume
+            };
+            let mut opts = cli.drain.options(need_dir()?, dests, mode);
+            opts.progress = ProgressMode::for_stderr(cli.quiet, cli.drain.progress_every);
+            session::drain(opts, None)?.print(cli.json || a.json)
         }
         Some(Command::Inspect(a)) => {
             let out = crate::inspect::inspect(&a.options(need_dir()?)?)?;
@@ -124,100 +131,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 anyhow::bail!("no destination given (see `drain --help`)");
             }
             let destinations = args::parse_destinations(&cli.destinations)?;
-            let mut opts = cli.drain.options(need_dir()?, destinations, false, false);
-            opts.progress = progress_mode(cli.quiet, cli.drain.progress_every);
+            let mut opts = cli.drain.options(need_dir()?, destinations, Mode::Fresh);
+            opts.progress = ProgressMode::for_stderr(cli.quiet, cli.drain.progress_every);
             let wait = EventWait {
                 wait: !cli.drain.no_wait_on_events,
                 max: cli.drain.max_event_wait,
             };
-            drain(opts, cli.drain.json, Some(wait))
-        }
-    }
-}
-
-/// Progress on a terminal is a live bar; elsewhere a log line every few seconds; `--quiet`: none.
-pub fn progress_mode(quiet: bool, every: std::time::Duration) -> engine::ProgressMode {
-    if quiet {
-        engine::ProgressMode::Off
-    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        engine::ProgressMode::Bar
-    } else {
-        engine::ProgressMode::Log(every)
-    }
-}
-
-/// How long a SIGTERM/SIGINT waits for requests in flight.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Runs a drain with signal handling and prints the report; returns the exit code.
-pub fn drain(opts: DrainOptions, json: bool, events: Option<EventWait>) -> anyhow::Result<i32> {
-    let rt = runtime()?;
-    let stop = Stop::default();
-    // The instance's exclusive lock, held for the whole run: a fresh drain first stops a
-    // running `drain serve` (after its events are delivered); a resume just takes the lock.
-    let inst = crate::instance::Instance::open(&opts.data_dir)?;
-    let _lock = match events {
-        Some(wait) => match rt.block_on(crate::control::prepare(&inst, wait)) {
-            Ok(lock) => lock,
-            Err(PrepareError::EventsPending(msg)) => {
-                let _ = writeln!(std::io::stderr(), "drain: {msg}");
-                return Ok(10);
-            }
-            Err(e) => return Err(e.into()),
-        },
-        None => inst.try_lock("drain resume")?,
-    };
-    let report = rt.block_on(async {
-        let s = stop.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::warn!(
-                "signal received: finishing requests in flight, then stopping (exit 42)"
-            );
-            s.request();
-            // Bounded: a second signal, or requests still in flight after the grace period,
-            // stop at once. Every journal record is durable before it is acted on, so this is
-            // as safe as SIGKILL: `drain resume` settles what was in flight.
-            tokio::select! {
-                _ = wait_for_signal() => {
-                    tracing::warn!("second signal: stopping now; run `drain resume` to settle");
-                }
-                _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
-                    tracing::warn!(
-                        "requests still in flight after {SHUTDOWN_GRACE:?}: stopping now; \
-                         run `drain resume` to settle"
-                    );
-                }
-            }
-            std::process::exit(42);
-        });
-        engine::run(opts, stop).await
-    })?;
-    let text = if json {
-        format!("{}\n", serde_json::to_string(&report)?)
-    } else {
-        report.to_text()
-    };
-    // The exit code is the contract; a closed stdout must not change it.
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
-    Ok(report.exit_code)
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            session::drain(opts, Some(wait))?.print(cli.json)
         }
     }
 }

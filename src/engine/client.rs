@@ -1,5 +1,5 @@
-//! Talking to one destination: a parsed address, a pooled HTTPS client, and the classification
-//! of every way a request can end, which the dispatcher's safety depends on:
+//! Talking to the destinations: a pooled HTTPS client and the classification of every way a
+//! request can end, which exactly-once depends on:
 //!
 //! - [`Delivery::NotDelivered`]: the request certainly did not reach the destination's
 //!   storage (connection or TLS refused before sending, 503): the messages may go elsewhere.
@@ -7,6 +7,10 @@
 //! - [`Delivery::Answered`]: per-message outcomes.
 //! - [`Delivery::Ambiguous`]: it may have stored some (timeout, dropped connection, other 5xx,
 //!   unreadable answer): the messages stay pinned to it until it answers a query.
+//!
+//! Queries ([`Client::query`]) answer which messages a destination holds ([`QueryError`] when
+//! it cannot say). Never touches the journal. Uses no other engine module; called by `deliver`
+//! (transfers), `settle` and `resume` (queries) and `lifecycle` (the run finished).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -16,8 +20,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use reqwest::StatusCode;
 
-pub use crate::base::Destination;
-use crate::base::{ContentHash, error_chain};
+use crate::base::{ContentHash, Destination, error_chain};
 use crate::wire::{self, ItemResult, QueryRequest, QueryResponse, TransferResponse};
 
 /// Why a query got no answer.

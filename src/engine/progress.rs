@@ -2,43 +2,22 @@
 //! seconds when standard error is not a terminal (systemd, Kubernetes), or nothing (`--quiet`).
 //! The totals come from a quick counting pass over the spool (names and sizes only, streamed),
 //! so "left" and the ETA appear once it is done.
+//!
+//! Owns the display only: it reads the run's report and totals and changes nothing. Uses
+//! `options` and `run`; started and aborted by `engine::run`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use super::Ctx;
+use super::options::ProgressMode;
+use super::run::Run;
 use crate::base::units::human_bytes;
 
-/// How progress is shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProgressMode {
-    /// A live bar on standard error (a terminal).
-    Bar,
-    /// A structured log line (`progress`) at this interval.
-    Log(Duration),
-    Off,
-}
-
-/// Totals of the spool when the run started (`u64::MAX` until counted).
-pub(crate) struct Totals {
-    pub messages: AtomicU64,
-    pub bytes: AtomicU64,
-}
-
-impl Default for Totals {
-    fn default() -> Self {
-        Totals {
-            messages: AtomicU64::new(u64::MAX),
-            bytes: AtomicU64::new(u64::MAX),
-        }
-    }
-}
-
 /// Counts the spool in the background (streaming; memory does not grow with it).
-pub(crate) fn count_spool(ctx: &Arc<Ctx>) {
+pub(crate) fn count_spool(run: &Run) {
     // Holds only the spool and the totals: it may outlive the run by a little.
-    let (spool, totals) = (ctx.spool.clone(), ctx.totals.clone());
+    let (spool, totals) = (run.spool.clone(), run.state.totals.clone());
     tokio::task::spawn_blocking(move || {
         let (mut n, mut b) = (0u64, 0u64);
         for e in spool.scan().flatten() {
@@ -63,9 +42,9 @@ struct Snapshot {
     per_dest: String,
 }
 
-fn snapshot(ctx: &Ctx, started: Instant) -> Snapshot {
+fn snapshot(run: &Run) -> Snapshot {
     let (done, done_bytes, failed, per_dest) = {
-        let r = ctx.report();
+        let r = run.state.report();
         let t = r.total();
         let per: Vec<String> = r
             .delivered
@@ -80,10 +59,10 @@ fn snapshot(ctx: &Ctx, started: Instant) -> Snapshot {
             per.join(","),
         )
     };
-    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let secs = run.set.started.elapsed().as_secs_f64().max(0.001);
     let (tm, tb) = (
-        ctx.totals.messages.load(Ordering::Relaxed),
-        ctx.totals.bytes.load(Ordering::Relaxed),
+        run.state.totals.messages.load(Ordering::Relaxed),
+        run.state.totals.bytes.load(Ordering::Relaxed),
     );
     let known = tm != u64::MAX;
     let left = known.then(|| tm.saturating_sub(done + failed));
@@ -106,12 +85,12 @@ fn snapshot(ctx: &Ctx, started: Instant) -> Snapshot {
 }
 
 /// Shows progress until aborted.
-pub(crate) async fn show(ctx: Arc<Ctx>, started: Instant, mode: ProgressMode) {
+pub(crate) async fn show(run: Arc<Run>, mode: ProgressMode) {
     match mode {
         ProgressMode::Off => {}
         ProgressMode::Log(every) => loop {
             tokio::time::sleep(every).await;
-            let s = snapshot(&ctx, started);
+            let s = snapshot(&run);
             tracing::info!(
                 done = s.done,
                 done_bytes = s.done_bytes,
@@ -135,7 +114,7 @@ pub(crate) async fn show(ctx: Arc<Ctx>, started: Instant, mode: ProgressMode) {
             );
             let _clear = ClearOnDrop(bar.clone());
             loop {
-                let s = snapshot(&ctx, started);
+                let s = snapshot(&run);
                 bar.set_length(s.left.map_or(s.done, |l| s.done + s.failed + l));
                 bar.set_position(s.done + s.failed);
                 bar.set_message(format!(

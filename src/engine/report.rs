@@ -1,10 +1,17 @@
-//! What a drain run did, counted as it happens and printed at the end (text, or JSON).
+//! What a drain run did, counted as it happens and printed at the end (text, or JSON), and the
+//! exit code it means.
+//!
+//! Owns [`Report`] and [`exit_code`] (the table of product.md). Uses only `options` ([`Mode`]);
+//! filled by the ledger and the flow modules through `run`, finished by `lifecycle`, printed
+//! by the CLI and the demo.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::Serialize;
+
+use super::options::Mode;
 
 pub use crate::base::units::{Count, human_bytes};
 
@@ -65,6 +72,15 @@ impl Report {
         self.elapsed_secs = (d.as_secs_f64() * 1000.0).round() / 1000.0;
     }
 
+    /// The report as printed on standard output: one JSON line, or the text.
+    pub fn render(&self, json: bool) -> Result<String, serde_json::Error> {
+        Ok(if json {
+            format!("{}\n", serde_json::to_string(self)?)
+        } else {
+            self.to_text()
+        })
+    }
+
     /// Human-readable report.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
@@ -115,6 +131,19 @@ impl Report {
                 let _ = writeln!(s, "    {n} x {r}");
             }
         }
+        self.write_problems(&mut s);
+        if self.in_doubt > 0 {
+            let _ = writeln!(
+                s,
+                "  {} messages are in doubt (sent, not confirmed): run `drain resume`",
+                self.in_doubt
+            );
+        }
+        s
+    }
+
+    /// The lists of what did not move, at most 50 lines each.
+    fn write_problems(&self, s: &mut String) {
         let lists = [
             ("could not be read (left in place)", &self.unreadable),
             ("could not be delivered (left in place)", &self.undelivered),
@@ -138,13 +167,119 @@ impl Report {
                 }
             }
         }
-        if self.in_doubt > 0 {
-            let _ = writeln!(
-                s,
-                "  {} messages are in doubt (sent, not confirmed): run `drain resume`",
-                self.in_doubt
-            );
+    }
+}
+
+/// The exit code and a one-line outcome, as product.md defines them.
+pub fn exit_code(r: &Report, stopped: bool, mode: Mode) -> (i32, &'static str) {
+    if stopped {
+        (42, "stopped by signal")
+    } else if !r.remove_failed.is_empty() {
+        if r.undelivered.is_empty() && r.in_doubt == r.remove_failed.len() as u64 {
+            (40, "delivered; removing some local copies failed")
+        } else {
+            (41, "partly delivered; removing some local copies failed")
         }
-        s
+    } else if !r.undelivered.is_empty() || r.in_doubt > 0 {
+        (12, "some messages could not be distributed")
+    } else if !r.unreadable.is_empty() {
+        (11, "some messages could not be read")
+    } else if r.fallback.messages > 0 {
+        (13, "the rest was moved to the fallback path")
+    } else if mode == Mode::SettleOnly {
+        (0, "settled")
+    } else {
+        (0, "drained")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(n: u64) -> Vec<Problem> {
+        (0..n)
+            .map(|i| Problem {
+                what: format!("m{i}"),
+                reason: "r".into(),
+            })
+            .collect()
+    }
+
+    /// Columns of a case: stopped, remove_failed, undelivered, in_doubt, unreadable,
+    /// fallback messages, settle_only (booleans as 0/1).
+    type Case = [u64; 7];
+
+    /// Every exit code a run can produce, with the precedence between them.
+    const TABLE: &[(&str, Case, i32)] = &[
+        ("empty spool", [0, 0, 0, 0, 0, 0, 0], 0),
+        ("settle only", [0, 0, 0, 0, 0, 0, 1], 0),
+        ("unreadable", [0, 0, 0, 0, 1, 0, 0], 11),
+        ("undelivered", [0, 0, 2, 0, 0, 0, 0], 12),
+        ("in doubt", [0, 0, 0, 1, 0, 0, 0], 12),
+        ("in doubt, settle only", [0, 0, 0, 1, 0, 0, 1], 12),
+        ("undelivered beats unreadable", [0, 0, 1, 0, 1, 0, 0], 12),
+        ("fallback", [0, 0, 0, 0, 0, 3, 0], 13),
+        ("unreadable beats fallback", [0, 0, 0, 0, 1, 3, 0], 11),
+        ("undelivered beats fallback", [0, 0, 1, 0, 0, 3, 0], 12),
+        ("remove failed, rest delivered", [0, 2, 0, 2, 0, 0, 0], 40),
+        ("remove failed, more in doubt", [0, 2, 0, 3, 0, 0, 0], 41),
+        ("remove failed and undelivered", [0, 1, 1, 1, 0, 0, 0], 41),
+        ("remove failed, none in doubt", [0, 1, 0, 0, 0, 0, 0], 41),
+        ("remove failed beats unreadable", [0, 1, 0, 1, 1, 0, 0], 40),
+        ("stopped", [1, 0, 0, 0, 0, 0, 0], 42),
+        ("stopped beats everything", [1, 1, 1, 4, 1, 1, 1], 42),
+    ];
+
+    fn outcome_of(code: i32, settle_only: bool) -> &'static str {
+        match code {
+            0 if settle_only => "settled",
+            0 => "drained",
+            11 => "some messages could not be read",
+            12 => "some messages could not be distributed",
+            13 => "the rest was moved to the fallback path",
+            40 => "delivered; removing some local copies failed",
+            41 => "partly delivered; removing some local copies failed",
+            42 => "stopped by signal",
+            _ => "?",
+        }
+    }
+
+    #[test]
+    fn exit_code_table() {
+        for &(name, c, code) in TABLE {
+            let [
+                stopped,
+                remove_failed,
+                undelivered,
+                in_doubt,
+                unreadable,
+                fallback,
+                settle,
+            ] = c;
+            let r = Report {
+                remove_failed: problems(remove_failed),
+                undelivered: problems(undelivered),
+                in_doubt,
+                unreadable: problems(unreadable),
+                fallback: Count {
+                    messages: fallback,
+                    bytes: fallback * 10,
+                },
+                ..Report::default()
+            };
+            let mode = if settle == 1 {
+                Mode::SettleOnly
+            } else {
+                Mode::Fresh
+            };
+            let want = (code, outcome_of(code, settle == 1));
+            assert_eq!(exit_code(&r, stopped == 1, mode), want, "{name}");
+        }
+        let codes: std::collections::BTreeSet<i32> = TABLE.iter().map(|t| t.2).collect();
+        assert_eq!(
+            codes.into_iter().collect::<Vec<_>>(),
+            [0, 11, 12, 13, 40, 41, 42]
+        );
     }
 }

@@ -1,0 +1,154 @@
+//! Delivering: one request with messages already journaled `sent` to one destination, and what
+//! each kind of answer does to each message.
+//!
+//! Owns the encoding of a transfer body and the classification of an answer into [`Step`]:
+//! acknowledged messages go to the ledger (`acked`, then removal), rejected or not delivered
+//! ones back to `read` (a permanent rejection excludes the destination for that message), and
+//! an ambiguous end leaves them pinned (`sent`) to the destination for `settle`. Whether a
+//! rejection is permanent is decided by the answer's typed [`RejectCode`] and status, never by
+//! its text. Uses `run`, `item`, `ledger` and `client`; called by `route`.
+
+use bytes::Bytes;
+
+use super::client::Delivery;
+use super::item::Item;
+use super::ledger::{self, Rejection};
+use super::run::Run;
+use crate::wire::{self, ItemResult, Outcome, RejectCode};
+
+/// Encodes items as one transfer body.
+pub(crate) fn encode(items: &[Item]) -> Bytes {
+    let len: usize = items
+        .iter()
+        .map(|i| wire::FRAME_HEADER_LEN + i.msg.bytes.len())
+        .sum();
+    let mut buf = Vec::with_capacity(len);
+    for i in items {
+        wire::put_frame_header(&mut buf, &i.msg.hash, i.size());
+        buf.extend_from_slice(&i.msg.bytes);
+    }
+    Bytes::from(buf)
+}
+
+/// What became of the items of one request.
+#[derive(Default)]
+pub(crate) struct Sorted {
+    /// Not acknowledged, free to go to any destination not in their `rejected`.
+    pub retry: Vec<Item>,
+    /// The destination failed transiently for these (skip it for the rest of the round).
+    pub dest_failed: bool,
+    /// The request was too large: send one message per request.
+    pub split: bool,
+}
+
+/// How one request ended for its items.
+pub(crate) enum Step {
+    Done(Sorted),
+    /// The destination may hold them: they stay pinned (`sent`) to it.
+    Ambiguous(Vec<Item>),
+}
+
+/// One request to `d` with items already journaled `sent` to it.
+pub(crate) async fn one_request(run: &Run, d: usize, items: Vec<Item>) -> anyhow::Result<Step> {
+    let dest = run.set.dests[d].clone();
+    let dname = dest.to_string();
+    let body = encode(&items);
+    let delivery = run.client.transfer(&dest, body, items.len()).await;
+    let mut sorted = Sorted::default();
+    match delivery {
+        Delivery::NotDelivered(reason) => {
+            tracing::warn!(dest = %dname, "{dname} did not take {} messages: {reason}; failing over", items.len());
+            run.state.note_failure(&dname, &reason);
+            ledger::not_delivered(run, &dname, ledger::ids(&items), &reason).await?;
+            sorted.dest_failed = true;
+            sorted.retry = items;
+        }
+        Delivery::Refused {
+            status,
+            permanent,
+            reason,
+        } => {
+            tracing::warn!(dest = %dname, "{dname} refused {} messages: {reason}", items.len());
+            run.state.note_failure(&dname, &reason);
+            if status == 413 && items.len() > 1 {
+                ledger::not_delivered(run, &dname, ledger::ids(&items), &reason).await?;
+                sorted.split = true;
+                sorted.retry = items;
+            } else {
+                ledger::rejected(run, &dname, ledger::ids(&items), &reason, permanent).await?;
+                sorted.retry = items;
+                if permanent {
+                    for i in &mut sorted.retry {
+                        i.exclude(d, &dname, &reason);
+                    }
+                }
+                sorted.dest_failed = !permanent;
+            }
+        }
+        Delivery::Ambiguous(reason) => {
+            tracing::warn!(
+                dest = %dname,
+                "request to {dname} ended ambiguously ({reason}); its {} messages stay with {dname} until it confirms",
+                items.len()
+            );
+            run.state.note_failure(&dname, &reason);
+            return Ok(Step::Ambiguous(items));
+        }
+        Delivery::Answered(results) => {
+            return Ok(Step::Done(answered(run, d, items, results).await?));
+        }
+    }
+    Ok(Step::Done(sorted))
+}
+
+/// Applies per-message outcomes: rejections first, then the acknowledgements (and removals).
+async fn answered(
+    run: &Run,
+    d: usize,
+    items: Vec<Item>,
+    results: Vec<ItemResult>,
+) -> anyhow::Result<Sorted> {
+    let dname = run.set.name(d);
+    let mut sorted = Sorted::default();
+    let mut acked = Vec::new();
+    let mut rejections = Vec::new();
+    for (mut item, res) in items.into_iter().zip(results) {
+        let reason = res.reason.clone().unwrap_or_default();
+        match res.outcome {
+            Outcome::Stored => acked.push((item, "stored".to_string())),
+            Outcome::AlreadyHeld => acked.push((item, "already held".to_string())),
+            Outcome::RejectedPermanent | Outcome::RejectedTransient => {
+                run.state.note_failure(&dname, &reason);
+                let mut permanent = res.outcome == Outcome::RejectedPermanent;
+                if permanent && res.code == Some(RejectCode::HashMismatch) && changed_on_disk(&item)
+                {
+                    // Our copy changed under us: not the destination's fault; read it again.
+                    permanent = false;
+                }
+                tracing::warn!(dest = %dname, id = %item.id(), "{dname} rejected {}: {reason}", item.id());
+                rejections.push(Rejection {
+                    id: item.id(),
+                    reason: reason.clone(),
+                    permanent,
+                });
+                if permanent {
+                    item.exclude(d, &dname, &reason);
+                } else {
+                    sorted.dest_failed = true;
+                }
+                sorted.retry.push(item);
+            }
+        }
+    }
+    ledger::rejected_each(run, &dname, rejections).await?;
+    ledger::acked(run, &dname, acked).await?;
+    Ok(sorted)
+}
+
+/// True when the local file no longer hashes as it did when read.
+fn changed_on_disk(item: &Item) -> bool {
+    match crate::spool::read_file(&item.entry.path) {
+        Ok(b) => crate::spool::format::hash(&b) != item.msg.hash,
+        Err(_) => true,
+    }
+}

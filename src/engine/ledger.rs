@@ -1,0 +1,287 @@
+//! The ledger: the only code that writes a message's journal records and removes local copies.
+//!
+//! Every state change of a message goes through one function here, each one commit (one
+//! durable group) of one kind of record: `read`, `sent`, `not delivered`, `rejected`,
+//! `reassigned`, `acked`, `deleted` / `remove failed`, and `unreadable` for files; plus the
+//! run record (`put_run`). The report's counts of what was delivered, removed or failed follow
+//! the records they describe.
+//!
+//! Invariants (product.md): callers journal `sent` (and wait for it) before a request leaves;
+//! a local file is removed only after its `acked` record is durable, and only here
+//! ([`acked`], [`acked_entries`], [`moved_to_fallback`], [`remove_local`]).
+//! Uses `run`, `item`, `report` and `fallback_dir`; called by `scan`, `route`, `deliver`,
+//! `settle`, `fallback`, `resume` and `lifecycle`.
+
+use super::fallback_dir::FallbackDir;
+use super::item::Item;
+use super::report::Problem;
+use super::run::Run;
+use crate::base::MessageId;
+use crate::journal::{Journal, Op, RunRecord};
+use crate::spool::{Entry, SpoolError};
+
+/// The ids of `items`.
+pub(crate) fn ids(items: &[Item]) -> impl Iterator<Item = MessageId> + '_ {
+    items.iter().map(Item::id)
+}
+
+/// New or re-read messages: `read`, with the content's hash and size.
+pub(crate) async fn read(run: &Run, items: &[Item]) -> anyhow::Result<()> {
+    let ops = items
+        .iter()
+        .map(|i| Op::Read {
+            run: run.set.run_seq,
+            id: i.id(),
+            queue: i.entry.queue,
+            hash: i.hash,
+            size: i.size(),
+        })
+        .collect();
+    Ok(run.journal.commit(ops).await?)
+}
+
+/// `read` -> `sent(dest)`, durably, before anything leaves (invariant 2).
+pub(crate) async fn sent(run: &Run, dest: &str, items: &[Item]) -> anyhow::Result<()> {
+    let ops = ids(items)
+        .map(|id| Op::Sent {
+            run: run.set.run_seq,
+            id,
+            dest: dest.to_string(),
+            possible_duplicate: false,
+        })
+        .collect();
+    Ok(run.journal.commit(ops).await?)
+}
+
+/// `sent` -> `read`: the destination certainly does not hold them.
+pub(crate) async fn not_delivered(
+    run: &Run,
+    dest: &str,
+    ids: impl Iterator<Item = MessageId>,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let ops = ids
+        .map(|id| Op::NotDelivered {
+            run: run.set.run_seq,
+            id,
+            dest: dest.to_string(),
+            reason: reason.to_string(),
+        })
+        .collect();
+    Ok(run.journal.commit(ops).await?)
+}
+
+/// One rejection of one message.
+pub(crate) struct Rejection {
+    pub id: MessageId,
+    pub reason: String,
+    pub permanent: bool,
+}
+
+/// `sent` -> `read`, remembering each rejection (a permanent one excludes `dest`).
+pub(crate) async fn rejected_each(
+    run: &Run,
+    dest: &str,
+    list: Vec<Rejection>,
+) -> anyhow::Result<()> {
+    let ops = list
+        .into_iter()
+        .map(|r| Op::Rejected {
+            run: run.set.run_seq,
+            id: r.id,
+            dest: dest.to_string(),
+            reason: r.reason,
+            permanent: r.permanent,
+        })
+        .collect();
+    Ok(run.journal.commit(ops).await?)
+}
+
+/// `sent` -> `read` for all of `ids`, for the same reason.
+pub(crate) async fn rejected(
+    run: &Run,
+    dest: &str,
+    ids: impl Iterator<Item = MessageId>,
+    reason: &str,
+    permanent: bool,
+) -> anyhow::Result<()> {
+    let list = ids
+        .map(|id| Rejection {
+            id,
+            reason: reason.to_string(),
+            permanent,
+        })
+        .collect();
+    rejected_each(run, dest, list).await
+}
+
+/// `sent(from)` -> `read`, flagged as a possible duplicate (`--reassign-after`).
+pub(crate) async fn reassigned(
+    run: &Run,
+    from: &str,
+    items: &[Item],
+    why: &str,
+) -> anyhow::Result<()> {
+    let ops = ids(items)
+        .map(|id| Op::Reassigned {
+            run: run.set.run_seq,
+            id,
+            from: from.to_string(),
+            reason: why.to_string(),
+        })
+        .collect();
+    Ok(run.journal.commit(ops).await?)
+}
+
+/// Commits `acked(dest)` for `ids`, each with its note.
+async fn commit_acked(
+    run: &Run,
+    dest: &str,
+    acked: impl Iterator<Item = (MessageId, String)>,
+) -> anyhow::Result<()> {
+    let ops = acked
+        .map(|(id, note)| Op::Acked {
+            run: run.set.run_seq,
+            id,
+            dest: dest.to_string(),
+            note,
+        })
+        .collect();
+    Ok(run.journal.commit(ops).await?)
+}
+
+/// `acked(dest)` (durable) -> remove the local files (durable) -> `deleted`.
+pub(crate) async fn acked(run: &Run, dest: &str, acked: Vec<(Item, String)>) -> anyhow::Result<()> {
+    if acked.is_empty() {
+        return Ok(());
+    }
+    commit_acked(run, dest, acked.iter().map(|(i, n)| (i.id(), n.clone()))).await?;
+    {
+        let mut r = run.state.report();
+        for (i, _) in &acked {
+            r.delivered
+                .entry(dest.to_string())
+                .or_default()
+                .add(i.size());
+            r.by_queue
+                .entry(i.entry.queue.to_string())
+                .or_default()
+                .add(i.size());
+        }
+    }
+    remove_local(run, acked.into_iter().map(|(i, _)| i.entry).collect()).await
+}
+
+/// `acked(dest)` for messages known only by their entries (settling after an interruption),
+/// then their local copies removed.
+pub(crate) async fn acked_entries(
+    run: &Run,
+    dest: &str,
+    entries: Vec<Entry>,
+    note: &str,
+) -> anyhow::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    commit_acked(run, dest, entries.iter().map(|e| (e.id, note.to_string()))).await?;
+    remove_local(run, entries).await
+}
+
+/// `acked(fallback:DIR)` for copies written durably into the fallback directory, then the
+/// local copies removed.
+pub(crate) async fn moved_to_fallback(
+    run: &Run,
+    fb: &FallbackDir,
+    items: Vec<Item>,
+) -> anyhow::Result<()> {
+    let note = "moved to the fallback path";
+    commit_acked(run, &fb.name, ids(&items).map(|id| (id, note.to_string()))).await?;
+    {
+        let mut r = run.state.report();
+        r.fallback_path = Some(fb.dir.display().to_string());
+        for i in &items {
+            r.fallback.add(i.size());
+        }
+    }
+    remove_local(run, items.into_iter().map(|i| i.entry).collect()).await
+}
+
+/// Removes acknowledged local copies and journals the result of each (`deleted` or
+/// `remove failed`). Callers: only after the `acked` records are durable.
+pub(crate) async fn remove_local(run: &Run, entries: Vec<Entry>) -> anyhow::Result<()> {
+    let spool = run.spool.clone();
+    let (entries, results) = tokio::task::spawn_blocking(move || {
+        let r = spool.remove_many(&entries);
+        (entries, r)
+    })
+    .await?;
+    let seq = run.set.run_seq;
+    let mut ops = Vec::with_capacity(entries.len());
+    let mut removed = 0;
+    for (e, r) in entries.iter().zip(results) {
+        match r {
+            Ok(()) => {
+                removed += 1;
+                ops.push(Op::Deleted { run: seq, id: e.id });
+            }
+            Err(err) => {
+                tracing::error!(id = %e.id, "delivered, but removing the local copy failed: {err}");
+                run.state.mark_failed(e.id.to_string());
+                ops.push(Op::RemoveFailed {
+                    run: seq,
+                    id: e.id,
+                    reason: err.to_string(),
+                });
+                run.state.report().remove_failed.push(Problem {
+                    what: e.id.to_string(),
+                    reason: err.to_string(),
+                });
+            }
+        }
+    }
+    run.journal.commit(ops).await?;
+    run.state.report().removed += removed;
+    Ok(())
+}
+
+/// Journals and reports a file that could not be read (once per invocation).
+pub(crate) async fn unreadable(run: &Run, err: SpoolError) -> anyhow::Result<()> {
+    let path = err
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| err.to_string());
+    if !run.state.mark_failed(path.clone()) {
+        return Ok(());
+    }
+    tracing::warn!("cannot read {err}");
+    let op = Op::Unreadable {
+        run: run.set.run_seq,
+        path: path.clone(),
+        kind: err.kind().to_string(),
+        reason: err.to_string(),
+    };
+    run.journal.commit(vec![op]).await?;
+    run.state.report().unreadable.push(Problem {
+        what: path,
+        reason: err.to_string(),
+    });
+    Ok(())
+}
+
+/// Records a message as not deliverable in this run (once per invocation); it stays `read`
+/// in the journal and in the spool.
+pub(crate) fn give_up(run: &Run, item: &Item, reason: &str) {
+    let id = item.id().to_string();
+    if run.state.mark_failed(id.clone()) {
+        tracing::error!(id = %id, "cannot deliver {}: {reason}", item.entry.path.display());
+        run.state.report().undelivered.push(Problem {
+            what: id,
+            reason: reason.to_string(),
+        });
+    }
+}
+
+/// Inserts or replaces the run's own record.
+pub(crate) async fn put_run(journal: &Journal, record: RunRecord) -> anyhow::Result<()> {
+    Ok(journal.commit(vec![Op::PutRun(record)]).await?)
+}

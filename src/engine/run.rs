@@ -1,0 +1,245 @@
+//! The context every task of a run shares, split by how it changes:
+//!
+//! - [`Settings`]: fixed when the run starts (destinations, batch limits, byte budget);
+//! - services: the journal, the spool, the HTTPS client, the byte budget's semaphore, the stop
+//!   token and the fallback directory (shared handles, used by every flow module);
+//! - [`RunState`]: what the run learns as it goes (round-robin position, the report, which
+//!   destinations stopped answering, what already failed, the spool's totals).
+//!
+//! Invariant: nothing here writes the journal or touches the spool's files (`ledger` does);
+//! this module only holds state. Uses `options`, `report`, `client` and `fallback_dir`; built by
+//! `engine::run` and passed by reference to every flow module.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::client::Client;
+use super::fallback_dir::FallbackDir;
+use super::options::DrainOptions;
+use super::report::{self, Report};
+use crate::base::Destination;
+use crate::journal::{Journal, MessageRecord};
+use crate::spool::Spool;
+
+/// What is fixed for the whole invocation of a run.
+pub(crate) struct Settings {
+    /// The run's sequence number (the journal's key for its records).
+    pub run_seq: u64,
+    /// Every destination of the run (in-doubt messages may be pinned to any of them).
+    pub dests: Vec<Destination>,
+    /// Which of `dests` take new messages in this invocation.
+    pub active: Vec<bool>,
+    /// Messages per request.
+    pub batch_max: usize,
+    /// Bytes a worker reads for one batch.
+    pub batch_bytes: u64,
+    /// Worker tasks taking batches from the scan.
+    pub workers: usize,
+    /// The byte budget in KiB permits.
+    pub budget_units: u32,
+    pub reassign_after: Option<Duration>,
+    /// When the run's invocation started (progress, elapsed time, fallback deadline).
+    pub started: Instant,
+}
+
+impl Settings {
+    /// Derives the limits of a run from the options and its destinations.
+    pub fn new(
+        opts: &DrainOptions,
+        run_seq: u64,
+        dests: Vec<Destination>,
+        active: Vec<bool>,
+        started: Instant,
+    ) -> Settings {
+        let concurrency = opts.concurrency.max(1);
+        // About one request in flight per active destination (at least two): larger requests
+        // share the receiver's directory fsync and the journal's commits (measured: batches of
+        // 8 beat batches of 2 by ~15% with two destinations).
+        let active_dests = active.iter().filter(|a| **a).count().max(2);
+        let batch_max = opts
+            .batch_size
+            .unwrap_or_else(|| (concurrency / active_dests).clamp(1, 64))
+            .clamp(1, crate::wire::MAX_FRAMES);
+        let workers = concurrency.div_ceil(batch_max).max(1);
+        let budget_units =
+            (opts.max_in_flight_bytes / 1024).clamp(1024, u64::from(u32::MAX >> 4)) as u32;
+        Settings {
+            run_seq,
+            dests,
+            active,
+            batch_max,
+            batch_bytes: (opts.max_in_flight_bytes / workers as u64).clamp(64 << 10, 8 << 20),
+            workers,
+            budget_units,
+            reassign_after: opts.reassign_after,
+            started,
+        }
+    }
+
+    /// Destination `d` as the journal writes it.
+    pub fn name(&self, d: usize) -> String {
+        self.dests[d].to_string()
+    }
+
+    /// The index of the destination named `name` (as the journal writes it).
+    pub fn dest_index(&self, name: &str) -> Option<usize> {
+        self.dests.iter().position(|d| d.to_string() == name)
+    }
+
+    /// The destinations a journaled message was rejected by, as indexes.
+    pub fn rejected_by(&self, rec: &MessageRecord) -> Vec<usize> {
+        rec.rejected_by
+            .iter()
+            .filter_map(|(d, _)| self.dest_index(d))
+            .collect()
+    }
+
+    /// Budget permits (KiB) for `bytes` of message data held in a request.
+    pub fn permits_for(&self, bytes: u64) -> u32 {
+        let units = (bytes.saturating_mul(2) / 1024 + 1).min(u64::from(self.budget_units));
+        units as u32
+    }
+}
+
+/// Totals of the spool when the run started (`u64::MAX` until counted).
+pub(crate) struct Totals {
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals {
+            messages: AtomicU64::new(u64::MAX),
+            bytes: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+/// What a run learns as it goes (every field behind its own lock or atomic).
+#[derive(Default)]
+pub(crate) struct RunState {
+    rr: AtomicUsize,
+    report: Mutex<Report>,
+    /// Since when each destination has failed to answer queries (for `--reassign-after`).
+    unreachable: Mutex<HashMap<usize, Instant>>,
+    /// Messages and files that already failed in this invocation (not retried by a rescan).
+    failed: Mutex<HashSet<String>>,
+    /// The spool's size when the run started, for progress.
+    pub totals: Arc<Totals>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RunState {
+    pub fn new(report: Report) -> RunState {
+        RunState {
+            report: Mutex::new(report),
+            ..RunState::default()
+        }
+    }
+
+    pub fn report(&self) -> MutexGuard<'_, Report> {
+        lock(&self.report)
+    }
+
+    /// Counts a failed attempt with `dest` by reason.
+    pub fn note_failure(&self, dest: &str, reason: &str) {
+        *self
+            .report()
+            .failures
+            .entry(report::reason_key(dest, reason))
+            .or_default() += 1;
+    }
+
+    /// Remembers that `key` (a message id or a path) failed; false if it already had.
+    pub fn mark_failed(&self, key: String) -> bool {
+        lock(&self.failed).insert(key)
+    }
+
+    pub fn has_failed(&self, key: &str) -> bool {
+        lock(&self.failed).contains(key)
+    }
+
+    pub fn failed_count(&self) -> u64 {
+        lock(&self.failed).len() as u64
+    }
+
+    /// When destination `d` started failing to answer (now, if it just did).
+    pub fn unreachable_since(&self, d: usize) -> Instant {
+        *lock(&self.unreachable)
+            .entry(d)
+            .or_insert_with(Instant::now)
+    }
+
+    /// Destination `d` answered.
+    pub fn reachable(&self, d: usize) {
+        lock(&self.unreachable).remove(&d);
+    }
+
+    /// A new starting point for a round-robin turn.
+    fn next_turn(&self) -> usize {
+        self.rr.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Shared by every task of a run.
+pub(crate) struct Run {
+    pub set: Settings,
+    pub journal: Journal,
+    pub spool: Spool,
+    pub client: Client,
+    /// The byte budget: permits of 1 KiB for message data held in memory.
+    pub budget: Arc<Semaphore>,
+    /// Cancelled on SIGTERM/SIGINT or a journal failure: take nothing new, finish in flight.
+    pub stop: CancellationToken,
+    /// Where the remaining messages go when the destinations have not taken them in time.
+    pub fallback: Option<FallbackDir>,
+    pub state: RunState,
+}
+
+impl Run {
+    /// The next active destination in round-robin order that `ok` accepts.
+    pub fn next_dest(&self, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.set.dests.len();
+        let start = self.state.next_turn();
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.set.active[i] && ok(i))
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Sleeps for `d` or until a stop is requested; returns true if stopped.
+    pub async fn pause(&self, d: Duration) -> bool {
+        if self.stopped() {
+            return true;
+        }
+        tokio::select! {
+            _ = self.stop.cancelled() => true,
+            _ = tokio::time::sleep(d) => self.stopped(),
+        }
+    }
+
+    /// The fallback directory, once its time has come.
+    pub fn fallback_due(&self) -> Option<&FallbackDir> {
+        self.fallback.as_ref().filter(|f| Instant::now() >= f.due)
+    }
+
+    /// `d`, shortened so a backoff wakes up when the fallback time comes.
+    pub fn until_fallback(&self, d: Duration) -> Duration {
+        match &self.fallback {
+            Some(f) => d.min(f.due.saturating_duration_since(Instant::now())),
+            None => d,
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Scanning and reading: streams the spool to the workers, reads and hashes each batch of files
+//! within the byte budget, and hands readable messages to `route`.
+//!
+//! Owns the passes over the spool and the worker tasks. Invariants: memory is bounded by the
+//! byte budget (a batch holds its permits until it is placed), not by the spool's size; a
+//! message already journaled `sent` or `acked` in this run is left to `resume`/`settle`; a
+//! file that failed once in this invocation is not retried by a rescan. Unreadable files are
+//! journaled through the ledger. Uses `run`, `item`, `ledger` and `route`; called by
+//! `engine::run`.
+
+use std::sync::Arc;
+
+use tokio::sync::{Mutex as AsyncMutex, mpsc};
+
+use super::item::Item;
+use super::ledger;
+use super::route::{self, Recorded};
+use super::run::Run;
+use crate::journal::{MessageRecord, State};
+use crate::spool::{Entry, Message, SpoolError};
+
+/// One scanned file: the entry and its size, or why it could not even be listed.
+type Scanned = Result<(Entry, u64), SpoolError>;
+
+/// The scan's output, shared by the workers.
+type Feed = Arc<AsyncMutex<mpsc::Receiver<Scanned>>>;
+
+/// Drains the spool with the run's worker tasks, in passes until a pass finds nothing new
+/// (messages added during the drain are not left behind).
+pub(crate) async fn drain_spool(run: &Arc<Run>) -> anyhow::Result<()> {
+    loop {
+        let before = run.state.report().total().messages + run.state.failed_count();
+        one_pass(run).await?;
+        let after = run.state.report().total().messages + run.state.failed_count();
+        if run.stopped() || after == before {
+            return Ok(());
+        }
+    }
+}
+
+/// One pass over the spool.
+async fn one_pass(run: &Arc<Run>) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel::<Scanned>(1024);
+    let spool = run.spool.clone();
+    let stop = run.stop.clone();
+    let scanner = tokio::task::spawn_blocking(move || {
+        for item in spool.scan() {
+            if stop.is_cancelled() {
+                break;
+            }
+            let item = item.and_then(|e| match std::fs::metadata(&e.path) {
+                Ok(m) => Ok((e, m.len())),
+                Err(err) => Err(SpoolError::io(&e.path, err)),
+            });
+            if tx.blocking_send(item).is_err() {
+                break;
+            }
+        }
+    });
+    let rx: Feed = Arc::new(AsyncMutex::new(rx));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..run.set.workers {
+        let run = run.clone();
+        let rx = rx.clone();
+        tasks.spawn(async move { worker(run, rx).await });
+    }
+    let mut first_err = None;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // A journal failure: stop everything, nothing more may be sent.
+                run.stop.cancel();
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                run.stop.cancel();
+                first_err.get_or_insert(anyhow::anyhow!("a drain worker failed: {e}"));
+            }
+        }
+    }
+    let _ = scanner.await;
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Takes batches until the scan is exhausted or a stop is requested.
+async fn worker(run: Arc<Run>, rx: Feed) -> anyhow::Result<()> {
+    loop {
+        if run.stopped() {
+            return Ok(());
+        }
+        let (batch, bytes) = take_batch(&run, &rx).await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let permits = run.set.permits_for(bytes);
+        let _permit = run.budget.clone().acquire_many_owned(permits).await?;
+        let items = read_batch(&run, batch).await?;
+        route::process_batch(&run, items, Recorded::Nothing).await?;
+    }
+}
+
+/// The next batch from the scan (up to the batch's count and bytes) and its size in bytes.
+async fn take_batch(run: &Run, rx: &Feed) -> anyhow::Result<(Vec<Entry>, u64)> {
+    let mut batch = Vec::new();
+    let mut bytes = 0u64;
+    let mut rx = rx.lock().await;
+    while batch.len() < run.set.batch_max && bytes < run.set.batch_bytes {
+        let next = if batch.is_empty() {
+            match rx.recv().await {
+                Some(n) => n,
+                None => break,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(n) => n,
+                Err(_) => break,
+            }
+        };
+        match next {
+            Ok((e, size)) => {
+                if run.state.has_failed(&e.id.to_string()) {
+                    continue;
+                }
+                bytes += size;
+                batch.push(e);
+            }
+            Err(err) => ledger::unreadable(run, err).await?,
+        }
+    }
+    Ok((batch, bytes))
+}
+
+/// Reads and hashes a batch; returns the messages to send.
+async fn read_batch(run: &Run, batch: Vec<Entry>) -> anyhow::Result<Vec<Item>> {
+    let spool = run.spool.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        batch
+            .into_iter()
+            .map(|e| {
+                let r = spool.read(&e);
+                (e, r)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    // One read transaction for the batch's journal records.
+    let ids: Vec<_> = read.iter().map(|(e, _)| e.id).collect();
+    let records = run.journal.messages(run.set.run_seq, &ids)?;
+    let mut items = Vec::with_capacity(read.len());
+    for ((entry, r), rec) in read.into_iter().zip(records) {
+        match r {
+            Ok(msg) => {
+                if let Some(item) = admit(run, entry, msg, rec) {
+                    items.push(item);
+                }
+            }
+            Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!(id = %entry.id, "gone before it was read");
+            }
+            Err(err) => ledger::unreadable(run, err).await?,
+        }
+    }
+    Ok(items)
+}
+
+/// A message may already be journaled in this run (a continued run, or a rescan): only `read`
+/// ones (or new ones) are sent; `sent` / `acked` ones belong to `settle`.
+fn admit(run: &Run, entry: Entry, msg: Message, rec: Option<MessageRecord>) -> Option<Item> {
+    let mut rejected = Vec::new();
+    if let Some(rec) = rec {
+        match rec.state {
+            State::Read => {
+                if rec.hash == msg.hash {
+                    rejected = run.set.rejected_by(&rec);
+                }
+            }
+            State::Sent | State::Acked => return None,
+            State::Deleted => {
+                tracing::warn!(
+                    id = %entry.id,
+                    "{}: this message was delivered and removed earlier in this run, but the file is back; leaving it",
+                    entry.path.display()
+                );
+                return None;
+            }
+        }
+    }
+    Some(Item::new(entry, msg, rejected))
+}

@@ -73,7 +73,7 @@ pub(crate) async fn settle(
                 there.push(entry);
                 continue;
             }
-            match run.spool.read(&entry) {
+            match run.spool.read_limited(&entry, run.set.max_message) {
                 Ok(msg) => copy.push(Item::new(entry, msg, Vec::new())),
                 Err(e) => {
                     // Neither here nor there: report it; the file's own error names it.

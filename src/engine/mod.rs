@@ -71,6 +71,10 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
     let inst = Instance::open(&opts.data_dir)?;
     let spool = Spool::open(&opts.data_dir)?;
     spool.clean_stale_tmp(Duration::from_secs(3600));
+    // Checked before a run is recorded, so a wrong --bind-ip leaves nothing to resume.
+    if let Some(ip) = opts.bind_ip {
+        crate::base::check_bind_ip(ip, &opts.destinations).map_err(anyhow::Error::msg)?;
+    }
     let journal = Journal::open(&opts.data_dir)?;
     let (record, continuing, dests, active) = match lifecycle::begin(&journal, &opts).await? {
         Begun::Run {
@@ -124,6 +128,11 @@ fn assemble(
         Some((dir, after)) => Some(FallbackDir::open(dir, set.started + *after)?),
         None => None,
     };
+    // A --bind-ip this machine does not have, or of the wrong family, would fail every
+    // connection as "network unreachable", retried forever: refuse it before anything moves.
+    if let Some(ip) = opts.bind_ip {
+        crate::base::check_bind_ip(ip, &set.dests).map_err(anyhow::Error::msg)?;
+    }
     let client = Client::new(
         opts.bind_ip,
         opts.ca_cert.as_deref(),

@@ -101,11 +101,12 @@ async fn read_pinned(
             path: spool.path_of(r.queue, *id),
         })
         .collect();
+    let max = run.set.max_message;
     let read = tokio::task::spawn_blocking(move || {
         entries
             .into_iter()
             .map(|e| {
-                let r = spool.read(&e);
+                let r = spool.read_limited(&e, max);
                 (e, r)
             })
             .collect::<Vec<_>>()

@@ -42,6 +42,10 @@ pub(crate) struct Settings {
     pub workers: usize,
     /// The byte budget in KiB permits.
     pub budget_units: u32,
+    /// The largest spool file read: a message held in a request counts twice against the
+    /// budget, so half of it (and at most `spool::MAX_MESSAGE_SIZE`). A larger file is
+    /// reported unreadable, naming it, rather than breaking the memory bound (invariant 5).
+    pub max_message: u64,
     pub reassign_after: Option<Duration>,
     /// When the run's invocation started (progress, elapsed time, fallback deadline).
     pub started: Instant,
@@ -76,6 +80,7 @@ impl Settings {
             batch_bytes: (opts.max_in_flight_bytes / workers as u64).clamp(64 << 10, 8 << 20),
             workers,
             budget_units,
+            max_message: (u64::from(budget_units) * 1024 / 2).min(crate::spool::MAX_MESSAGE_SIZE),
             reassign_after: opts.reassign_after,
             started,
         }

@@ -48,7 +48,8 @@ async fn one_pass(run: &Arc<Run>) -> anyhow::Result<()> {
             if stop.is_cancelled() {
                 break;
             }
-            let item = item.and_then(|e| match std::fs::metadata(&e.path) {
+            // lstat: the size of the file itself, never of what a symlink points to.
+            let item = item.and_then(|e| match std::fs::symlink_metadata(&e.path) {
                 Ok(m) => Ok((e, m.len())),
                 Err(err) => Err(SpoolError::io(&e.path, err)),
             });
@@ -137,11 +138,12 @@ async fn take_batch(run: &Run, rx: &Feed) -> anyhow::Result<(Vec<Entry>, u64)> {
 /// Reads and hashes a batch; returns the messages to send.
 async fn read_batch(run: &Run, batch: Vec<Entry>) -> anyhow::Result<Vec<Item>> {
     let spool = run.spool.clone();
+    let max = run.set.max_message;
     let read = tokio::task::spawn_blocking(move || {
         batch
             .into_iter()
             .map(|e| {
-                let r = spool.read(&e);
+                let r = spool.read_limited(&e, max);
                 (e, r)
             })
             .collect::<Vec<_>>()

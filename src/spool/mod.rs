@@ -54,7 +54,10 @@ pub enum SpoolError {
     NotFound(MessageId),
     #[error("{path}: {kind}, not a regular file; left in place")]
     NotRegular { path: PathBuf, kind: &'static str },
-    #[error("{path}: {size} bytes, larger than the largest message read ({limit} bytes)")]
+    #[error(
+        "{path}: {size} bytes, larger than the largest message read ({limit} bytes; a drain reads \
+         messages up to half of --max-in-flight-bytes, at most 256 MiB)"
+    )]
     TooLarge {
         path: PathBuf,
         size: u64,

@@ -2,6 +2,8 @@
 //! over HTTPS, with nothing lost and nothing delivered twice, even after SIGKILL.
 //!
 //! A message's path through the modules, in order:
+//! - [`base`]: the shared vocabulary at the bottom (ids, content hashes, times, queue kinds,
+//!   destinations, durable writes); it imports nothing else of the crate;
 //! - [`spool`]: where it is read from (and, on the receiver, written to); its file format;
 //! - [`journal`]: where its state is recorded durably (`read -> sent -> acked -> deleted`);
 //! - [`wire`]: how it travels (protocol v1);
@@ -11,8 +13,13 @@
 //! - [`cli`]: the command line on top of all of it.
 //!
 //! Supporting modules: [`instance`] (the data directory and its lock), [`control`] (stopping a
-//! running instance before a drain), [`events`] (the event queue and its processor), [`groupcommit`] (shared commits for
-//! redb), [`tls`] (certificates), [`signal`] (SIGTERM/SIGINT), [`demo`] (`drain demo`).
+//! running instance before a drain), [`events`] (the event queue and its processor),
+//! [`groupcommit`] (shared commits and atomic creation for redb files), [`tls`]
+//! (certificates), [`signal`] (SIGTERM/SIGINT), [`demo`] (`drain demo`).
+//!
+//! Imports flow one way, downwards (no module imports one above it):
+//! `cli` -> `demo` -> `engine`, `intake`, `inspect` -> `control` -> `events`, `instance` ->
+//! `journal`, `spool`, `wire`, `tls`, `signal` -> `groupcommit` -> `base`.
 
 pub mod base;
 pub mod cli;

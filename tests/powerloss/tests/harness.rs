@@ -5,7 +5,7 @@
 //! message is exactly once on the source or on one destination, unchanged; at the end the
 //! source is empty.
 //!
-//! `DRAIN_POWERLOSS_POINTS` cut points (default 6); replay with the printed
+//! `DRAIN_POWERLOSS_POINTS` cut points (default 12); replay with the printed
 //! `DRAIN_POWERLOSS_SEED=...`. The `drain` binary is taken from `DRAIN_BIN`, else next to this
 //! test's target directory (`cargo build --bin drain` first; `.ci/run` does).
 
@@ -290,7 +290,7 @@ fn power_cut_at_random_moments_loses_and_duplicates_nothing() {
     let points: usize = std::env::var("DRAIN_POWERLOSS_POINTS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(6);
+        .unwrap_or(12);
     let mut rng = Rng::from_env("DRAIN_POWERLOSS_SEED");
     let tmp = Tmp::new("harness");
     let source = volume(&tmp, "src");

@@ -39,7 +39,7 @@ impl State {
             .read(true)
             .write(acc != libc::O_RDONLY)
             .open(path)?;
-        Ok(self.add_handle(ino, file))
+        Ok(self.add_handle(ino, file, flags))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> OpResult<Vec<u8>> {
@@ -59,10 +59,13 @@ impl State {
 
     pub fn write(&mut self, fh: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
         let handle = self.handle(fh)?;
-        let ino = handle.ino;
+        let (ino, sync_writes) = (handle.ino, handle.sync_writes);
         handle.file.write_all_at(data, offset)?;
         let end = offset + data.len() as u64;
         self.node_mut(ino)?.dirty.add(offset, end);
+        if sync_writes {
+            self.sync_file(ino, Some(fh), true)?;
+        }
         u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
     }
 

@@ -5,7 +5,8 @@
 //! # Semantics (conservative ext4 `data=ordered`, modelled on LazyFS)
 //!
 //! - **File data and length** become durable only with `fsync`/`fdatasync` of that file (any
-//!   descriptor of it, even after its name was removed), or with a `sync` command. Writes,
+//!   descriptor of it, even after its name was removed), or with a `sync` command; a write
+//!   through a descriptor opened with `O_SYNC`/`O_DSYNC` is durable when it returns. Writes,
 //!   `truncate`/`ftruncate`/`set_len` and `fallocate` after the last fsync are lost at a cut.
 //! - **Names** (create, mkdir, rename, unlink, rmdir) become durable only with an fsync of the
 //!   directory that holds them. A rename between directories needs both directories fsynced.

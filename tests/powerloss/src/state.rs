@@ -96,6 +96,8 @@ impl Node {
 pub struct Handle {
     pub ino: Ino,
     pub file: File,
+    /// Opened with `O_SYNC`/`O_DSYNC`: every write is durable when it returns.
+    pub sync_writes: bool,
 }
 
 /// Everything the file system knows; one lock guards it all.
@@ -206,7 +208,7 @@ impl State {
             .open(&path)?;
         let meta = Meta::of(&file.metadata()?);
         let ino = self.link_child(parent, name, Kind::File, meta)?;
-        Ok((ino, self.add_handle(ino, file)))
+        Ok((ino, self.add_handle(ino, file, flags)))
     }
 
     pub fn mkdir(&mut self, parent: Ino, name: &OsStr, mode: u32) -> OpResult<Ino> {
@@ -295,10 +297,20 @@ impl State {
         Ok(out)
     }
 
-    pub fn add_handle(&mut self, ino: Ino, file: File) -> u64 {
+    /// Registers an open descriptor; `flags` are the open(2) flags.
+    pub fn add_handle(&mut self, ino: Ino, file: File, flags: i32) -> u64 {
         let fh = self.next_fh;
         self.next_fh += 1;
-        self.handles.insert(fh, Handle { ino, file });
+        // O_SYNC includes the O_DSYNC bit on Linux.
+        let sync_writes = flags & libc::O_DSYNC != 0;
+        self.handles.insert(
+            fh,
+            Handle {
+                ino,
+                file,
+                sync_writes,
+            },
+        );
         fh
     }
 

@@ -144,6 +144,23 @@ fn writes_after_the_last_fsync_are_lost() {
 }
 
 #[test]
+fn writes_through_an_o_dsync_descriptor_are_durable() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(fx) = Fixture::new() else { return };
+    fx.write("f", b"", true);
+    fx.fsync_dir("");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DSYNC)
+        .open(fx.p("f"))
+        .unwrap();
+    f.write_all(b"synchronous").unwrap();
+    drop(f);
+    fx.cut();
+    assert_eq!(fx.read("f").as_deref(), Some(&b"synchronous"[..]));
+}
+
+#[test]
 fn only_fsynced_ranges_of_a_large_file_survive() {
     let Some(fx) = Fixture::new() else { return };
     let mut expect: Vec<u8> = (0..3 << 20)

@@ -33,7 +33,12 @@ fn main() -> ExitCode {
     while !session.guard.is_finished() && !waiter.is_finished() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    match session.umount_and_join() {
+    let ended = if session.guard.is_finished() {
+        session.join()
+    } else {
+        session.umount_and_join()
+    };
+    match ended {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("powerloss-fs: unmounting {}: {e}", mountpoint.display());

@@ -26,6 +26,8 @@ dict_of() {
   case "$1" in
     spool_file|transfer_frames) echo fuzz/dict/spool_file.dict ;;
     destination) echo fuzz/dict/destination.dict ;;
+    settings_file) echo fuzz/dict/settings.dict ;;
+    forwarded_headers) echo fuzz/dict/destination.dict ;;
     *) echo fuzz/dict/json.dict ;;
   esac
 }

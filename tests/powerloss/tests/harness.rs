@@ -434,12 +434,6 @@ fn power_cut_at_random_moments_loses_and_duplicates_nothing() {
         .unwrap_or(12);
     let mut rng = Rng::from_env("DRAIN_POWERLOSS_SEED");
     let mut cluster = Cluster::new("harness");
-    // Known bug (see `power_cut_during_the_very_first_drain`): the first drain creates
-    // journal.redb without fsyncing the data directory, so a cut during it loses the journal.
-    // Until that is fixed, the first drain runs uncut and its state is made durable.
-    cluster.fill(20);
-    assert!(!cluster.round(Duration::from_secs(300)));
-    cluster.source.sync().unwrap();
     let (mut cuts, mut rounds) = (0, 0);
     while cuts < points {
         rounds += 1;
@@ -458,13 +452,13 @@ fn power_cut_at_random_moments_loses_and_duplicates_nothing() {
     );
 }
 
-/// Fails today: `Journal::open` creates `journal.redb` and commits into it, but never fsyncs the
-/// data directory, so after a cut during the first drain the journal is gone while receivers
-/// hold (and acknowledged) messages that are still at the source: `drain resume` finds nothing
-/// to resume and the next drain sends them again. Found with DRAIN_POWERLOSS_SEED=
-/// 15429720950345392129 (cut after 285 ms). Fix: sync the data directory after creating it.
+/// Regression: the journal's creation was not durable (no fsync of the data directory), so
+/// after a cut during the first drain the journal was gone while receivers held (and had
+/// acknowledged) messages still at the source: `drain resume` found nothing to resume and the
+/// next drain sent them again. Found with DRAIN_POWERLOSS_SEED=15429720950345392129 (cut
+/// after 285 ms). Fixed: redb files are built under a temporary name, made durable, renamed
+/// into place and the directory synced.
 #[test]
-#[ignore = "finds a real bug: the journal's creation is not durable (see the doc comment)"]
 fn power_cut_during_the_very_first_drain() {
     if !fuse_available() {
         return;

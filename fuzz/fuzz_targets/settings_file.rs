@@ -1,0 +1,32 @@
+//! The settings file (`drain serve --config`): any text parses or fails with errors naming
+//! file, line and key; settings that resolve are written back by `--check-config`'s renderer
+//! to a file that parses and resolves to the same settings (`parse(write(x)) == x`).
+#![no_main]
+
+use std::path::{Path, PathBuf};
+
+use drain::intake::config::{Layer, Settings};
+use libfuzzer_sys::fuzz_target;
+
+fn resolve(text: &str) -> Option<Settings> {
+    let layer = Layer::parse(text, "fuzz.toml", Path::new("/etc/drain")).ok()?;
+    Settings::resolve(
+        Layer::default(),
+        Some((PathBuf::from("/etc/drain/fuzz.toml"), layer)),
+    )
+    .ok()
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Err(e) = Layer::parse(text, "fuzz.toml", Path::new("/etc/drain")) {
+        assert!(!e.0.is_empty(), "an error with no message");
+    }
+    if let Some(s) = resolve(text) {
+        let out = s.to_toml();
+        let again = resolve(&out).expect("rendered settings resolve again");
+        assert_eq!(again.to_toml(), out);
+    }
+});

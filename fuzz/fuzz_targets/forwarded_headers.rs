@@ -5,8 +5,8 @@
 
 use std::net::IpAddr;
 
-use drain::intake::access::{Access, Forwarded};
 use drain::intake::NetList;
+use drain::intake::access::{Access, Forwarded};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let (xff, cip) = text.split_once('\n').unwrap_or((text, ""));
     let mut trusted = NetList::default();
-    trusted.parse_into("127.0.0.1,10.0.0.0/8").expect("valid list");
+    trusted
+        .parse_into("127.0.0.1,10.0.0.0/8")
+        .expect("valid list");
     let access = Access {
         accept_from: NetList::default(),
         trusted_proxies: trusted,

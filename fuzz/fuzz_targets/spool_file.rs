@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
         && end as usize <= data.len()
     {
         let early = format::check_size(&data[..end as usize], data.len() as u64);
-        assert_eq!(early.is_ok(), parsed.is_ok(), "size check and parse disagree");
+        assert_eq!(
+            early.is_ok(),
+            parsed.is_ok(),
+            "size check and parse disagree"
+        );
     }
     if let Ok(p) = parsed {
         let body = &data[p.body_offset..];

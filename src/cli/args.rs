@@ -296,7 +296,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub wait_after_drain: bool,
     /// How long dedupe keys are kept when a sender never says its run finished (default 7d).
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = config::parse_duration, value_name = "DURATION")]
     pub dedupe_retention: Option<std::time::Duration>,
     /// Serve Prometheus metrics (plain HTTP, GET /metrics) on this address; bind it to an
     /// address only your monitoring reaches.
@@ -318,11 +318,10 @@ impl ServeArgs {
             }
             Ok(Some(l))
         };
-        let at_least_one = |flag: &str, v: Option<usize>| -> anyhow::Result<Option<usize>> {
-            match v {
-                Some(0) => anyhow::bail!("{flag}: must be at least 1"),
-                v => Ok(v),
-            }
+        let in_range = |key: &str, flag: &str, v: Option<usize>| -> anyhow::Result<Option<usize>> {
+            v.map(|n| config::check_integer(key, flag, n))
+                .transpose()
+                .map_err(anyhow::Error::msg)
         };
         let endpoints = if self.event_endpoints.is_empty() {
             None
@@ -343,12 +342,17 @@ impl ServeArgs {
             tls_key: self.tls_key.clone(),
             accept_drain_from: nets("--accept-drain-from", &self.accept_drain_from)?,
             http_trusted_proxy_ips: nets("--trusted-proxy-ips", &self.trusted_proxy_ips)?,
-            incoming_drain_workers: at_least_one(
+            incoming_drain_workers: in_range(
+                "incoming_drain_workers",
                 "--incoming-drain-workers",
                 self.incoming_drain_workers,
             )?,
             event_endpoints: endpoints,
-            max_request_size: at_least_one("--max-request-size", self.max_request_size)?,
+            max_request_size: in_range(
+                "max_request_size",
+                "--max-request-size",
+                self.max_request_size,
+            )?,
             dedupe_retention: self.dedupe_retention,
             wait_after_drain: self.wait_after_drain.then_some(true),
             metrics_listen: self.metrics_listen,

@@ -223,7 +223,10 @@ impl Store {
 
     /// Drops dedupe keys older than `retention`.
     pub async fn expire(&self, retention: std::time::Duration) -> Result<(), StoreError> {
-        let cutoff = time::OffsetDateTime::now_utc() - retention;
+        // Checked: a retention reaching before year -9999 keeps everything, never panics.
+        let cutoff = time::OffsetDateTime::now_utc()
+            .checked_sub(time::Duration::try_from(retention).unwrap_or(time::Duration::MAX))
+            .unwrap_or(time::PrimitiveDateTime::MIN.assume_utc());
         self.committer
             .submit(Write::ExpireBefore(Timestamp(cutoff)))
             .await

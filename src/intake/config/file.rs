@@ -97,15 +97,15 @@ impl Reader<'_> {
         }
     }
 
-    /// An integer of at least `min`.
-    pub fn integer(&mut self, key: &str, v: &Value<'_>, min: u64) -> Option<usize> {
+    /// An integer from `min` to `max`.
+    pub fn integer(&mut self, key: &str, v: &Value<'_>, min: u64, max: u64) -> Option<usize> {
         let DeValue::Integer(i) = v.get_ref() else {
             self.wrong_type(key, v, "an integer");
             return None;
         };
         match u64::from_str_radix(i.as_str(), i.radix())
             .ok()
-            .filter(|n| *n >= min)
+            .filter(|n| (min..=max).contains(n))
             .and_then(|n| usize::try_from(n).ok())
         {
             Some(n) => Some(n),
@@ -113,7 +113,7 @@ impl Reader<'_> {
                 self.err(
                     v.span(),
                     key,
-                    format!("{i} is out of range (at least {min})"),
+                    format!("{i} is out of range ({min} to {max})"),
                 );
                 None
             }
@@ -194,8 +194,16 @@ pub fn read_document(
             .span()
             .map(|s| format!(":{}", line_of(text, s.start)))
             .unwrap_or_default();
+        // The parser says "duplicate key" without the key: name it, from the text it points at.
+        let key = e
+            .span()
+            .and_then(|s| text.get(s))
+            .map(|k| k.trim().trim_matches('"'))
+            .filter(|k| !k.is_empty() && k.len() <= 100)
+            .map(|k| format!("{k}: "))
+            .unwrap_or_default();
         ConfigError(vec![format!(
-            "{name}{at}: not valid TOML: {}",
+            "{name}{at}: {key}not valid TOML: {}",
             e.message().trim()
         )])
     })?;

@@ -20,10 +20,10 @@
 //! | `tls_key` | string, a path (PEM key) | `--tls-key` | none: required |
 //! | `accept_drain_from` | array of IP/CIDR strings | `--accept-drain-from` | `[]`: nothing accepted |
 //! | `http_trusted_proxy_ips` | array of IP/CIDR strings | `--trusted-proxy-ips` | `[]` |
-//! | `incoming_drain_workers` | integer, at least 1 | `--incoming-drain-workers` | `8` |
+//! | `incoming_drain_workers` | integer, 1 to 4096 | `--incoming-drain-workers` | `8` |
 //! | `event_endpoints` | array of `http(s)://` URLs | `--event-endpoint` | `[]` |
-//! | `max_request_size` | integer, bytes | `--max-request-size` | `268435456` (256 MiB) |
-//! | `dedupe_retention` | string, a duration (`"7d"`, `"36h"`) | `--dedupe-retention` | `"7d"` |
+//! | `max_request_size` | integer, bytes, 1024 to 4 GiB | `--max-request-size` | `268435456` (256 MiB) |
+//! | `dedupe_retention` | string, a duration (`"7d"`, `"36h"`), at most `"3650d"` | `--dedupe-retention` | `"7d"` |
 //! | `wait_after_drain` | boolean | `--wait-after-drain` | `false` |
 //! | `metrics_listen` | string `"ADDR:PORT"` | `--metrics-listen` | none: no metrics listener |
 //!
@@ -58,7 +58,10 @@ mod values;
 pub use setting::{ConfigError, Setting, Source};
 use setting::{or_default, pick, required};
 use table::settings;
-pub use values::{check_endpoint, parse_duration, parse_listen};
+pub use values::{
+    MAX_REQUEST_SIZE, MAX_RETENTION, MAX_WORKERS, check_endpoint, check_integer, integer_range,
+    parse_duration, parse_listen,
+};
 
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 443);

@@ -59,7 +59,7 @@ fn every_problem_is_named_with_line_and_key() {
             "serve.toml:8: trusted_proxy_ips: unknown key; did you mean \
              http_trusted_proxy_ips?"
                 .into(),
-            "serve.toml:9: max_request_size: 0 is out of range (at least 1)".into(),
+            "serve.toml:9: max_request_size: 0 is out of range (1024 to 4294967296)".into(),
             e.0[5].clone(),
         ]
     );

@@ -21,6 +21,33 @@ pub trait ConfigValue: Sized {
     fn to_toml(&self) -> String;
 }
 
+/// The range of each integer setting, by key: beyond it a value is refused where it is given
+/// (file line or flag), never passed on to panic later (a semaphore of 2^64 permits, a date
+/// 10^14 days ago).
+pub fn integer_range(key: &str) -> (u64, u64) {
+    match key {
+        "incoming_drain_workers" => (1, MAX_WORKERS as u64),
+        "max_request_size" => (1024, MAX_REQUEST_SIZE as u64),
+        _ => (1, u64::from(u32::MAX)),
+    }
+}
+
+/// Most incoming messages processed at once.
+pub const MAX_WORKERS: usize = 4096;
+/// Largest transfer request that may be configured (4 GiB).
+pub const MAX_REQUEST_SIZE: usize = 4 << 30;
+/// Longest dedupe retention (ten years).
+pub const MAX_RETENTION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// Checks an integer setting against [`integer_range`]; `name` is the key or the flag.
+pub fn check_integer(key: &str, name: &str, n: usize) -> Result<usize, String> {
+    let (min, max) = integer_range(key);
+    if (n as u64) < min || (n as u64) > max {
+        return Err(format!("{name}: {n} is out of range ({min} to {max})"));
+    }
+    Ok(n)
+}
+
 /// Parses `"ADDR:PORT"`.
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     s.trim().parse().map_err(|_| {
@@ -28,11 +55,16 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// Parses a duration such as `7d`, `36h`, `90m`.
+/// Parses a duration such as `7d`, `36h`, `90m`, of at most [`MAX_RETENTION`] (the only
+/// duration setting is the dedupe retention).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
         format!("invalid duration {s:?} ({e}; expected for example \"7d\" or \"36h\")")
-    })
+    })?;
+    if d > MAX_RETENTION {
+        return Err(format!("duration {s:?} is out of range (at most 3650d)"));
+    }
+    Ok(d)
 }
 
 /// Checks an event endpoint URL (the event processor's own check).
@@ -96,7 +128,8 @@ impl ConfigValue for NetList {
 /// A count or a size: an integer, at least 1.
 impl ConfigValue for usize {
     fn read(r: &mut Reader<'_>, key: &str, v: &Value<'_>, _: &Path) -> Option<Self> {
-        r.integer(key, v, 1)
+        let (min, max) = integer_range(key);
+        r.integer(key, v, min, max)
     }
     fn to_toml(&self) -> String {
         self.to_string()

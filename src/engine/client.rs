@@ -109,7 +109,10 @@ impl Client {
             .await;
         let resp = match resp {
             Ok(r) => r,
-            Err(e) if e.is_connect() => return Delivery::NotDelivered(error_chain(&e)),
+            // Never left: the connection was not made, or the request could not even be built.
+            Err(e) if e.is_connect() || e.is_builder() => {
+                return Delivery::NotDelivered(error_chain(&e));
+            }
             Err(e) => return Delivery::Ambiguous(error_chain(&e)),
         };
         let status = resp.status();

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use common::*;
 
@@ -38,19 +39,30 @@ fn two_destinations_every_message_exactly_once_byte_identical() {
     let a = Server::start(&tmp, "a", ServeConfig::on("127.0.0.2"));
     let b = Server::start(&tmp, "b", ServeConfig::on("127.0.0.3"));
     let src = tmp.sub("src");
+    let (special, before) = fill_special_and_bulk(&src);
+    let ca = ca_bundle(&tmp, &[&a, &b]);
+    drain_refused_for_pending_events_then_forced(&src, &ca, &a, &b, &before);
+    check_each_message_once_unchanged(&a, &b, &src, &before);
+    check_bodies_byte_for_byte(&a, &b, &special);
+}
 
-    // Special messages through the real `spool add`, in every queue kind, with retry data.
+/// The special bodies (by id: name, body) and the source spool's listing.
+type Special = BTreeMap<String, (&'static str, Vec<u8>)>;
+
+/// Special messages through the real `spool add`, in every queue kind, with retry data, and
+/// 1,000 bulk ones; returns the special ones and the listing of the source spool.
+fn fill_special_and_bulk(src: &Path) -> (Special, Vec<LsEntry>) {
     let kinds = ["queue", "bounce-lite", "bounce-full", "submission"];
     let mut special = BTreeMap::new();
     for (i, (name, body)) in special_bodies().into_iter().enumerate() {
         let kind = kinds[i % 4];
         let retry = (i % 2 == 0).then_some("2030-05-06T07:08:09.123456789+02:00");
-        let id = spool_add(&src, kind, i as u32, retry, &body);
+        let id = spool_add(src, kind, i as u32, retry, &body);
         special.insert(id, (name, body));
     }
     // Bulk: 1,000 messages of email sizes in every queue kind.
-    fill(&src, 1000);
-    let before = spool_ls(&src);
+    fill(src, 1000);
+    let before = spool_ls(src);
     assert_eq!(before.len(), 1007);
     assert_eq!(
         before
@@ -68,12 +80,20 @@ fn two_destinations_every_message_exactly_once_byte_identical() {
         retry.next_retry_at.as_deref(),
         Some("2030-05-06T05:08:09.123456789Z")
     );
+    (special, before)
+}
 
-    let ca = ca_bundle(&tmp, &[&a, &b]);
-    // `spool add` recorded events, and no `drain serve` runs here to deliver them: the drain
-    // refuses with exit 10 and touches nothing...
+/// `spool add` recorded events, and no `drain serve` runs here to deliver them: the drain
+/// refuses with exit 10 and touches nothing, unless told not to wait for them.
+fn drain_refused_for_pending_events_then_forced(
+    src: &Path,
+    ca: &Path,
+    a: &Server,
+    b: &Server,
+    before: &[LsEntry],
+) {
     let o = drain(
-        &src,
+        src,
         &["--ca-cert", ca.to_str().unwrap(), &a.dest(), &b.dest()],
     );
     assert_eq!(code(&o), 10, "{}", show(&o));
@@ -82,10 +102,10 @@ fn two_destinations_every_message_exactly_once_byte_identical() {
         "{}",
         show(&o)
     );
-    assert_eq!(spool_ls(&src), before);
+    assert_eq!(spool_ls(src), before);
     // ...unless told not to wait for them.
     let o = drain(
-        &src,
+        src,
         &[
             "--ca-cert",
             ca.to_str().unwrap(),
@@ -95,27 +115,31 @@ fn two_destinations_every_message_exactly_once_byte_identical() {
         ],
     );
     assert_eq!(code(&o), 0, "{}", show(&o));
+}
 
-    // Census: each original on exactly one destination with the same id, hash, queue,
-    // attempts and next retry time; nothing left at the source.
-    let all = census(&[&a, &b]);
+/// Census: each original on exactly one destination with the same id, hash, queue,
+/// attempts and next retry time; nothing left at the source.
+fn check_each_message_once_unchanged(a: &Server, b: &Server, src: &Path, before: &[LsEntry]) {
+    let all = census(&[a, b]);
     assert_eq!(all.len(), before.len());
-    for e in &before {
+    for e in before {
         let (_, got) = all.get(&e.id).unwrap_or_else(|| panic!("{} lost", e.id));
         assert_eq!(got, e, "message {} changed in transit", e.id);
     }
-    assert!(spool_ls(&src).is_empty(), "source spool not empty");
+    assert!(spool_ls(src).is_empty(), "source spool not empty");
     let per: Vec<usize> = (0..2)
         .map(|i| all.values().filter(|(d, _)| *d == i).count())
         .collect();
     assert!(per.iter().all(|&n| n > 400), "split {per:?}");
+}
 
-    // Bodies come back byte for byte.
-    for (id, (name, body)) in &special {
+/// Bodies come back byte for byte.
+fn check_bodies_byte_for_byte(a: &Server, b: &Server, special: &Special) {
+    for (id, (name, body)) in special {
         let holder = if a.ls().iter().any(|e| &e.id == id) {
-            &a
+            a
         } else {
-            &b
+            b
         };
         let o = drain(&holder.data_dir, &["spool", "cat", id]);
         assert_eq!(code(&o), 0, "{}", show(&o));

@@ -16,7 +16,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::proxy::{AnswerDropProxy, Verdict};
+use common::proxy::{AnswerDropProxy, CutTransfer, Verdict};
 use common::*;
 
 /// Rounds of 300 messages at most, so a proxy that injects too few faults cannot loop forever.
@@ -71,62 +71,18 @@ fn drain_round(src: &std::path::Path, args: &[&str], logs: &std::path::Path, n: 
 
 #[test]
 fn lost_answers_lose_and_duplicate_nothing() {
-    let mut rng = Rng::from_env("DRAIN_FAULT_SEED");
+    let rng = Rng::from_env("DRAIN_FAULT_SEED");
     let seed = rng.0;
     let min_faults = fault_min();
     let started = Instant::now();
 
     let tmp = TempDir::new("fault");
-    let a = Server::start_with_names(
-        &tmp,
-        "a",
-        ServeConfig::on("127.0.0.2"),
-        &["127.0.0.2", "127.0.0.8"],
-    );
-    let b = Server::start(&tmp, "b", ServeConfig::on("127.0.0.3"));
-    let proxy = AnswerDropProxy::start("127.0.0.8", &a, move |_| {
-        if rng.below(2) == 0 {
-            Verdict::Cut
-        } else {
-            Verdict::Forward
-        }
-    });
-    let ca = ca_bundle(&tmp, &[&a, &b]).display().to_string();
+    let (a, b, proxy) = start_destinations(&tmp, rng);
     let src = tmp.sub("src");
-    let (proxy_dest, b_dest) = (proxy.dest(), b.dest());
-    let args = [
-        "--ca-cert",
-        &ca,
-        "--concurrency",
-        "16",
-        "--batch-size",
-        "4",
-        "--json",
-        &proxy_dest,
-        &b_dest,
-    ];
-
-    let mut originals: BTreeMap<String, (String, String)> = BTreeMap::new();
-    let (mut rounds, mut confirmed) = (0, 0);
-    while stored_but_lost(&proxy) < min_faults && rounds < MAX_ROUNDS {
-        rounds += 1;
-        let batch = fill(&src, 300);
-        assert_eq!(batch.len(), 300);
-        for (id, v) in batch {
-            assert!(originals.insert(id, v).is_none(), "fill repeated an id");
-        }
-        let (cut_before, t) = (proxy.cut().len(), Instant::now());
-        let logs = tmp.path().join(format!("round{rounds}"));
-        let stderr = drain_round(&src, &args, &logs, 300);
-        let held = confirmed_held(&stderr);
-        confirmed += held;
-        eprintln!(
-            "round {rounds} (seed {seed}): {} answers cut, {held} messages confirmed held by A \
-             after a lost answer, {:.1?}",
-            proxy.cut().len() - cut_before,
-            t.elapsed()
-        );
-    }
+    let args = drain_args(&tmp, &a, &b, &proxy);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let done = drain_until_enough_faults(&tmp, &src, &args, &proxy, seed, min_faults);
+    let (rounds, originals) = (done.rounds, &done.originals);
 
     // Some answers were really lost after A stored their messages: the scenario happened.
     let cut = proxy.cut();
@@ -137,7 +93,122 @@ fn lost_answers_lose_and_duplicate_nothing() {
         "only {faults} answers for stored messages lost in {rounds} rounds, {min_faults} \
          wanted {ctx}"
     );
-    for c in &cut {
+    let (lost, on_a) = check_lost_answers_settled_by_asking(&proxy, &a, &cut, done.confirmed, &ctx);
+
+    // Census: each original on exactly one destination, with its hash and queue.
+    assert_census(&[&a, &b], &src, originals);
+    assert!(on_a.len() < originals.len(), "B received nothing {ctx}");
+    eprintln!(
+        "fault proxy: seed {seed}: {rounds} rounds, {} messages ({} on A, {} on B), {} \
+         connections, {} transfers to A, {} answers cut ({faults} for stored messages), {} \
+         messages stored by A under a lost answer, {:.1?}",
+        originals.len(),
+        on_a.len(),
+        originals.len() - on_a.len(),
+        proxy.connections(),
+        proxy.transfers(),
+        cut.len(),
+        lost.len(),
+        started.elapsed()
+    );
+}
+
+/// A (also reachable as 127.0.0.8, behind the proxy), B, and the proxy that cuts one transfer
+/// answer in two, as `rng` decides.
+fn start_destinations(tmp: &TempDir, mut rng: Rng) -> (Server, Server, AnswerDropProxy) {
+    let a = Server::start_with_names(
+        tmp,
+        "a",
+        ServeConfig::on("127.0.0.2"),
+        &["127.0.0.2", "127.0.0.8"],
+    );
+    let b = Server::start(tmp, "b", ServeConfig::on("127.0.0.3"));
+    let proxy = AnswerDropProxy::start("127.0.0.8", &a, move |_| {
+        if rng.below(2) == 0 {
+            Verdict::Cut
+        } else {
+            Verdict::Forward
+        }
+    });
+    (a, b, proxy)
+}
+
+/// The drain's arguments: many small transfers to the proxy (A) and B.
+fn drain_args(tmp: &TempDir, a: &Server, b: &Server, proxy: &AnswerDropProxy) -> Vec<String> {
+    let ca = ca_bundle(tmp, &[a, b]).display().to_string();
+    let (proxy_dest, b_dest) = (proxy.dest(), b.dest());
+    [
+        "--ca-cert",
+        &ca,
+        "--concurrency",
+        "16",
+        "--batch-size",
+        "4",
+        "--json",
+        &proxy_dest,
+        &b_dest,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// What the rounds did: every message filled, how many rounds, and how many messages the
+/// sender confirmed held by A after a lost answer.
+struct Rounds {
+    originals: BTreeMap<String, (String, String)>,
+    rounds: usize,
+    confirmed: usize,
+}
+
+/// Fills and drains rounds of 300 messages until enough answers for stored messages were
+/// lost (or `MAX_ROUNDS`).
+fn drain_until_enough_faults(
+    tmp: &TempDir,
+    src: &std::path::Path,
+    args: &[&str],
+    proxy: &AnswerDropProxy,
+    seed: u64,
+    min_faults: usize,
+) -> Rounds {
+    let mut originals: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let (mut rounds, mut confirmed) = (0, 0);
+    while stored_but_lost(proxy) < min_faults && rounds < MAX_ROUNDS {
+        rounds += 1;
+        let batch = fill(src, 300);
+        assert_eq!(batch.len(), 300);
+        for (id, v) in batch {
+            assert!(originals.insert(id, v).is_none(), "fill repeated an id");
+        }
+        let (cut_before, t) = (proxy.cut().len(), Instant::now());
+        let logs = tmp.path().join(format!("round{rounds}"));
+        let stderr = drain_round(src, args, &logs, 300);
+        let held = confirmed_held(&stderr);
+        confirmed += held;
+        eprintln!(
+            "round {rounds} (seed {seed}): {} answers cut, {held} messages confirmed held by A \
+             after a lost answer, {:.1?}",
+            proxy.cut().len() - cut_before,
+            t.elapsed()
+        );
+    }
+    Rounds {
+        originals,
+        rounds,
+        confirmed,
+    }
+}
+
+/// A answered every cut transfer, having stored all of it; the sender learned by asking A
+/// what those transfers stored, and left it there. Returns the messages stored under a lost
+/// answer and the ids on A.
+fn check_lost_answers_settled_by_asking(
+    proxy: &AnswerDropProxy,
+    a: &Server,
+    cut: &[CutTransfer],
+    confirmed: usize,
+    ctx: &str,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    for c in cut {
         assert_eq!(c.status, 200, "A's answer to a cut transfer {ctx}");
         assert_eq!(c.stored.len(), c.results, "A stored all it got {ctx}");
     }
@@ -154,21 +225,5 @@ fn lost_answers_lose_and_duplicate_nothing() {
         not_on_a.is_empty(),
         "stored by A, then moved: {not_on_a:?} {ctx}"
     );
-
-    // Census: each original on exactly one destination, with its hash and queue.
-    assert_census(&[&a, &b], &src, &originals);
-    assert!(on_a.len() < originals.len(), "B received nothing {ctx}");
-    eprintln!(
-        "fault proxy: seed {seed}: {rounds} rounds, {} messages ({} on A, {} on B), {} \
-         connections, {} transfers to A, {} answers cut ({faults} for stored messages), {} \
-         messages stored by A under a lost answer, {:.1?}",
-        originals.len(),
-        on_a.len(),
-        originals.len() - on_a.len(),
-        proxy.connections(),
-        proxy.transfers(),
-        cut.len(),
-        lost.len(),
-        started.elapsed()
-    );
+    (lost, on_a)
 }

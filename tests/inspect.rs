@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -162,57 +162,10 @@ fn inspect_runs_beside_a_drain_and_lists_what_a_sigkill_left_in_doubt() {
         &out,
         &log,
     );
-
-    // While the drain runs (its requests hang), inspect opens the journal and sees them.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let during = loop {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the drain ended early: {}",
-            std::fs::read_to_string(tmp.path().join("drain.log")).unwrap_or_default()
-        );
-        if src.join("journal.redb").exists() {
-            let v = inspect_json(&src, &[]);
-            if v["run"]["anomalies"]["in_doubt"]["count"].as_u64() > Some(0) {
-                break v;
-            }
-        }
-        assert!(Instant::now() < deadline, "nothing was ever in flight");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(during["run"]["status"], "running", "{during}");
-    assert!(child.try_wait().unwrap().is_none(), "still running");
-    let o = inspect(&src, &[]);
-    assert_eq!(code(&o), 0, "text while running: {}", show(&o));
-
+    check_inspect_beside_the_running_drain(&tmp, &src, &mut child);
     let _ = child.kill();
     let _ = child.wait();
-
-    // After the SIGKILL: the journal is unclean; inspect lists each message in doubt with the
-    // destination it was sent to.
-    let v = inspect_json(&src, &[]);
-    let run = &v["run"];
-    assert_eq!(run["status"], "running");
-    let in_doubt = &run["anomalies"]["in_doubt"];
-    let count = n(&in_doubt["count"]);
-    assert!(count > 0, "{v}");
-    assert_eq!(count, n(&run["by_state"]["sent"]["messages"]));
-    assert_eq!(n(&run["by_destination"][&dest]["sent"]["messages"]), count);
-    for item in in_doubt["items"].as_array().unwrap() {
-        assert_eq!(item["dest"], dest.as_str(), "{item}");
-        assert!(
-            originals.contains_key(item["id"].as_str().unwrap()),
-            "{item}"
-        );
-    }
-    let o = inspect(&src, &[]);
-    assert_eq!(code(&o), 0, "{}", show(&o));
-    let text = String::from_utf8_lossy(&o.stdout);
-    let first = in_doubt["items"][0]["id"].as_str().unwrap();
-    assert!(
-        text.contains(&format!("{first} -> {dest}")),
-        "the text lists it with its destination: {text}"
-    );
+    check_in_doubt_listed_after_the_sigkill(&src, &dest, &originals);
 
     // The destination comes up for real on the recorded address; resume settles everything.
     silent.stop();
@@ -227,17 +180,83 @@ fn inspect_runs_beside_a_drain_and_lists_what_a_sigkill_left_in_doubt() {
     );
     let o = drain(&src, &["--ca-cert", cert.to_str().unwrap(), "resume"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
-    let v = inspect_json(&src, &[]);
+    check_resume_settled_everything(&src, &dest, &server, &originals);
+}
+
+/// While the drain runs (its requests hang), inspect opens the journal and sees them.
+fn check_inspect_beside_the_running_drain(tmp: &TempDir, src: &Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let during = loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the drain ended early: {}",
+            std::fs::read_to_string(tmp.path().join("drain.log")).unwrap_or_default()
+        );
+        if src.join("journal.redb").exists() {
+            let v = inspect_json(src, &[]);
+            if v["run"]["anomalies"]["in_doubt"]["count"].as_u64() > Some(0) {
+                break v;
+            }
+        }
+        assert!(Instant::now() < deadline, "nothing was ever in flight");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(during["run"]["status"], "running", "{during}");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let o = inspect(src, &[]);
+    assert_eq!(code(&o), 0, "text while running: {}", show(&o));
+}
+
+/// After the SIGKILL: the journal is unclean; inspect lists each message in doubt with the
+/// destination it was sent to.
+fn check_in_doubt_listed_after_the_sigkill(
+    src: &Path,
+    dest: &str,
+    originals: &BTreeMap<String, (String, String)>,
+) {
+    let v = inspect_json(src, &[]);
+    let run = &v["run"];
+    assert_eq!(run["status"], "running");
+    let in_doubt = &run["anomalies"]["in_doubt"];
+    let count = n(&in_doubt["count"]);
+    assert!(count > 0, "{v}");
+    assert_eq!(count, n(&run["by_state"]["sent"]["messages"]));
+    assert_eq!(n(&run["by_destination"][dest]["sent"]["messages"]), count);
+    for item in in_doubt["items"].as_array().unwrap() {
+        assert_eq!(item["dest"], dest, "{item}");
+        assert!(
+            originals.contains_key(item["id"].as_str().unwrap()),
+            "{item}"
+        );
+    }
+    let o = inspect(src, &[]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let first = in_doubt["items"][0]["id"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("{first} -> {dest}")),
+        "the text lists it with its destination: {text}"
+    );
+}
+
+/// After the resume: finished, nothing in doubt, every message delivered to the destination.
+fn check_resume_settled_everything(
+    src: &Path,
+    dest: &str,
+    server: &Server,
+    originals: &BTreeMap<String, (String, String)>,
+) {
+    let v = inspect_json(src, &[]);
     let run = &v["run"];
     assert_eq!(run["status"], "finished", "{v}");
     assert_eq!(run["resumed"], 1);
     assert_eq!(run["anomalies"]["in_doubt"]["count"], 0, "{v}");
     assert_eq!(n(&run["by_state"]["deleted"]["messages"]), 40);
     assert_eq!(
-        n(&run["by_destination"][&dest]["delivered"]["messages"]),
+        n(&run["by_destination"][dest]["delivered"]["messages"]),
         server.ls().len() as u64
     );
-    assert_eq!(census(&[&server]).len(), originals.len());
+    assert_eq!(census(&[server]).len(), originals.len());
 }
 
 #[test]

@@ -59,103 +59,130 @@ fn the_same_request_twice_is_stored_once_and_a_bad_hash_is_rejected() {
     let c = client(&s, "127.0.0.1");
     let m1 = message(QueueKind::BounceLite, 2, b"first\r\n");
     let m2 = message(QueueKind::BounceLite, 2, b"second\n");
-    let body = batch(&[(&m1, m1.hash), (&m2, m2.hash)]);
     rt().block_on(async {
-        let (st, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, body.clone(), &[]).await;
-        assert_eq!(st, 200, "{text}");
-        let r: TransferResponse = serde_json::from_str(&text).unwrap();
-        assert_eq!(
-            r.results.iter().map(|x| x.outcome).collect::<Vec<_>>(),
-            vec![Outcome::Stored, Outcome::Stored]
-        );
-        // Again, as a sender would after losing the answer: acknowledged, not stored twice.
-        let (st, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, body.clone(), &[]).await;
-        assert_eq!(st, 200);
-        let r: TransferResponse = serde_json::from_str(&text).unwrap();
-        assert!(
-            r.results.iter().all(|x| x.outcome == Outcome::AlreadyHeld),
-            "{text}"
-        );
-        let ls = s.ls();
-        assert_eq!(ls.len(), 2, "{ls:?}");
-        let ids: Vec<String> = ls.iter().map(|e| e.id.clone()).collect();
-        assert!(ids.contains(&m1.header.id.to_string()) && ids.contains(&m2.header.id.to_string()));
-        let e1 = ls
-            .iter()
-            .find(|e| e.id == m1.header.id.to_string())
-            .unwrap();
-        assert_eq!(e1.hash, m1.hash.to_string());
-        assert_eq!((e1.queue.as_str(), e1.attempts), ("bounce-lite", 2));
-
-        // The query endpoint: held through the dedupe record of this run, or the spool.
-        let item = |m: &Message| wire::QueryItem {
-            id: m.header.id,
-            hash: m.hash,
-        };
-        let unknown = wire::QueryItem {
-            id: MessageId::random().unwrap(),
-            hash: drain::base::ContentHash::of(b"x"),
-        };
-        let query = |run: &'static str, messages: Vec<wire::QueryItem>| {
-            let (c, s) = (&c, &s);
-            async move {
-                let q = serde_json::to_vec(&wire::QueryRequest { messages }).unwrap();
-                let (st, text) = post(c, s, wire::QUERY_PATH, run, q, &[]).await;
-                assert_eq!(st, 200, "{text}");
-                serde_json::from_str::<QueryResponse>(&text).unwrap().held
-            }
-        };
-        let m1_hash = vec![m1.hash];
-        assert_eq!(query(RUN, vec![item(&m1), unknown.clone()]).await, m1_hash);
-        // Once the copy has left this instance, the run that stored it still sees it...
-        let path = s
-            .data_dir
-            .join(format!("spool/bounce-lite/{}.msg", m1.header.id));
-        std::fs::remove_file(&path).unwrap();
-        assert_eq!(query(RUN, vec![item(&m1)]).await, m1_hash);
-        // ...and no other run does: dedupe is scoped to the run.
-        let other_run = "22222222222222222222222222222222";
-        assert!(query(other_run, vec![item(&m1)]).await.is_empty());
-        // A copy in the spool is held whatever the record says (a receiver killed between
-        // writing the file and recording it must not answer "not held").
-        assert_eq!(query(other_run, vec![item(&m2)]).await, vec![m2.hash]);
-
-        // A frame whose hash does not match its content is rejected, nothing stored.
-        let m3 = message(QueueKind::BounceLite, 2, b"third");
-        let body = batch(&[(&m3, drain::base::ContentHash::of(b"something else"))]);
-        let (st, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, body, &[]).await;
-        assert_eq!(st, 200);
-        let r: TransferResponse = serde_json::from_str(&text).unwrap();
-        assert_eq!(r.results[0].outcome, Outcome::RejectedPermanent);
-        assert!(
-            r.results[0]
-                .reason
-                .as_deref()
-                .unwrap()
-                .contains("hash mismatch")
-        );
-        assert_eq!(
-            s.ls().len(),
-            1,
-            "only m2 is left (m1 was removed above); nothing new"
-        );
-
-        // Malformed bodies and headers get 400, naming the problem.
-        let (st, text) = post(&c, &s, wire::TRANSFER_PATH, RUN, b"short".to_vec(), &[]).await;
-        assert_eq!(st, 400, "{text}");
-        assert!(text.contains("malformed batch"));
-        let (st, text) = post(
-            &c,
-            &s,
-            wire::TRANSFER_PATH,
-            "nope",
-            batch(&[(&m3, m3.hash)]),
-            &[],
-        )
-        .await;
-        assert_eq!(st, 400);
-        assert!(text.contains("drain-run"), "{text}");
+        send_twice_stored_once(&c, &s, &m1, &m2).await;
+        check_query_endpoint(&c, &s, &m1, &m2).await;
+        let m3 = check_bad_hash_rejected(&c, &s).await;
+        check_malformed_requests_get_400(&c, &s, &m3).await;
     });
+}
+
+/// The same transfer twice, as a sender would after losing the answer: stored, then
+/// acknowledged and not stored twice.
+async fn send_twice_stored_once(c: &reqwest::Client, s: &Server, m1: &Message, m2: &Message) {
+    let body = batch(&[(m1, m1.hash), (m2, m2.hash)]);
+    let (st, text) = post(c, s, wire::TRANSFER_PATH, RUN, body.clone(), &[]).await;
+    assert_eq!(st, 200, "{text}");
+    let r: TransferResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        r.results.iter().map(|x| x.outcome).collect::<Vec<_>>(),
+        vec![Outcome::Stored, Outcome::Stored]
+    );
+    // Again, as a sender would after losing the answer: acknowledged, not stored twice.
+    let (st, text) = post(c, s, wire::TRANSFER_PATH, RUN, body.clone(), &[]).await;
+    assert_eq!(st, 200);
+    let r: TransferResponse = serde_json::from_str(&text).unwrap();
+    assert!(
+        r.results.iter().all(|x| x.outcome == Outcome::AlreadyHeld),
+        "{text}"
+    );
+    let ls = s.ls();
+    assert_eq!(ls.len(), 2, "{ls:?}");
+    let ids: Vec<String> = ls.iter().map(|e| e.id.clone()).collect();
+    assert!(ids.contains(&m1.header.id.to_string()) && ids.contains(&m2.header.id.to_string()));
+    let e1 = ls
+        .iter()
+        .find(|e| e.id == m1.header.id.to_string())
+        .unwrap();
+    assert_eq!(e1.hash, m1.hash.to_string());
+    assert_eq!((e1.queue.as_str(), e1.attempts), ("bounce-lite", 2));
+}
+
+fn item(m: &Message) -> wire::QueryItem {
+    wire::QueryItem {
+        id: m.header.id,
+        hash: m.hash,
+    }
+}
+
+/// The hashes the query endpoint says are held, for `run`.
+async fn query(
+    c: &reqwest::Client,
+    s: &Server,
+    run: &str,
+    messages: Vec<wire::QueryItem>,
+) -> Vec<drain::base::ContentHash> {
+    let q = serde_json::to_vec(&wire::QueryRequest { messages }).unwrap();
+    let (st, text) = post(c, s, wire::QUERY_PATH, run, q, &[]).await;
+    assert_eq!(st, 200, "{text}");
+    serde_json::from_str::<QueryResponse>(&text).unwrap().held
+}
+
+/// The query endpoint: held through the dedupe record of this run, or the spool.
+async fn check_query_endpoint(c: &reqwest::Client, s: &Server, m1: &Message, m2: &Message) {
+    let unknown = wire::QueryItem {
+        id: MessageId::random().unwrap(),
+        hash: drain::base::ContentHash::of(b"x"),
+    };
+    let m1_hash = vec![m1.hash];
+    assert_eq!(
+        query(c, s, RUN, vec![item(m1), unknown.clone()]).await,
+        m1_hash
+    );
+    // Once the copy has left this instance, the run that stored it still sees it...
+    let path = s
+        .data_dir
+        .join(format!("spool/bounce-lite/{}.msg", m1.header.id));
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(query(c, s, RUN, vec![item(m1)]).await, m1_hash);
+    // ...and no other run does: dedupe is scoped to the run.
+    let other_run = "22222222222222222222222222222222";
+    assert!(query(c, s, other_run, vec![item(m1)]).await.is_empty());
+    // A copy in the spool is held whatever the record says (a receiver killed between
+    // writing the file and recording it must not answer "not held").
+    assert_eq!(query(c, s, other_run, vec![item(m2)]).await, vec![m2.hash]);
+}
+
+/// A frame whose hash does not match its content is rejected, nothing stored. Returns the
+/// rejected message.
+async fn check_bad_hash_rejected(c: &reqwest::Client, s: &Server) -> Message {
+    let m3 = message(QueueKind::BounceLite, 2, b"third");
+    let body = batch(&[(&m3, drain::base::ContentHash::of(b"something else"))]);
+    let (st, text) = post(c, s, wire::TRANSFER_PATH, RUN, body, &[]).await;
+    assert_eq!(st, 200);
+    let r: TransferResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(r.results[0].outcome, Outcome::RejectedPermanent);
+    assert!(
+        r.results[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("hash mismatch")
+    );
+    assert_eq!(
+        s.ls().len(),
+        1,
+        "only m2 is left (m1 was removed above); nothing new"
+    );
+    m3
+}
+
+/// Malformed bodies and headers get 400, naming the problem.
+async fn check_malformed_requests_get_400(c: &reqwest::Client, s: &Server, m3: &Message) {
+    let (st, text) = post(c, s, wire::TRANSFER_PATH, RUN, b"short".to_vec(), &[]).await;
+    assert_eq!(st, 400, "{text}");
+    assert!(text.contains("malformed batch"));
+    let (st, text) = post(
+        c,
+        s,
+        wire::TRANSFER_PATH,
+        "nope",
+        batch(&[(m3, m3.hash)]),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert!(text.contains("drain-run"), "{text}");
 }
 
 #[test]

@@ -14,6 +14,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -68,54 +69,20 @@ fn drain_killed_at_random_moments_then_resumed_loses_and_duplicates_nothing() {
     let src = tmp.sub("src");
     let log = tmp.path().join("drain.log");
     let out = tmp.path().join("drain.out");
+    let place = DrainPlace {
+        src: &src,
+        ca: &ca,
+        servers: &servers,
+        out: &out,
+        log: &log,
+    };
     let mut expected = BTreeMap::new();
     let (mut kills, mut rounds) = (Kills::default(), 0usize);
     while kills.points < points {
         rounds += 1;
         assert!(rounds <= 10 * points + 10, "too many rounds: {kills:?}");
         expected.extend(fill(&src, 150 + rng.below(150) as usize));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            assert!(attempt < 1000, "the drain never finished");
-            let mut args = vec![
-                "--ca-cert".to_string(),
-                ca.clone(),
-                "--concurrency".into(),
-                "12".into(),
-                "--batch-size".into(),
-                "3".into(),
-            ];
-            // After a kill, continue with `resume` or by naming the destinations again.
-            if attempt == 1 || rng.below(3) == 0 {
-                args.extend(servers.iter().map(|s| s.dest()));
-            } else {
-                args.push("resume".into());
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let before = inspect_json(&src, &[]);
-            let mut child = spawn_logged(&src, &args, &out, &log);
-            if kills.points < points {
-                let delay = Duration::from_millis(rng.below(350));
-                if wait_up_to(&mut child, delay).is_none() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    // What the kill left, read before `drain resume` settles it.
-                    let after = try_inspect_json(&src, &[]).unwrap_or_else(|e| {
-                        panic!("the kill after {delay:?} left a journal unreadable: {e}")
-                    });
-                    kills.count(&before, &after);
-                    continue;
-                }
-            }
-            let code = wait_up_to(&mut child, Duration::from_secs(300)).expect("drain hung");
-            let out = std::fs::read_to_string(&log).unwrap_or_default();
-            assert_eq!(
-                code, 0,
-                "attempt {attempt} of round {rounds} ended with {code}:\n{out}"
-            );
-            break;
-        }
+        drain_round_with_kills(&place, &mut rng, &mut kills, points, rounds);
     }
     eprintln!(
         "{} kill points over {rounds} rounds, {} messages; {} kills during start-up (not \
@@ -140,6 +107,75 @@ fn drain_killed_at_random_moments_then_resumed_loses_and_duplicates_nothing() {
         "{}",
         show(&o)
     );
+}
+
+/// Where the killed drain runs and logs, and what it drains to.
+struct DrainPlace<'a> {
+    src: &'a Path,
+    ca: &'a str,
+    servers: &'a [Server],
+    out: &'a Path,
+    log: &'a Path,
+}
+
+/// The drain's arguments for one attempt: the destinations the first time; after a kill,
+/// continue with `resume` or by naming the destinations again.
+fn attempt_args(place: &DrainPlace, attempt: usize, rng: &mut Rng) -> Vec<String> {
+    let mut args = vec![
+        "--ca-cert".to_string(),
+        place.ca.to_string(),
+        "--concurrency".into(),
+        "12".into(),
+        "--batch-size".into(),
+        "3".into(),
+    ];
+    // After a kill, continue with `resume` or by naming the destinations again.
+    if attempt == 1 || rng.below(3) == 0 {
+        args.extend(place.servers.iter().map(|s| s.dest()));
+    } else {
+        args.push("resume".into());
+    }
+    args
+}
+
+/// Attempts of one round: each killed at a random moment (while kill points are still
+/// wanted), until one runs to exit 0.
+fn drain_round_with_kills(
+    place: &DrainPlace,
+    rng: &mut Rng,
+    kills: &mut Kills,
+    points: usize,
+    rounds: usize,
+) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        assert!(attempt < 1000, "the drain never finished");
+        let args = attempt_args(place, attempt, rng);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let before = inspect_json(place.src, &[]);
+        let mut child = spawn_logged(place.src, &args, place.out, place.log);
+        if kills.points < points {
+            let delay = Duration::from_millis(rng.below(350));
+            if wait_up_to(&mut child, delay).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+                // What the kill left, read before `drain resume` settles it.
+                let after = try_inspect_json(place.src, &[]).unwrap_or_else(|e| {
+                    panic!("the kill after {delay:?} left a journal unreadable: {e}")
+                });
+                kills.count(&before, &after);
+                continue;
+            }
+        }
+        let code = wait_up_to(&mut child, Duration::from_secs(300)).expect("drain hung");
+        let out = std::fs::read_to_string(place.log).unwrap_or_default();
+        assert_eq!(
+            code, 0,
+            "attempt {attempt} of round {rounds} ended with {code}:\n{out}"
+        );
+        break;
+    }
 }
 
 #[test]

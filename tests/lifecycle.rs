@@ -227,54 +227,8 @@ fn a_destination_that_is_draining_answers_503_and_is_skipped() {
 fn two_hops_keep_every_queue_kind_attempts_and_retry_time() {
     let tmp = TempDir::new("hops");
     let a_dir = tmp.sub("a");
-    let kinds = ["queue", "bounce-lite", "bounce-full", "submission"];
-    for (i, k) in kinds.iter().enumerate() {
-        spool_add(&a_dir, k, 0, None, b"never attempted\r\n");
-        spool_add(
-            &a_dir,
-            k,
-            i as u32 + 1,
-            Some("2031-02-03T04:05:06Z"),
-            b"retry later\n",
-        );
-        spool_add(
-            &a_dir,
-            k,
-            7,
-            Some("2020-01-01T00:00:00.5+01:00"),
-            b"overdue",
-        );
-    }
-    fill(&a_dir, 100);
-    let original = spool_ls(&a_dir);
-
-    // `spool ls --due`: due now, in next-retry order (never attempted first).
-    let o = drain(&a_dir, &["spool", "ls", "--json", "--due"]);
-    let due: Vec<LsEntry> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let now = drain::base::Timestamp::now();
-    let want = original
-        .iter()
-        .filter(|e| {
-            e.next_retry_at
-                .as_deref()
-                .is_none_or(|t| drain::base::Timestamp::parse(t).unwrap() <= now)
-        })
-        .count();
-    assert_eq!(due.len(), want);
-    assert!(
-        due.iter()
-            .all(|e| e.next_retry_at.as_deref() != Some("2031-02-03T04:05:06Z"))
-    );
-    let order: Vec<Option<String>> = due.iter().map(|e| e.next_retry_at.clone()).collect();
-    let mut sorted = order.clone();
-    sorted.sort_by_key(|t| {
-        t.as_deref()
-            .map(|s| drain::base::Timestamp::parse(s).unwrap())
-    });
-    assert_eq!(order, sorted);
+    let original = fill_every_kind_with_retry_data(&a_dir);
+    check_spool_ls_due(&a_dir, &original);
 
     let mut b = Server::start(&tmp, "b", ServeConfig::on("127.0.0.83"));
     let c = Server::start(&tmp, "c", ServeConfig::on("127.0.0.84"));
@@ -304,6 +258,55 @@ fn two_hops_keep_every_queue_kind_attempts_and_retry_time() {
     on_c.sort_by(|x, y| x.id.cmp(&y.id));
     original.sort_by(|x, y| x.id.cmp(&y.id));
     assert_eq!(on_c, original, "every field intact after two hops");
+}
+
+/// In every queue kind: a message never attempted, one to retry later and an overdue one; then
+/// 100 bulk messages. Returns the listing of the spool.
+fn fill_every_kind_with_retry_data(a_dir: &Path) -> Vec<LsEntry> {
+    let kinds = ["queue", "bounce-lite", "bounce-full", "submission"];
+    for (i, k) in kinds.iter().enumerate() {
+        spool_add(a_dir, k, 0, None, b"never attempted\r\n");
+        spool_add(
+            a_dir,
+            k,
+            i as u32 + 1,
+            Some("2031-02-03T04:05:06Z"),
+            b"retry later\n",
+        );
+        spool_add(a_dir, k, 7, Some("2020-01-01T00:00:00.5+01:00"), b"overdue");
+    }
+    fill(a_dir, 100);
+    spool_ls(a_dir)
+}
+
+/// `spool ls --due`: due now, in next-retry order (never attempted first).
+fn check_spool_ls_due(a_dir: &Path, original: &[LsEntry]) {
+    let o = drain(a_dir, &["spool", "ls", "--json", "--due"]);
+    let due: Vec<LsEntry> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let now = drain::base::Timestamp::now();
+    let want = original
+        .iter()
+        .filter(|e| {
+            e.next_retry_at
+                .as_deref()
+                .is_none_or(|t| drain::base::Timestamp::parse(t).unwrap() <= now)
+        })
+        .count();
+    assert_eq!(due.len(), want);
+    assert!(
+        due.iter()
+            .all(|e| e.next_retry_at.as_deref() != Some("2031-02-03T04:05:06Z"))
+    );
+    let order: Vec<Option<String>> = due.iter().map(|e| e.next_retry_at.clone()).collect();
+    let mut sorted = order.clone();
+    sorted.sort_by_key(|t| {
+        t.as_deref()
+            .map(|s| drain::base::Timestamp::parse(s).unwrap())
+    });
+    assert_eq!(order, sorted);
 }
 
 #[test]

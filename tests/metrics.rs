@@ -114,11 +114,25 @@ fn wait_for(addr: SocketAddr, what: &str, ok: impl Fn(&HashMap<String, f64>) -> 
     }
 }
 
+/// Messages in the real drain.
+const N: usize = 60;
+
 #[test]
 fn metrics_count_what_a_drain_brought_in() {
     let tmp = TempDir::new("metrics");
     let sink = EventSink::start("127.0.0.113");
     sink.status.store(500, Ordering::SeqCst);
+    let (dest, maddr) = start_destination(&tmp, &sink);
+    check_every_counter_at_zero(maddr);
+    let transfers = drain_into(&tmp, &dest, maddr);
+    send_raw_requests(&dest);
+    check_counts_after_the_raw_requests(&dest, maddr, transfers);
+    check_event_counters(maddr, &sink);
+}
+
+/// A serve accepting drains from .111 and .112, with metrics and a (failing) event endpoint;
+/// returns it and its metrics address.
+fn start_destination(tmp: &TempDir, sink: &EventSink) -> (Server, SocketAddr) {
     let mut cfg = ServeConfig::on("127.0.0.110");
     cfg.accept = "127.0.0.111,127.0.0.112";
     cfg.extra = vec![
@@ -127,14 +141,17 @@ fn metrics_count_what_a_drain_brought_in() {
         "--event-endpoint".into(),
         sink.url.clone(),
     ];
-    let dest = Server::start(&tmp, "dest", cfg);
+    let dest = Server::start(tmp, "dest", cfg);
     let maddr: SocketAddr = std::fs::read_to_string(dest.data_dir.join("metrics.addr"))
         .expect("metrics.addr")
         .trim()
         .parse()
         .unwrap();
+    (dest, maddr)
+}
 
-    // Before anything: every counter exported, at zero.
+/// Before anything: every counter exported, at zero.
+fn check_every_counter_at_zero(maddr: SocketAddr) {
     let m = scrape(maddr);
     assert_eq!(metric(&m, "drain_intake_messages_stored_total"), 0.0);
     assert_eq!(
@@ -143,12 +160,13 @@ fn metrics_count_what_a_drain_brought_in() {
     );
     assert_eq!(metric(&m, "drain_intake_accepting"), 1.0);
     assert_eq!(get(maddr, "/nothing-here").0, 404);
+}
 
-    // A real drain of N messages.
-    const N: usize = 60;
+/// A real drain of N messages; returns the transfer count it left.
+fn drain_into(tmp: &TempDir, dest: &Server, maddr: SocketAddr) -> f64 {
     let src = tmp.sub("src");
     fill(&src, N);
-    let ca = ca_bundle(&tmp, &[&dest]);
+    let ca = ca_bundle(tmp, &[dest]);
     let o = drain(
         &src,
         &[
@@ -177,17 +195,20 @@ fn metrics_count_what_a_drain_brought_in() {
         ),
         transfers
     );
+    transfers
+}
 
-    // The same request twice: stored, then a dedupe hit. A bad hash, and a refused peer.
+/// The same request twice: stored, then a dedupe hit. A bad hash, and a refused peer.
+fn send_raw_requests(dest: &Server) {
     let extra = message(QueueKind::Queue, 1, b"Subject: one more\r\n\r\nhello\r\n");
     let body = batch(&[(&extra, extra.hash)]);
-    let (st, text) = transfer(&dest, "127.0.0.112", body.clone());
+    let (st, text) = transfer(dest, "127.0.0.112", body.clone());
     assert_eq!(
         (st, outcomes(&text)),
         (200, vec![Outcome::Stored]),
         "{text}"
     );
-    let (st, text) = transfer(&dest, "127.0.0.112", body.clone());
+    let (st, text) = transfer(dest, "127.0.0.112", body.clone());
     assert_eq!(
         (st, outcomes(&text)),
         (200, vec![Outcome::AlreadyHeld]),
@@ -195,7 +216,7 @@ fn metrics_count_what_a_drain_brought_in() {
     );
     let bad = message(QueueKind::Queue, 1, b"tampered");
     let (st, text) = transfer(
-        &dest,
+        dest,
         "127.0.0.112",
         batch(&[(&bad, drain::base::ContentHash::of(b"x"))]),
     );
@@ -204,9 +225,12 @@ fn metrics_count_what_a_drain_brought_in() {
         (200, vec![Outcome::RejectedPermanent]),
         "{text}"
     );
-    let (st, text) = transfer(&dest, "127.0.0.114", body);
+    let (st, text) = transfer(dest, "127.0.0.114", body);
     assert_eq!(st, 403, "{text}");
+}
 
+/// Stored, already held, refused (by reason) and transfers counted after the raw requests.
+fn check_counts_after_the_raw_requests(dest: &Server, maddr: SocketAddr, transfers: f64) {
     let ls = dest.ls();
     assert_eq!(ls.len(), N + 1);
     let m = scrape(maddr);
@@ -235,7 +259,11 @@ fn metrics_count_what_a_drain_brought_in() {
         metric(&m, "drain_intake_transfer_duration_seconds_count"),
         transfers + 4.0
     );
+}
 
+/// Events: one per message stored, pending while the endpoint fails, delivered once it
+/// answers.
+fn check_event_counters(maddr: SocketAddr, sink: &EventSink) {
     // Events: one per message stored, pending while the endpoint fails...
     wait_for(maddr, "an event delivery failure", |m| {
         metric(m, "drain_event_delivery_failures_total") >= 1.0

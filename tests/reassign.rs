@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::proxy::{AnswerDropProxy, Verdict};
+use common::proxy::{AnswerDropProxy, CutTransfer, Verdict};
 use common::*;
 
 /// One drain run may not take longer than this.
@@ -106,20 +106,39 @@ fn journal_of(
 fn reassign_after_releases_pinned_messages_flagged_as_possible_duplicates() {
     let started = Instant::now();
     let s = Setup::new("reassign", 60, 20);
-    let proxy_dest = s.proxy_dest();
-    let b_dest = s.b.dest();
+    let (stdout, stderr, ctx) = drain_with_reassign_after(&s);
+    let cut = check_one_transfer_answer_cut(&s, &stderr, &ctx);
+    check_report_everything_on_b(&s, &stdout, &ctx);
+    let (a_ids, b_ids) = check_census_every_message_on_b(&s, &cut, &ctx);
+    let flagged = check_journal_flags_the_duplicates(&s, &a_ids, &b_ids);
+    let all = s.originals.len();
+    eprintln!(
+        "reassign: {} messages, {} stored by A and reassigned to B (flagged), {} straight to B, \
+         {:.1?}",
+        all,
+        flagged.len(),
+        all - flagged.len(),
+        started.elapsed()
+    );
+}
 
+/// Runs the drain with `--reassign-after 2s` to its end; returns its stdout, its stderr and
+/// the context for failure messages.
+fn drain_with_reassign_after(s: &Setup) -> (String, String, String) {
     let (mut child, out, err) = s.spawn_drain(&["--reassign-after", "2s"], "drain");
     let code = wait_exit(&mut child, RUN_TIMEOUT, &err);
     let stdout = std::fs::read_to_string(&out).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err).unwrap_or_default();
     let ctx = s.context(&stderr);
     assert_eq!(code, 0, "drain exit\nstdout:\n{stdout}{ctx}");
+    (stdout, stderr, ctx)
+}
 
-    // The proxy swallowed exactly one transfer answer, after A stored all of it.
-    let cut = s.proxy.cut();
+/// The proxy swallowed exactly one transfer answer, after A stored all of it.
+fn check_one_transfer_answer_cut(s: &Setup, stderr: &str, ctx: &str) -> CutTransfer {
+    let mut cut = s.proxy.cut();
     assert_eq!(cut.len(), 1, "transfers cut{ctx}");
-    let cut = &cut[0];
+    let cut = cut.remove(0);
     assert_eq!(cut.status, 200, "A's answer to the cut transfer{ctx}");
     assert!(cut.results > 0, "A's answer lists no message{ctx}");
     assert_eq!(
@@ -135,9 +154,13 @@ fn reassign_after_releases_pinned_messages_flagged_as_possible_duplicates() {
         stderr.contains("stayed unreachable past --reassign-after"),
         "no reassignment logged{ctx}"
     );
+    cut
+}
 
-    // The report: everything delivered to B, nothing in doubt.
-    let report: serde_json::Value = serde_json::from_str(&stdout)
+/// The report: everything delivered to B, nothing in doubt.
+fn check_report_everything_on_b(s: &Setup, stdout: &str, ctx: &str) {
+    let (proxy_dest, b_dest) = (s.proxy_dest(), s.b.dest());
+    let report: serde_json::Value = serde_json::from_str(stdout)
         .unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{stdout}{ctx}"));
     assert_eq!(report["in_doubt"], 0, "{report}");
     assert_eq!(report["removed"], 20, "{report}");
@@ -149,8 +172,15 @@ fn reassign_after_releases_pinned_messages_flagged_as_possible_duplicates() {
         report["delivered"].get(&proxy_dest).is_none(),
         "nothing can be acknowledged by the proxy: {report}"
     );
+}
 
-    // Census: every message on B; the ones A stored are on A too; the source is empty.
+/// Census: every message on B; the ones A stored are on A too; the source is empty. Returns
+/// the ids on A and on B.
+fn check_census_every_message_on_b(
+    s: &Setup,
+    cut: &CutTransfer,
+    ctx: &str,
+) -> (BTreeSet<String>, BTreeSet<String>) {
     let on_a = s.a.ls();
     let on_b = s.b.ls();
     let left = spool_ls(&s.src);
@@ -176,8 +206,18 @@ fn reassign_after_releases_pinned_messages_flagged_as_possible_duplicates() {
         .filter(|id| !a_ids.contains(*id) && !b_ids.contains(*id) && !ids(&left).contains(*id))
         .collect();
     assert!(missing.is_empty(), "lost messages: {missing:?}");
+    (a_ids, b_ids)
+}
 
-    // The journal: finished, every message deleted after B's ack; the duplicates are flagged.
+/// The journal: finished, every message deleted after B's ack; the duplicates are flagged.
+/// Returns the flagged ids.
+fn check_journal_flags_the_duplicates(
+    s: &Setup,
+    a_ids: &BTreeSet<String>,
+    b_ids: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let (proxy_dest, b_dest) = (s.proxy_dest(), s.b.dest());
+    let all: BTreeSet<String> = s.originals.keys().cloned().collect();
     let (summary, recs) = journal_of(&s.src, &s.originals);
     let run = &summary["run"];
     assert_eq!(run["status"], "finished", "{run}");
@@ -193,7 +233,7 @@ fn reassign_after_releases_pinned_messages_flagged_as_possible_duplicates() {
         .filter(|(_, r)| r.possible_duplicate)
         .map(|(id, _)| id.clone())
         .collect();
-    let on_both: BTreeSet<String> = a_ids.intersection(&b_ids).cloned().collect();
+    let on_both: BTreeSet<String> = a_ids.intersection(b_ids).cloned().collect();
     let unflagged_dups: Vec<_> = on_both.difference(&flagged).collect();
     assert!(
         unflagged_dups.is_empty(),
@@ -206,60 +246,55 @@ fn reassign_after_releases_pinned_messages_flagged_as_possible_duplicates() {
     for (id, r) in &recs {
         assert_eq!(r.state, "deleted", "{id}: {r:?}");
         assert_eq!(r.dest.as_deref(), Some(b_dest.as_str()), "{id}: {r:?}");
-        let reassigned: Vec<_> = r
-            .history
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.event == "reassigned")
-            .collect();
-        if !r.possible_duplicate {
-            assert!(
-                reassigned.is_empty(),
-                "{id}: reassigned but not flagged: {r:?}"
-            );
-            continue;
-        }
-        assert_eq!(
-            reassigned.len(),
-            1,
-            "{id}: one reassignment expected: {r:?}"
-        );
-        let (i, t) = reassigned[0];
-        assert_eq!(t.dest.as_deref(), Some(proxy_dest.as_str()), "{id}: {r:?}");
-        // Before it: sent to the proxy (in doubt); it was released no sooner than 2 s later.
-        let sent = r.history[..i]
-            .iter()
-            .rev()
-            .find(|t| t.event == "sent")
-            .unwrap_or_else(|| panic!("{id}: reassigned without a prior send: {r:?}"));
-        assert_eq!(
-            sent.dest.as_deref(),
-            Some(proxy_dest.as_str()),
-            "{id}: {r:?}"
-        );
-        assert!(
-            t.time() - sent.time() >= time::Duration::seconds(2),
-            "{id}: released {} after it was sent, before --reassign-after 2s: {r:?}",
-            t.time() - sent.time()
-        );
-        // After it: sent to B and acknowledged there.
-        let after: Vec<_> = r.history[i + 1..]
-            .iter()
-            .map(|t| (t.event.as_str(), t.dest.clone()))
-            .collect();
-        assert!(
-            after.contains(&("sent", Some(b_dest.clone())))
-                && after.contains(&("acked", Some(b_dest.clone()))),
-            "{id}: not re-sent to B after the reassignment: {r:?}"
-        );
+        check_reassignment_history(id, r, &proxy_dest, &b_dest);
     }
-    eprintln!(
-        "reassign: {} messages, {} stored by A and reassigned to B (flagged), {} straight to B, \
-         {:.1?}",
-        all.len(),
-        flagged.len(),
-        all.len() - flagged.len(),
-        started.elapsed()
+    flagged
+}
+
+/// A flagged message was reassigned once, from the proxy, no sooner than 2 s after it was sent
+/// there, then sent to B and acknowledged; an unflagged one was never reassigned.
+fn check_reassignment_history(id: &str, r: &MessageInRun, proxy_dest: &str, b_dest: &str) {
+    let reassigned: Vec<_> = r
+        .history
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.event == "reassigned")
+        .collect();
+    if !r.possible_duplicate {
+        assert!(
+            reassigned.is_empty(),
+            "{id}: reassigned but not flagged: {r:?}"
+        );
+        return;
+    }
+    assert_eq!(
+        reassigned.len(),
+        1,
+        "{id}: one reassignment expected: {r:?}"
+    );
+    let (i, t) = reassigned[0];
+    assert_eq!(t.dest.as_deref(), Some(proxy_dest), "{id}: {r:?}");
+    // Before it: sent to the proxy (in doubt); it was released no sooner than 2 s later.
+    let sent = r.history[..i]
+        .iter()
+        .rev()
+        .find(|t| t.event == "sent")
+        .unwrap_or_else(|| panic!("{id}: reassigned without a prior send: {r:?}"));
+    assert_eq!(sent.dest.as_deref(), Some(proxy_dest), "{id}: {r:?}");
+    assert!(
+        t.time() - sent.time() >= time::Duration::seconds(2),
+        "{id}: released {} after it was sent, before --reassign-after 2s: {r:?}",
+        t.time() - sent.time()
+    );
+    // After it: sent to B and acknowledged there.
+    let after: Vec<_> = r.history[i + 1..]
+        .iter()
+        .map(|t| (t.event.as_str(), t.dest.clone()))
+        .collect();
+    assert!(
+        after.contains(&("sent", Some(b_dest.to_string())))
+            && after.contains(&("acked", Some(b_dest.to_string()))),
+        "{id}: not re-sent to B after the reassignment: {r:?}"
     );
 }
 
@@ -267,10 +302,27 @@ fn reassign_after_releases_pinned_messages_flagged_as_possible_duplicates() {
 fn without_reassign_after_pinned_messages_wait_for_their_destination() {
     let started = Instant::now();
     let s = Setup::new("pinned", 63, 20);
-    let proxy_dest = s.proxy_dest();
+    let (stderr, ctx) = drain_stopped_after_two_queries(&s);
+    assert!(
+        !stderr.contains("stayed unreachable past --reassign-after"),
+        "reassigned without --reassign-after{ctx}"
+    );
+    let census = census_after_the_cut(&s, &ctx);
+    let pinned = check_journal_keeps_them_pinned(&s, &census, &ctx);
+    check_nothing_lost_nothing_on_two(&s, &census, &ctx);
+    eprintln!(
+        "pinned: {} messages in doubt with the dead proxy stayed in the source, B got {}, {:.1?}",
+        pinned.len(),
+        census.b_ids.len(),
+        started.elapsed()
+    );
+}
 
+/// Runs the drain without `--reassign-after` until it has asked A (through the dead proxy) at
+/// least twice, then stops it with SIGTERM; returns its stderr and the context for failure
+/// messages.
+fn drain_stopped_after_two_queries(s: &Setup) -> (String, String) {
     let (mut child, out, err) = s.spawn_drain(&[], "drain");
-    // Wait until it has asked A (through the dead proxy) at least twice.
     let deadline = Instant::now() + RUN_TIMEOUT;
     loop {
         let stderr = std::fs::read_to_string(&err).unwrap_or_default();
@@ -293,11 +345,18 @@ fn without_reassign_after_pinned_messages_wait_for_their_destination() {
     let stderr = std::fs::read_to_string(&err).unwrap_or_default();
     let ctx = s.context(&stderr);
     assert_eq!(code, 42, "exit after SIGTERM\nstdout:\n{stdout}{ctx}");
-    assert!(
-        !stderr.contains("stayed unreachable past --reassign-after"),
-        "reassigned without --reassign-after{ctx}"
-    );
+    (stderr, ctx)
+}
 
+/// The ids on A, on B and left in the source after the pinned run.
+struct Census {
+    a_ids: BTreeSet<String>,
+    b_ids: BTreeSet<String>,
+    src_ids: BTreeSet<String>,
+}
+
+/// One transfer was cut and A holds exactly what it stored; every copy is intact.
+fn census_after_the_cut(s: &Setup, ctx: &str) -> Census {
     let cut = s.proxy.cut();
     assert_eq!(cut.len(), 1, "transfers cut{ctx}");
     assert!(!cut[0].stored.is_empty(), "A stored nothing{ctx}");
@@ -313,7 +372,17 @@ fn without_reassign_after_pinned_messages_wait_for_their_destination() {
         a_ids, cut[0].stored,
         "A holds exactly what it answered stored{ctx}"
     );
+    Census {
+        a_ids,
+        b_ids,
+        src_ids,
+    }
+}
 
+/// The journal: interrupted; in doubt exactly what the cut request carried, each still pinned
+/// to the proxy, unflagged, never offered to B and still in the source. Returns the pinned ids.
+fn check_journal_keeps_them_pinned(s: &Setup, c: &Census, ctx: &str) -> BTreeSet<String> {
+    let proxy_dest = s.proxy_dest();
     let (summary, recs) = journal_of(&s.src, &s.originals);
     let run = &summary["run"];
     assert_eq!(run["status"], "interrupted", "{run}");
@@ -324,7 +393,7 @@ fn without_reassign_after_pinned_messages_wait_for_their_destination() {
         .map(|(id, _)| id.clone())
         .collect();
     assert_eq!(
-        pinned, a_ids,
+        pinned, c.a_ids,
         "in doubt: exactly what the cut request carried{ctx}"
     );
     for id in &pinned {
@@ -341,29 +410,27 @@ fn without_reassign_after_pinned_messages_wait_for_their_destination() {
             "{id}: offered to B while pinned to A: {r:?}"
         );
         assert!(
-            !b_ids.contains(id),
+            !c.b_ids.contains(id),
             "{id} is pinned to A but B holds it{ctx}"
         );
         assert!(
-            src_ids.contains(id),
+            c.src_ids.contains(id),
             "{id} is in doubt but gone from the source{ctx}"
         );
     }
-    // Nothing lost, nothing on two destinations.
+    pinned
+}
+
+/// Nothing lost, nothing on two destinations.
+fn check_nothing_lost_nothing_on_two(s: &Setup, c: &Census, ctx: &str) {
     for id in s.originals.keys() {
         assert!(
-            src_ids.contains(id) || b_ids.contains(id),
+            c.src_ids.contains(id) || c.b_ids.contains(id),
             "{id} is neither in the source nor on B{ctx}"
         );
         assert!(
-            !(a_ids.contains(id) && b_ids.contains(id)),
+            !(c.a_ids.contains(id) && c.b_ids.contains(id)),
             "{id} on A and B{ctx}"
         );
     }
-    eprintln!(
-        "pinned: {} messages in doubt with the dead proxy stayed in the source, B got {}, {:.1?}",
-        pinned.len(),
-        b_ids.len(),
-        started.elapsed()
-    );
 }

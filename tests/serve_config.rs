@@ -34,9 +34,19 @@ fn line_of<'a>(out: &'a str, key: &str) -> &'a str {
 fn check_config_prints_the_effective_settings_with_flags_over_the_file() {
     let tmp = TempDir::new("cfgcheck");
     drain::tls::write_self_signed(&["127.0.0.100".into()], tmp.path(), "c").unwrap();
-    // Relative paths are taken from the file's directory.
-    let cfg = write(
-        tmp.path(),
+    let cfg = write_full_config(tmp.path());
+    let c = cfg.to_str().unwrap();
+    check_the_file_alone(tmp.path(), c);
+    let out = check_flags_over_the_file(c);
+    check_printed_settings_mean_the_same(tmp.path(), &out);
+    check_without_any_file(tmp.path());
+}
+
+/// A settings file that sets every kind of value; relative paths are taken from the file's
+/// directory.
+fn write_full_config(dir: &Path) -> PathBuf {
+    write(
+        dir,
         "serve.toml",
         r#"# drain serve settings
 listen = "127.0.0.100:8443"
@@ -49,10 +59,11 @@ dedupe_retention = "36h"
 event_endpoints = ["http://127.0.0.108:9/events"]
 metrics_listen = "127.0.0.100:9100"
 "#,
-    );
-    let c = cfg.to_str().unwrap();
+    )
+}
 
-    // The file alone.
+/// The file alone.
+fn check_the_file_alone(dir: &Path, c: &str) {
     let o = run(&["serve", "--config", c, "--check-config"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -76,7 +87,7 @@ metrics_listen = "127.0.0.100:9100"
         line_of(&out, "metrics_listen").contains("\"127.0.0.100:9100\""),
         "{out}"
     );
-    let cert = tmp.path().join("c.crt");
+    let cert = dir.join("c.crt");
     assert!(
         line_of(&out, "tls_cert").contains(&format!("{:?}", cert.display().to_string())),
         "{out}"
@@ -90,8 +101,11 @@ metrics_listen = "127.0.0.100:9100"
         "{out}"
     );
     assert!(line_of(&out, "wait_after_drain").contains("false"), "{out}");
+}
 
-    // Flags win; a list flag replaces the file's list rather than adding to it.
+/// Flags win; a list flag replaces the file's list rather than adding to it. Returns the
+/// printed settings.
+fn check_flags_over_the_file(c: &str) -> String {
     let o = run(&[
         "serve",
         "--config",
@@ -125,9 +139,12 @@ metrics_listen = "127.0.0.100:9100"
         line_of(&out, "dedupe_retention").ends_with("# serve.toml"),
         "{out}"
     );
+    out
+}
 
-    // What --check-config prints is itself a valid config file, and means the same.
-    let printed = write(tmp.path(), "printed.toml", &out);
+/// What --check-config prints is itself a valid config file, and means the same.
+fn check_printed_settings_mean_the_same(dir: &Path, out: &str) {
+    let printed = write(dir, "printed.toml", out);
     let o = run(&[
         "serve",
         "--config",
@@ -152,17 +169,19 @@ metrics_listen = "127.0.0.100:9100"
                 .trim()
                 .to_string()
         };
-        assert_eq!(value(&again), value(&out), "{key}");
+        assert_eq!(value(&again), value(out), "{key}");
     }
+}
 
-    // Without any file: flags and defaults; the certificate is still checked.
+/// Without any file: flags and defaults; the certificate is still checked.
+fn check_without_any_file(dir: &Path) {
     let o = run(&[
         "serve",
         "--check-config",
         "--tls-cert",
-        tmp.path().join("c.crt").to_str().unwrap(),
+        dir.join("c.crt").to_str().unwrap(),
         "--tls-key",
-        tmp.path().join("missing.key").to_str().unwrap(),
+        dir.join("missing.key").to_str().unwrap(),
     ]);
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(

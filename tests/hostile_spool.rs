@@ -7,36 +7,19 @@ mod common;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 /// Runs `drain --data-dir DIR ARGS...`, failing the test if it has not ended within `limit`
 /// (a hang is exactly what this file tests for).
-fn drain_within(dir: &Path, args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn drain");
-    let deadline = Instant::now() + limit;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let o = child.wait_with_output().expect("output");
-            panic!(
-                "drain {args:?} still running after {limit:?}:\n{}",
-                show(&o)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
+fn drain_within(dir: &Path, args: &[&str], limit: Duration) -> Ran {
+    run_logged(
+        dir,
+        args,
+        &dir.with_extension(args[0].trim_start_matches('-')),
+        limit,
+    )
 }
 
 /// Plants the hostile files in the `queue` directory; returns their paths.
@@ -72,10 +55,10 @@ fn special_files_are_named_unreadable_and_never_hang() {
 
     // `spool ls` lists the 20 messages, names every bad file, and ends (exit 1).
     let o = drain_within(&src, &["spool", "ls", "--json"], Duration::from_secs(60));
-    assert_eq!(code(&o), 1, "{}", show(&o));
-    let listed = String::from_utf8_lossy(&o.stdout).lines().count();
-    assert_eq!(listed, 20, "{}", show(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let listed = o.stdout.lines().count();
+    assert_eq!(listed, 20, "{}", o.stderr);
+    let err = &o.stderr;
     for p in &bad {
         assert!(
             err.contains(&*p.to_string_lossy()),
@@ -101,12 +84,8 @@ fn special_files_are_named_unreadable_and_never_hang() {
         ],
         Duration::from_secs(120),
     );
-    assert_eq!(code(&o), 11, "{}", show(&o));
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_eq!(o.code, 11, "{}{}", o.stdout, o.stderr);
+    let out = format!("{}{}", o.stdout, o.stderr);
     for p in &bad {
         assert!(
             out.contains(&*p.to_string_lossy()),

@@ -38,13 +38,13 @@ fn token(n: u8) -> String {
 
 async fn transfer(
     c: &reqwest::Client,
-    s: &Server,
+    addr: std::net::SocketAddr,
     who: u8,
     frames: Vec<&Message>,
 ) -> wire::TransferResponse {
     let body = batch(&frames.iter().map(|m| (*m, m.hash)).collect::<Vec<_>>());
     let r = c
-        .post(format!("https://{}{}", s.addr, wire::TRANSFER_PATH))
+        .post(format!("https://{addr}{}", wire::TRANSFER_PATH))
         .header(wire::HDR_SENDER, token(who))
         .header(wire::HDR_RUN, token(who + 100))
         .header("content-type", wire::BATCH_CONTENT_TYPE)
@@ -96,12 +96,23 @@ fn four_senders_one_id_at_once_exactly_one_is_stored() {
         let msgs: Vec<Message> = (0..4u8)
             .map(|i| with_id(id, QueueKind::Queue, format!("body {i}").as_bytes()))
             .collect();
+        // One task per sender, all started before any is awaited: they race for the id.
         let answers = rt.block_on(async {
-            let futs = msgs
+            let tasks: Vec<_> = msgs
                 .iter()
                 .enumerate()
-                .map(|(i, m)| transfer(&c, &s, i as u8 + 4 * round, vec![m]));
-            futures_join_all(futs).await
+                .map(|(i, m)| {
+                    let (c, addr, m) = (c.clone(), s.addr, m.clone());
+                    tokio::spawn(
+                        async move { transfer(&c, addr, i as u8 + 4 * round, vec![&m]).await },
+                    )
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
         });
         let stored: Vec<usize> = (0..4)
             .filter(|&i| answers[i].results[0].outcome == Outcome::Stored)
@@ -151,7 +162,7 @@ fn one_id_twice_in_a_request_or_in_two_queues_is_stored_once() {
         with_id(b, QueueKind::BounceFull, b"same"),
     );
     assert_ne!(b1.hash, b2.hash, "the queue is part of the file");
-    let r = rt.block_on(transfer(&c, &s, 1, vec![&a1, &a2, &b1, &b2, &a1]));
+    let r = rt.block_on(transfer(&c, s.addr, 1, vec![&a1, &a2, &b1, &b2, &a1]));
     let conflict = (Outcome::RejectedPermanent, Some(RejectCode::IdConflict));
     assert_eq!(
         outcomes(&r.results),
@@ -173,34 +184,4 @@ fn one_id_twice_in_a_request_or_in_two_queues_is_stored_once() {
     assert_eq!(files, want);
     assert!(!rt.block_on(held(&c, &s, 1, &a2)));
     assert!(rt.block_on(held(&c, &s, 1, &a1)));
-}
-
-/// Polls every future to completion concurrently (no extra crate for one join).
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let handles: Vec<_> = futs.map(Box::pin).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    let mut pending: Vec<_> = handles.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (i, slot) in pending.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.extend(results.into_iter().map(|r| r.expect("ready")));
-    out
 }

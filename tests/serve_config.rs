@@ -4,18 +4,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
 use common::*;
-
-/// Runs `drain ARGS...` (no data directory unless given in ARGS).
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run drain")
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -64,7 +54,7 @@ metrics_listen = "127.0.0.100:9100"
 
 /// The file alone.
 fn check_the_file_alone(dir: &Path, c: &str) {
-    let o = run(&["serve", "--config", c, "--check-config"]);
+    let o = drain_bare(&["serve", "--config", c, "--check-config"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
@@ -106,7 +96,7 @@ fn check_the_file_alone(dir: &Path, c: &str) {
 /// Flags win; a list flag replaces the file's list rather than adding to it. Returns the
 /// printed settings.
 fn check_flags_over_the_file(c: &str) -> String {
-    let o = run(&[
+    let o = drain_bare(&[
         "serve",
         "--config",
         c,
@@ -145,7 +135,7 @@ fn check_flags_over_the_file(c: &str) -> String {
 /// What --check-config prints is itself a valid config file, and means the same.
 fn check_printed_settings_mean_the_same(dir: &Path, out: &str) {
     let printed = write(dir, "printed.toml", out);
-    let o = run(&[
+    let o = drain_bare(&[
         "serve",
         "--config",
         printed.to_str().unwrap(),
@@ -175,7 +165,7 @@ fn check_printed_settings_mean_the_same(dir: &Path, out: &str) {
 
 /// Without any file: flags and defaults; the certificate is still checked.
 fn check_without_any_file(dir: &Path) {
-    let o = run(&[
+    let o = drain_bare(&[
         "serve",
         "--check-config",
         "--tls-cert",
@@ -208,7 +198,7 @@ fn a_bad_value_names_the_file_the_line_and_the_key() {
         if check {
             args.push("--check-config");
         }
-        let o = run(&args);
+        let o = drain_bare(&args);
         assert_eq!(code(&o), 1, "{}", show(&o));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(want), "{}", show(&o));
@@ -224,7 +214,7 @@ fn a_bad_value_names_the_file_the_line_and_the_key() {
         "tls_cert = \"c.crt\"\ntls_key = \"c.key\"\nlisten = \"0.0.0.0\"\n\
          trusted_proxy_ips = [\"10.0.0.1\"]\nincoming_drain_workers = \"eight\"\n",
     );
-    let o = run(&["serve", "--config", cfg.to_str().unwrap(), "--check-config"]);
+    let o = drain_bare(&["serve", "--config", cfg.to_str().unwrap(), "--check-config"]);
     assert_eq!(code(&o), 1, "{}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     let at = |s: &str| err.find(s).unwrap_or_else(|| panic!("{s:?} not in {err}"));
@@ -240,7 +230,7 @@ fn a_bad_value_names_the_file_the_line_and_the_key() {
         "broken.toml",
         "listen = \"127.0.0.1:1\"\n[[oops\n",
     );
-    let o = run(&["serve", "--config", cfg.to_str().unwrap(), "--check-config"]);
+    let o = drain_bare(&["serve", "--config", cfg.to_str().unwrap(), "--check-config"]);
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("broken.toml:2: not valid TOML"),
@@ -249,7 +239,7 @@ fn a_bad_value_names_the_file_the_line_and_the_key() {
     );
 
     // A flag's own bad value names the flag.
-    let o = run(&[
+    let o = drain_bare(&[
         "serve",
         "--config",
         c,
@@ -275,7 +265,7 @@ fn the_certificate_and_key_are_required_from_the_file_or_the_flags() {
         "accept_drain_from = [\"10.0.0.1\"]\n",
     );
     let data = tmp.sub("data");
-    let o = run(&[
+    let o = drain_bare(&[
         "--data-dir",
         data.to_str().unwrap(),
         "serve",

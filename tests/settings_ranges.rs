@@ -4,23 +4,13 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
-
 use common::*;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run drain")
-}
 
 fn check_file(tmp: &TempDir, text: &str) -> (i32, String) {
     let p = tmp.path().join("serve.toml");
     std::fs::write(&p, text).unwrap();
     let dir = tmp.sub("data");
-    let o = run(&[
+    let o = drain_bare(&[
         "--data-dir",
         &dir.to_string_lossy(),
         "serve",
@@ -96,7 +86,7 @@ fn out_of_range_flags_are_refused_naming_the_flag() {
             "--check-config",
         ];
         all.extend(args);
-        let o = run(&all);
+        let o = drain_bare(&all);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(matches!(code(&o), 1 | 2), "{args:?}: {}", show(&o));
         assert!(err.contains(args[0]), "{args:?}: {err}");

@@ -8,6 +8,29 @@
 //!   fsync) and the [`FileError`] that names the file at fault;
 //! - [`backoff`], [`units`]: retry pacing and byte formatting, one definition each.
 
+/// Serialises a type as its `Display` text and deserialises it with its text parser (`FromStr`,
+/// or a `parse` function): ids, hashes and times are strings in every file and on the wire.
+macro_rules! serde_as_text {
+    ($t:ty) => {
+        serde_as_text!($t, |s: &str| s.parse::<$t>());
+    };
+    ($t:ty, $parse:expr) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                ($parse)(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+use serde_as_text;
+
 pub mod durable;
 pub mod units;
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::options::Mode;
 
-pub use crate::base::units::{Count, human_bytes};
+use crate::base::units::{Count, human_bytes};
 
 /// A message or file that did not move, and why.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

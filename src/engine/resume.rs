@@ -101,17 +101,7 @@ async fn read_pinned(
             path: spool.path_of(r.queue, *id),
         })
         .collect();
-    let max = run.set.max_message;
-    let read = tokio::task::spawn_blocking(move || {
-        entries
-            .into_iter()
-            .map(|e| {
-                let r = spool.read_limited(&e, max);
-                (e, r)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await?;
+    let read = run.read_entries(entries).await?;
     let mut items = Vec::new();
     let mut changed = Vec::new();
     for ((entry, r), (_, rec)) in read.into_iter().zip(chunk) {

@@ -24,7 +24,7 @@ use super::options::DrainOptions;
 use super::report::{self, Report};
 use crate::base::Destination;
 use crate::journal::{Journal, MessageRecord};
-use crate::spool::Spool;
+use crate::spool::{Entry, Message, Spool, SpoolError};
 
 /// What is fixed for the whole invocation of a run.
 pub(crate) struct Settings {
@@ -211,6 +211,26 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// Reads and hashes `entries` on a blocking thread, each within the largest message read
+    /// (the caller holds the byte budget for them); the results are in `entries`' order.
+    pub async fn read_entries(
+        &self,
+        entries: Vec<Entry>,
+    ) -> anyhow::Result<Vec<(Entry, Result<Message, SpoolError>)>> {
+        let spool = self.spool.clone();
+        let max = self.set.max_message;
+        Ok(tokio::task::spawn_blocking(move || {
+            entries
+                .into_iter()
+                .map(|e| {
+                    let r = spool.read_limited(&e, max);
+                    (e, r)
+                })
+                .collect()
+        })
+        .await?)
+    }
+
     /// The next active destination in round-robin order that `ok` accepts.
     pub fn next_dest(&self, ok: impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.set.dests.len();

@@ -137,18 +137,7 @@ async fn take_batch(run: &Run, rx: &Feed) -> anyhow::Result<(Vec<Entry>, u64)> {
 
 /// Reads and hashes a batch; returns the messages to send.
 async fn read_batch(run: &Run, batch: Vec<Entry>) -> anyhow::Result<Vec<Item>> {
-    let spool = run.spool.clone();
-    let max = run.set.max_message;
-    let read = tokio::task::spawn_blocking(move || {
-        batch
-            .into_iter()
-            .map(|e| {
-                let r = spool.read_limited(&e, max);
-                (e, r)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await?;
+    let read = run.read_entries(batch).await?;
     // One read transaction for the batch's journal records.
     let ids: Vec<_> = read.iter().map(|(e, _)| e.id).collect();
     let records = run.journal.messages(run.set.run_seq, &ids)?;

@@ -68,6 +68,15 @@ pub fn drain(dir: &Path, args: &[&str]) -> Output {
         .expect("run drain")
 }
 
+/// Runs `drain ARGS...` to completion, with no data directory unless ARGS give one.
+pub fn drain_bare(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run drain")
+}
+
 pub fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }

@@ -43,17 +43,10 @@ impl<'a> ServeConfig<'a> {
 }
 
 impl Server {
+    /// A destination whose certificate names its IP address.
     pub fn start(tmp: &TempDir, name: &str, cfg: ServeConfig<'_>) -> Server {
-        let data_dir = tmp.sub(name);
-        let (cert, key) =
-            drain::tls::write_self_signed(&[cfg.ip.to_string()], tmp.path(), name).expect("cert");
-        Self::spawn(
-            data_dir,
-            cert,
-            key,
-            &cfg,
-            tmp.path().join(format!("{name}.log")),
-        )
+        let ip = cfg.ip;
+        Self::start_with_names(tmp, name, cfg, &[ip])
     }
 
     pub fn spawn(

@@ -378,7 +378,7 @@ impl ServeArgs {
 pub enum SpoolCommand {
     /// Store one message (body from FILE or standard input, bytes kept exactly); prints its id.
     #[command(
-        after_help = "Example:\n  drain spool add --queue queue --from a@example.com --to b@example.com --attempts 2 \\\n      --next-retry 2026-12-01T10:00:00Z message.eml"
+        after_help = "Examples:\n  drain spool add --queue queue --from a@example.com --to b@example.com --attempts 2 \\\n      --next-retry 2026-12-01T10:00:00Z message.eml\n  drain spool add message.eml --queue bounce-lite --from '' --to a@example.com --to c@example.net\n  cat message.eml | drain spool add --queue submission --from a@example.com --to b@example.com"
     )]
     Add(SpoolAddArgs),
     /// List the spool, one message per line (`--json`: one JSON object per line).
@@ -395,11 +395,11 @@ pub struct SpoolAddArgs {
     /// Queue kind: queue, bounce-lite, bounce-full or submission.
     #[arg(long)]
     pub queue: String,
-    /// Envelope sender.
-    #[arg(long)]
+    /// Envelope sender (`local@domain`; an empty string is the null sender of a bounce).
+    #[arg(long, value_name = "ADDRESS")]
     pub from: String,
-    /// Envelope recipients (repeatable).
-    #[arg(long, required = true, num_args = 1..)]
+    /// One envelope recipient (`local@domain`); repeat the flag for more.
+    #[arg(long, required = true, value_name = "ADDRESS", num_args = 1)]
     pub to: Vec<String>,
     /// Next retry time (RFC 3339); none: never attempted.
     #[arg(long)]
@@ -410,7 +410,7 @@ pub struct SpoolAddArgs {
     /// A free-form property KEY=VALUE (repeatable).
     #[arg(long = "property", value_name = "KEY=VALUE")]
     pub properties: Vec<String>,
-    /// The body; standard input when absent.
+    /// The body; standard input when absent (which must then not be a terminal).
     pub file: Option<PathBuf>,
 }
 

@@ -1,7 +1,7 @@
 //! `drain spool add|ls|cat`: put a message into the spool, list it, print one back.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 
 use anyhow::Context;
@@ -41,11 +41,23 @@ fn add(spool: &Spool, data_dir: &Path, a: SpoolAddArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("--property {p:?}: expected KEY=VALUE"))?;
         properties.insert(k.to_string(), v.to_string());
     }
+    if !a.from.is_empty() {
+        check_address("--from", &a.from)?;
+    }
+    for to in &a.to {
+        check_address("--to", to)?;
+    }
     let body = match &a.file {
         Some(path) => {
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
         }
         None => {
+            if std::io::stdin().is_terminal() {
+                anyhow::bail!(
+                    "no message file given and standard input is a terminal: \
+                     name the file (drain spool add ... message.eml) or pipe the message in"
+                );
+            }
             let mut b = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut b)
@@ -71,6 +83,23 @@ fn add(spool: &Spool, data_dir: &Path, a: SpoolAddArgs) -> anyhow::Result<i32> {
     crate::events::EventQueue::open(data_dir)?.record(&[event])?;
     println!("{}", msg.header.id);
     Ok(0)
+}
+
+/// An envelope address as a spool header may carry it: `local@domain`, no spaces, angle
+/// brackets or control characters (they would make the header ambiguous for the MTA reading it).
+fn check_address(flag: &str, addr: &str) -> anyhow::Result<()> {
+    let bad_char = addr
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>'));
+    if let Some(c) = bad_char {
+        anyhow::bail!("{flag} {addr:?}: an address may not contain {c:?}");
+    }
+    match addr.rsplit_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Ok(()),
+        _ => anyhow::bail!(
+            "{flag} {addr:?} is not an address (expected local@domain; repeat {flag} for each one)"
+        ),
+    }
 }
 
 /// One line per message; files that cannot be read are reported on stderr (exit 1 at the end).

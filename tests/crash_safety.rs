@@ -167,3 +167,30 @@ fn settle_only_ends_the_run_and_keeps_the_rest_for_the_instance() {
         show(&o)
     );
 }
+
+/// A SIGTERM on a spool larger than the scan's batches (issue 9, point 6): nothing is in flight
+/// (the only destination is down), so the drain stops at once with 42, prints its report and
+/// records the run as interrupted; it never waits out the shutdown grace.
+#[test]
+fn sigterm_on_a_large_spool_stops_at_once_with_a_report() {
+    let tmp = TempDir::new("sigterm-large");
+    let port = closed_port("127.0.0.57");
+    let src = tmp.sub("src");
+    fill(&src, 3000);
+    let dest = format!("127.0.0.57:{port}");
+    let (child, rx) = spawn_watched(&src, &[&dest]);
+    wait_line(&rx, "every destination failed");
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert_eq!(out.status.code(), Some(42), "{rest:?}");
+    assert!(
+        !rest.iter().any(|l| l.contains("still in flight")),
+        "the drain waited for requests that were not there: {rest:?}"
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("stopped by signal (exit 42)"), "no report: {report}");
+    assert_eq!(spool_ls(&src).len(), 3000, "nothing removed");
+    let v = inspect_json(&src, &[]);
+    assert_eq!(v["run"]["status"], "interrupted", "{v:#}");
+}

@@ -65,6 +65,9 @@ async fn one_pass(run: &Arc<Run>) -> anyhow::Result<()> {
         let rx = rx.clone();
         tasks.spawn(async move { worker(run, rx).await });
     }
+    // Only the workers may hold the receiver: once they stop, the scanner's next send fails
+    // and it ends, even when it was blocked on a full channel (a stop mid-scan).
+    drop(rx);
     let mut first_err = None;
     while let Some(r) = tasks.join_next().await {
         match r {

@@ -189,7 +189,10 @@ fn sigterm_on_a_large_spool_stops_at_once_with_a_report() {
         "the drain waited for requests that were not there: {rest:?}"
     );
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.contains("stopped by signal (exit 42)"), "no report: {report}");
+    assert!(
+        report.contains("stopped by signal (exit 42)"),
+        "no report: {report}"
+    );
     assert_eq!(spool_ls(&src).len(), 3000, "nothing removed");
     let v = inspect_json(&src, &[]);
     assert_eq!(v["run"]["status"], "interrupted", "{v:#}");

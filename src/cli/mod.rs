@@ -42,7 +42,13 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, quiet: bool) {
-    let default = if quiet { "warn" } else { "info" };
+    // rustls logs its own errors without the peer or what to do; drain reports each with both
+    // (RUST_LOG=rustls=debug brings them back).
+    let default = if quiet {
+        "warn,rustls=off"
+    } else {
+        "info,rustls=off"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let b = tracing_subscriber::fmt()

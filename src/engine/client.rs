@@ -20,7 +20,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use reqwest::StatusCode;
 
-use crate::base::{ContentHash, Destination, error_chain};
+use super::failure::{Failure, FailureKind};
+use crate::base::{ContentHash, Destination};
 use crate::wire::{self, ItemResult, QueryRequest, QueryResponse, TransferResponse};
 
 /// Why a query got no answer.
@@ -28,23 +29,23 @@ use crate::wire::{self, ItemResult, QueryRequest, QueryResponse, TransferRespons
 pub enum QueryError {
     /// Try again later: unreachable, timed out, busy, server error.
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(Failure),
     /// The destination refuses this sender altogether (403): it holds nothing of ours.
     #[error("{0}")]
-    Refused(String),
+    Refused(Failure),
 }
 
 /// How a transfer request ended.
 #[derive(Debug)]
 pub enum Delivery {
     Answered(Vec<ItemResult>),
-    NotDelivered(String),
+    NotDelivered(Failure),
     Refused {
         status: u16,
         permanent: bool,
-        reason: String,
+        reason: Failure,
     },
-    Ambiguous(String),
+    Ambiguous(Failure),
 }
 
 /// HTTPS client shared by every destination of a run (connections are pooled and reused).
@@ -111,23 +112,23 @@ impl Client {
             Ok(r) => r,
             // Never left: the connection was not made, or the request could not even be built.
             Err(e) if e.is_connect() || e.is_builder() => {
-                return Delivery::NotDelivered(error_chain(&e));
+                return Delivery::NotDelivered(Failure::from_http(&e));
             }
-            Err(e) => return Delivery::Ambiguous(error_chain(&e)),
+            Err(e) => return Delivery::Ambiguous(Failure::from_http(&e)),
         };
         let status = resp.status();
         if status == StatusCode::OK {
             return match resp.bytes().await {
-                Err(e) => {
-                    Delivery::Ambiguous(format!("reading the answer failed: {}", error_chain(&e)))
-                }
+                Err(e) => Delivery::Ambiguous(Failure::from_http(&e)),
                 Ok(b) => match serde_json::from_slice::<TransferResponse>(&b) {
                     Ok(r) if r.results.len() == frames => Delivery::Answered(r.results),
-                    Ok(r) => Delivery::Ambiguous(format!(
-                        "answer has {} results for {frames} messages",
-                        r.results.len()
+                    Ok(r) => Delivery::Ambiguous(Failure::new(
+                        FailureKind::BadAnswer,
+                        format!("{} results for {frames} messages", r.results.len()),
                     )),
-                    Err(e) => Delivery::Ambiguous(format!("unreadable answer: {e}")),
+                    Err(e) => {
+                        Delivery::Ambiguous(Failure::new(FailureKind::BadAnswer, e.to_string()))
+                    }
                 },
             };
         }
@@ -172,11 +173,11 @@ impl Client {
                             })
                             .collect(),
                     })
-                    .map_err(|e| Unavailable(e.to_string()))?,
+                    .map_err(|e| Unavailable(Failure::new(FailureKind::Other, e.to_string())))?,
                 )
                 .send()
                 .await
-                .map_err(|e| Unavailable(error_chain(&e)))?;
+                .map_err(|e| Unavailable(Failure::from_http(&e)))?;
             let status = resp.status();
             if status != StatusCode::OK {
                 let text = error_text(status, resp).await;
@@ -187,14 +188,12 @@ impl Client {
                     _ => Unavailable(text),
                 });
             }
-            let body = resp.bytes().await.map_err(|e| {
-                Unavailable(format!(
-                    "reading the query answer failed: {}",
-                    error_chain(&e)
-                ))
-            })?;
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| Unavailable(Failure::from_http(&e)))?;
             let q: QueryResponse = serde_json::from_slice(&body)
-                .map_err(|e| Unavailable(format!("unreadable query answer: {e}")))?;
+                .map_err(|e| Unavailable(Failure::new(FailureKind::BadAnswer, e.to_string())))?;
             held.extend(q.held);
         }
         Ok(held)
@@ -203,7 +202,7 @@ impl Client {
 
 impl Client {
     /// Tells the destination this run has finished, so it may drop its dedupe keys.
-    pub async fn finish(&self, dest: &Destination) -> Result<(), String> {
+    pub async fn finish(&self, dest: &Destination) -> Result<(), Failure> {
         let resp = self
             .http
             .post(dest.url(wire::FINISH_PATH))
@@ -212,7 +211,7 @@ impl Client {
             .timeout(Duration::from_secs(10))
             .send()
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| Failure::from_http(&e))?;
         let status = resp.status();
         if status != StatusCode::OK {
             return Err(error_text(status, resp).await);
@@ -221,10 +220,16 @@ impl Client {
     }
 }
 
-async fn error_text(status: StatusCode, resp: reqwest::Response) -> String {
+/// A non-200 answer as a failure: the status and the typed code if the body carries one
+/// (kind), the peer's message (detail).
+async fn error_text(status: StatusCode, resp: reqwest::Response) -> Failure {
     let body = resp.bytes().await.unwrap_or_default();
-    let msg = serde_json::from_slice::<wire::ErrorResponse>(&body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-    format!("HTTP {}: {}", status.as_u16(), msg.trim())
+    let (code, msg) = match serde_json::from_slice::<wire::ErrorResponse>(&body) {
+        Ok(e) => (e.code.map(|c| c.as_str()), e.error),
+        Err(_) => (
+            None,
+            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        ),
+    };
+    Failure::new(FailureKind::Status(status.as_u16(), code), msg.trim())
 }

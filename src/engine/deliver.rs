@@ -11,6 +11,7 @@
 use bytes::Bytes;
 
 use super::client::Delivery;
+use super::failure::{Failure, FailureKind};
 use super::item::Item;
 use super::ledger::{self, Rejection};
 use super::run::Run;
@@ -59,6 +60,7 @@ pub(crate) async fn one_request(run: &Run, d: usize, items: Vec<Item>) -> anyhow
         Delivery::NotDelivered(reason) => {
             tracing::warn!(dest = %dname, "{dname} did not take {} messages: {reason}; failing over", items.len());
             run.state.note_failure(&dname, &reason);
+            let reason = reason.to_string();
             ledger::not_delivered(run, &dname, ledger::ids(&items), &reason).await?;
             sorted.dest_failed = true;
             sorted.retry = items;
@@ -70,6 +72,7 @@ pub(crate) async fn one_request(run: &Run, d: usize, items: Vec<Item>) -> anyhow
         } => {
             tracing::warn!(dest = %dname, "{dname} refused {} messages: {reason}", items.len());
             run.state.note_failure(&dname, &reason);
+            let reason = reason.to_string();
             if status == 413 && items.len() > 1 {
                 ledger::not_delivered(run, &dname, ledger::ids(&items), &reason).await?;
                 sorted.split = true;
@@ -118,7 +121,9 @@ async fn answered(
             Outcome::Stored => acked.push((item, "stored".to_string())),
             Outcome::AlreadyHeld => acked.push((item, "already held".to_string())),
             Outcome::RejectedPermanent | Outcome::RejectedTransient => {
-                run.state.note_failure(&dname, &reason);
+                let code = res.code.unwrap_or(RejectCode::Unknown).as_str();
+                run.state
+                    .note_failure(&dname, &Failure::new(FailureKind::Rejected(code), &reason));
                 let mut permanent = res.outcome == Outcome::RejectedPermanent;
                 if permanent && res.code == Some(RejectCode::HashMismatch) && changed_on_disk(&item)
                 {

@@ -156,6 +156,7 @@ pub(crate) async fn acked(run: &Run, dest: &str, acked: Vec<(Item, String)>) -> 
         return Ok(());
     }
     commit_acked(run, dest, acked.iter().map(|(i, n)| (i.id(), n.clone()))).await?;
+    run.state.answering(dest);
     {
         let mut r = run.state.report();
         for (i, _) in &acked {

@@ -32,6 +32,7 @@
 
 pub mod client;
 mod deliver;
+mod failure;
 mod fallback;
 mod fallback_dir;
 mod item;

@@ -40,6 +40,7 @@ struct Snapshot {
     byte_rate: f64,
     eta: Option<Duration>,
     per_dest: String,
+    failing: String,
 }
 
 fn snapshot(run: &Run) -> Snapshot {
@@ -81,6 +82,7 @@ fn snapshot(run: &Run) -> Snapshot {
         byte_rate: done_bytes as f64 / secs,
         eta,
         per_dest,
+        failing: run.state.failing(),
     }
 }
 
@@ -101,6 +103,7 @@ pub(crate) async fn show(run: Arc<Run>, mode: ProgressMode) {
                 rate_bytes = s.byte_rate.round() as u64,
                 eta_secs = s.eta.map(|d| d.as_secs()),
                 per_destination = %s.per_dest,
+                failing = %s.failing,
                 "progress"
             );
         },
@@ -118,7 +121,7 @@ pub(crate) async fn show(run: Arc<Run>, mode: ProgressMode) {
                 bar.set_length(s.left.map_or(s.done, |l| s.done + s.failed + l));
                 bar.set_position(s.done + s.failed);
                 bar.set_message(format!(
-                    "{} ({}/s, {:.0} msg/s){}{} {}",
+                    "{} ({}/s, {:.0} msg/s){}{} {}{}",
                     human_bytes(s.done_bytes),
                     human_bytes(s.byte_rate as u64),
                     s.rate,
@@ -128,7 +131,12 @@ pub(crate) async fn show(run: Arc<Run>, mode: ProgressMode) {
                     s.eta
                         .map(|d| format!(", ETA {}s", d.as_secs()))
                         .unwrap_or_default(),
-                    s.per_dest
+                    s.per_dest,
+                    if s.failing.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" | failing: {}", s.failing)
+                    }
                 ));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::failure::Failure;
 use super::options::Mode;
 
 use crate::base::units::{Count, human_bytes};
@@ -26,7 +27,10 @@ pub struct Problem {
 /// The final report of a run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
+    /// Empty (and absent from the JSON) when no run was begun ("nothing to resume").
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub run_id: String,
+    #[serde(skip_serializing_if = "is_zero")]
     pub run_seq: u64,
     pub exit_code: i32,
     pub outcome: String,
@@ -37,8 +41,9 @@ pub struct Report {
     pub by_queue: BTreeMap<String, Count>,
     /// Local copies removed.
     pub removed: u64,
-    /// Failed attempts by reason (a message may fail over and then succeed).
-    pub failures: BTreeMap<String, u64>,
+    /// Failed attempts grouped by destination and kind (a message may fail over and then
+    /// succeed), keyed `"<destination>: <kind>"`.
+    pub failures: BTreeMap<String, FailureGroup>,
     /// Files that could not be read (exit 11).
     pub unreadable: Vec<Problem>,
     /// Messages every destination rejected permanently or that could not be sent (exit 12).
@@ -52,13 +57,36 @@ pub struct Report {
     pub fallback_path: Option<String>,
 }
 
-/// Keep the reason part of a failure short and stable so counts group well.
-pub fn reason_key(dest: &str, reason: &str) -> String {
-    let short: String = reason.chars().take(160).collect();
-    format!("{dest}: {short}")
+/// Failed attempts of one kind with one destination.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FailureGroup {
+    pub destination: String,
+    /// The kind, in words (`connection refused (nothing listens there)`, `HTTP 503 (not_accepting)`).
+    pub kind: String,
+    pub count: u64,
+    /// The detail of the first such attempt (the peer's reason, or the innermost error).
+    pub example: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Report {
+    /// Counts a failed attempt with `dest`.
+    pub fn note_failure(&mut self, dest: &str, f: &Failure) {
+        let kind = f.kind.to_string();
+        self.failures
+            .entry(format!("{dest}: {kind}"))
+            .or_insert_with(|| FailureGroup {
+                destination: dest.to_string(),
+                kind,
+                count: 0,
+                example: f.detail.chars().take(300).collect(),
+            })
+            .count += 1;
+    }
+
     pub fn total(&self) -> Count {
         let mut c = Count::default();
         for d in self.delivered.values() {
@@ -86,6 +114,10 @@ impl Report {
         let mut s = String::new();
         let total = self.total();
         let secs = self.elapsed_secs.max(0.001);
+        if self.run_id.is_empty() {
+            let _ = writeln!(s, "drain: {} (exit {})", self.outcome, self.exit_code);
+            return s;
+        }
         let _ = writeln!(
             s,
             "drain run {} (#{}): {} (exit {})",
@@ -127,8 +159,11 @@ impl Report {
         }
         if !self.failures.is_empty() {
             let _ = writeln!(s, "  failed attempts (retried or failed over):");
-            for (r, n) in &self.failures {
-                let _ = writeln!(s, "    {n} x {r}");
+            for (key, g) in &self.failures {
+                let _ = writeln!(s, "    {} x {key}", g.count);
+                if !g.example.is_empty() {
+                    let _ = writeln!(s, "        first: {}", g.example);
+                }
             }
         }
         self.write_problems(&mut s);

@@ -197,6 +197,7 @@ async fn lost_local(
         Err(e) => {
             let why = format!("cannot ask {dname} ({e}) and the local copy cannot be read ({err})");
             if let QueryError::Refused(reason) = e {
+                let reason = reason.to_string();
                 ledger::rejected(run, &dname, std::iter::once(id), &reason, true).await?;
             }
             why

@@ -19,9 +19,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::client::Client;
+use super::failure::Failure;
 use super::fallback_dir::FallbackDir;
 use super::options::DrainOptions;
-use super::report::{self, Report};
+use super::report::Report;
 use crate::base::Destination;
 use crate::journal::{Journal, MessageRecord};
 use crate::spool::{Entry, Message, Spool, SpoolError};
@@ -133,6 +134,8 @@ pub(crate) struct RunState {
     report: Mutex<Report>,
     /// Since when each destination has failed to answer queries (for `--reassign-after`).
     unreachable: Mutex<HashMap<usize, Instant>>,
+    /// Destinations whose latest attempt failed, with the failure's kind (for progress).
+    failing: Mutex<std::collections::BTreeMap<String, String>>,
     /// Messages and files that already failed in this invocation (not retried by a rescan).
     failed: Mutex<HashSet<String>>,
     /// The spool's size when the run started, for progress.
@@ -155,13 +158,24 @@ impl RunState {
         lock(&self.report)
     }
 
-    /// Counts a failed attempt with `dest` by reason.
-    pub fn note_failure(&self, dest: &str, reason: &str) {
-        *self
-            .report()
-            .failures
-            .entry(report::reason_key(dest, reason))
-            .or_default() += 1;
+    /// Counts a failed attempt with `dest`, grouped by the failure's kind.
+    pub fn note_failure(&self, dest: &str, f: &Failure) {
+        self.report().note_failure(dest, f);
+        lock(&self.failing).insert(dest.to_string(), f.kind.to_string());
+    }
+
+    /// `dest` acknowledged messages again: it is no longer shown as failing.
+    pub fn answering(&self, dest: &str) {
+        lock(&self.failing).remove(dest);
+    }
+
+    /// The destinations whose latest attempt failed, and how (`dest: kind; ...`).
+    pub fn failing(&self) -> String {
+        let f = lock(&self.failing);
+        f.iter()
+            .map(|(d, k)| format!("{d}: {k}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Remembers that `key` (a message id or a path) failed; false if it already had.

@@ -67,6 +67,7 @@ pub(crate) async fn confirm(
             Err(QueryError::Refused(e)) => {
                 tracing::warn!(dest = %dname, "{dname} refuses this sender ({e}): it holds none of the {} messages", items.len());
                 run.state.note_failure(&dname, &e);
+                let e = e.to_string();
                 ledger::rejected(run, &dname, ledger::ids(&items), &e, true).await?;
                 let mut items = items;
                 for i in &mut items {
@@ -80,12 +81,12 @@ pub(crate) async fn confirm(
                     "cannot confirm {} in-doubt messages with {dname} (attempt {attempt}): {e}",
                     items.len()
                 );
-                run.state.note_failure(&dname, &format!("query: {e}"));
+                run.state.note_failure(&dname, &e);
                 let since = run.state.unreachable_since(d);
                 if let Some(after) = run.set.reassign_after
                     && since.elapsed() >= after
                 {
-                    return reassign(run, d, items, &e).await;
+                    return reassign(run, d, items, &e.to_string()).await;
                 }
             }
             Ok(held) => {

@@ -185,3 +185,56 @@ fn one_id_twice_in_a_request_or_in_two_queues_is_stored_once() {
     assert!(!rt.block_on(held(&c, &s, 1, &a2)));
     assert!(rt.block_on(held(&c, &s, 1, &a1)));
 }
+
+/// The sender's side (issue 9, point 2): two valid files with one id in two queue directories.
+/// One travels, the other is reported as an id conflict naming both paths (exit 11) and stays
+/// in the spool; the drain never says "drained" while a file is left.
+#[test]
+fn a_sender_with_one_id_in_two_queues_sends_one_and_reports_the_other() {
+    let tmp = TempDir::new("sender-id-conflict");
+    let server = Server::start(&tmp, "dest", ServeConfig::on("127.0.0.71"));
+    let src = tmp.sub("src");
+    let others = fill(&src, 6);
+    let spool = drain::spool::Spool::open(&src).unwrap();
+    let id = MessageId::random().unwrap();
+    let a = with_id(id, QueueKind::Queue, b"first body");
+    let b = with_id(id, QueueKind::BounceLite, b"second body");
+    spool.store_many(&[a.clone(), b.clone()]).unwrap();
+    let pa = spool.path_of(QueueKind::Queue, id);
+    let pb = spool.path_of(QueueKind::BounceLite, id);
+
+    let ca = ca_bundle(&tmp, &[&server]);
+    let o = drain(
+        &src,
+        &["--json", "--ca-cert", ca.to_str().unwrap(), &server.dest()],
+    );
+    assert_eq!(code(&o), 11, "{}", show(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let unreadable = report["unreadable"].as_array().unwrap();
+    assert_eq!(unreadable.len(), 1, "{report:#}");
+    let (pa, pb) = (pa.display().to_string(), pb.display().to_string());
+    let what = unreadable[0]["what"].as_str().unwrap();
+    let reason = unreadable[0]["reason"].as_str().unwrap();
+    let other = if what == pa { &pb } else { &pa };
+    assert!([&pa, &pb].contains(&&what.to_string()), "{what}");
+    assert!(
+        reason.contains(other.as_str()) && reason.contains("one id"),
+        "{reason}"
+    );
+    assert!(!reason.contains(what), "the path is not repeated: {reason}");
+
+    // Exactly one of the two is on the destination, the other (the one named) still here.
+    let all = census(&[&server]);
+    let left = spool_ls(&src);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].id, id.to_string());
+    let kept_hash = &left[0].hash;
+    let sent_hash = &all[&id.to_string()].1.hash;
+    assert_ne!(kept_hash, sent_hash);
+    let hashes = [a.hash.to_string(), b.hash.to_string()];
+    assert!(hashes.contains(kept_hash) && hashes.contains(sent_hash));
+    for (oid, (_, h)) in &others {
+        assert_eq!(&all[oid].1.hash, h);
+    }
+    assert_eq!(all.len(), others.len() + 1);
+}

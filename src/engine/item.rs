@@ -1,12 +1,54 @@
 //! One message on its way: where it is on disk, its bytes, the hash the journal knows it by, and
 //! which destinations rejected it for good.
 //!
-//! Owns [`Item`]. Invariant: `rejected` only grows within an invocation (a destination that
-//! rejected a message permanently is not asked again). Uses no other engine module; built by
+//! Owns [`Item`] and the run's [`Claims`]. Invariants: `rejected` only grows within an
+//! invocation (a destination that rejected a message permanently is not asked again); at most
+//! one file per message id is on its way at a time (its [`Claim`], released when the item is
+//! dropped), so two files with one id in two queues can never both travel. Uses no other engine module; built by
 //! `scan`, `resume` and `fallback`, carried through `route`, `deliver`, `settle` and `ledger`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use crate::base::{ContentHash, MessageId};
 use crate::spool::{Entry, Message};
+
+/// The ids on their way in this invocation, and the file each one was read from.
+#[derive(Default)]
+pub(crate) struct Claims(Mutex<HashMap<MessageId, PathBuf>>);
+
+/// An id held for one file until dropped.
+pub(crate) struct Claim {
+    claims: Arc<Claims>,
+    id: MessageId,
+}
+
+impl Claims {
+    /// Claims `id` for the file at `path`; `Err(other)` names the file already holding it.
+    pub fn claim(
+        self: &Arc<Self>,
+        id: MessageId,
+        path: &std::path::Path,
+    ) -> Result<Claim, PathBuf> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(other) = m.get(&id) {
+            return Err(other.clone());
+        }
+        m.insert(id, path.to_path_buf());
+        Ok(Claim {
+            claims: self.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut m = self.claims.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(&self.id);
+    }
+}
 
 /// A message on its way.
 pub(crate) struct Item {
@@ -17,6 +59,8 @@ pub(crate) struct Item {
     /// Indexes into the run's destinations that rejected it permanently.
     pub rejected: Vec<usize>,
     pub reasons: Vec<String>,
+    /// Held while the item lives (items built by `scan`; settling works on journaled ones).
+    _claim: Option<Claim>,
 }
 
 impl Item {
@@ -28,7 +72,15 @@ impl Item {
             hash,
             rejected,
             reasons: Vec::new(),
+            _claim: None,
         }
+    }
+
+    /// The same, holding `claim` on its id while it lives.
+    pub fn claimed(entry: Entry, msg: Message, rejected: Vec<usize>, claim: Claim) -> Item {
+        let mut item = Item::new(entry, msg, rejected);
+        item._claim = Some(claim);
+        item
     }
 
     pub fn id(&self) -> MessageId {

@@ -262,10 +262,16 @@ pub(crate) async fn unreadable(run: &Run, err: SpoolError) -> anyhow::Result<()>
         reason: err.to_string(),
     };
     run.journal.commit(vec![op]).await?;
-    run.state.report().unreadable.push(Problem {
-        what: path,
-        reason: err.to_string(),
-    });
+    // The path is the problem's name: the reason need not repeat it.
+    let text = err.to_string();
+    let reason = text
+        .strip_prefix(&format!("{path}: "))
+        .unwrap_or(&text)
+        .to_string();
+    run.state
+        .report()
+        .unreadable
+        .push(Problem { what: path, reason });
     Ok(())
 }
 

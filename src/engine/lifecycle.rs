@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use super::ledger;
 use super::options::{DrainOptions, Mode};
-use super::report::{self, Report};
+use super::report::{self, Problem, Report};
 use super::run::Run;
 use crate::base::{Destination, MessageId, Timestamp};
 use crate::journal::{Journal, RunRecord, RunStatus, State};
@@ -119,6 +119,46 @@ fn new_run(journal: &Journal, opts: &DrainOptions) -> anyhow::Result<RunRecord> 
     })
 }
 
+/// Exit 0 promises an empty spool: the last look before saying so. Lists what is still there
+/// (at most 1,000 names; a count beyond).
+fn final_scan(run: &Run) -> Vec<Problem> {
+    const MAX_LISTED: usize = 1000;
+    let mut left = Vec::new();
+    let mut more = 0u64;
+    for entry in run.spool.scan() {
+        if left.len() >= MAX_LISTED {
+            more += 1;
+            continue;
+        }
+        let (what, reason) = match entry {
+            Ok(e) => (
+                e.path.display().to_string(),
+                "appeared after the last pass, or was kept for a reason not reported".to_string(),
+            ),
+            Err(e) => (
+                e.path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                e.to_string(),
+            ),
+        };
+        left.push(Problem { what, reason });
+    }
+    if more > 0 {
+        left.push(Problem {
+            what: format!("{more} more files"),
+            reason: "not listed".to_string(),
+        });
+    }
+    if !left.is_empty() {
+        tracing::error!(
+            "the final scan found {} files still in the spool: not reporting the instance as drained",
+            left.len()
+        );
+    }
+    left
+}
+
 /// Ends this invocation: counts what is still in doubt, sets the exit code, journals the run's
 /// record, and (when finished) tells the destinations. Returns the report.
 pub(crate) async fn finish(run: &Run, mut record: RunRecord, mode: Mode) -> anyhow::Result<Report> {
@@ -134,6 +174,9 @@ pub(crate) async fn finish(run: &Run, mut record: RunRecord, mode: Mode) -> anyh
     let mut report = run.state.report().clone();
     report.in_doubt = in_doubt;
     report.set_elapsed(run.set.started.elapsed());
+    if report::exit_code(&report, stopped, mode).0 == 0 && mode != Mode::SettleOnly {
+        report.left_behind = final_scan(run);
+    }
     let (code, outcome) = report::exit_code(&report, stopped, mode);
     report.exit_code = code;
     report.outcome = outcome.to_string();

@@ -50,6 +50,10 @@ pub struct Report {
     pub undelivered: Vec<Problem>,
     /// Acknowledged messages whose local copy could not be removed (exit 40/41).
     pub remove_failed: Vec<Problem>,
+    /// Files the final scan still found in the spool although nothing else reports them
+    /// (exit 12): exit 0 means the final scan found the spool empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_behind: Vec<Problem>,
     /// Messages left in doubt (sent, not yet confirmed) when the run stopped.
     pub in_doubt: u64,
     /// Moved to the fallback path (exit 13), and where.
@@ -186,6 +190,10 @@ impl Report {
                 "delivered but the local copy could not be removed",
                 &self.remove_failed,
             ),
+            (
+                "still in the spool at the final scan (left in place)",
+                &self.left_behind,
+            ),
         ];
         for (title, list) in lists {
             if !list.is_empty() {
@@ -215,7 +223,7 @@ pub fn exit_code(r: &Report, stopped: bool, mode: Mode) -> (i32, &'static str) {
         } else {
             (41, "partly delivered; removing some local copies failed")
         }
-    } else if !r.undelivered.is_empty() || r.in_doubt > 0 {
+    } else if !r.undelivered.is_empty() || r.in_doubt > 0 || !r.left_behind.is_empty() {
         (12, "some messages could not be distributed")
     } else if !r.unreadable.is_empty() {
         (11, "some messages could not be read")
@@ -242,28 +250,42 @@ mod tests {
     }
 
     /// Columns of a case: stopped, remove_failed, undelivered, in_doubt, unreadable,
-    /// fallback messages, settle_only (booleans as 0/1).
-    type Case = [u64; 7];
+    /// fallback messages, settle_only, left behind at the final scan (booleans as 0/1).
+    type Case = [u64; 8];
 
     /// Every exit code a run can produce, with the precedence between them.
     const TABLE: &[(&str, Case, i32)] = &[
-        ("empty spool", [0, 0, 0, 0, 0, 0, 0], 0),
-        ("settle only", [0, 0, 0, 0, 0, 0, 1], 0),
-        ("unreadable", [0, 0, 0, 0, 1, 0, 0], 11),
-        ("undelivered", [0, 0, 2, 0, 0, 0, 0], 12),
-        ("in doubt", [0, 0, 0, 1, 0, 0, 0], 12),
-        ("in doubt, settle only", [0, 0, 0, 1, 0, 0, 1], 12),
-        ("undelivered beats unreadable", [0, 0, 1, 0, 1, 0, 0], 12),
-        ("fallback", [0, 0, 0, 0, 0, 3, 0], 13),
-        ("unreadable beats fallback", [0, 0, 0, 0, 1, 3, 0], 11),
-        ("undelivered beats fallback", [0, 0, 1, 0, 0, 3, 0], 12),
-        ("remove failed, rest delivered", [0, 2, 0, 2, 0, 0, 0], 40),
-        ("remove failed, more in doubt", [0, 2, 0, 3, 0, 0, 0], 41),
-        ("remove failed and undelivered", [0, 1, 1, 1, 0, 0, 0], 41),
-        ("remove failed, none in doubt", [0, 1, 0, 0, 0, 0, 0], 41),
-        ("remove failed beats unreadable", [0, 1, 0, 1, 1, 0, 0], 40),
-        ("stopped", [1, 0, 0, 0, 0, 0, 0], 42),
-        ("stopped beats everything", [1, 1, 1, 4, 1, 1, 1], 42),
+        ("empty spool", [0, 0, 0, 0, 0, 0, 0, 0], 0),
+        ("settle only", [0, 0, 0, 0, 0, 0, 1, 0], 0),
+        ("unreadable", [0, 0, 0, 0, 1, 0, 0, 0], 11),
+        ("undelivered", [0, 0, 2, 0, 0, 0, 0, 0], 12),
+        ("in doubt", [0, 0, 0, 1, 0, 0, 0, 0], 12),
+        ("in doubt, settle only", [0, 0, 0, 1, 0, 0, 1, 0], 12),
+        ("undelivered beats unreadable", [0, 0, 1, 0, 1, 0, 0, 0], 12),
+        ("fallback", [0, 0, 0, 0, 0, 3, 0, 0], 13),
+        ("unreadable beats fallback", [0, 0, 0, 0, 1, 3, 0, 0], 11),
+        ("undelivered beats fallback", [0, 0, 1, 0, 0, 3, 0, 0], 12),
+        (
+            "remove failed, rest delivered",
+            [0, 2, 0, 2, 0, 0, 0, 0],
+            40,
+        ),
+        ("remove failed, more in doubt", [0, 2, 0, 3, 0, 0, 0, 0], 41),
+        (
+            "remove failed and undelivered",
+            [0, 1, 1, 1, 0, 0, 0, 0],
+            41,
+        ),
+        ("remove failed, none in doubt", [0, 1, 0, 0, 0, 0, 0, 0], 41),
+        (
+            "remove failed beats unreadable",
+            [0, 1, 0, 1, 1, 0, 0, 0],
+            40,
+        ),
+        ("left behind", [0, 0, 0, 0, 0, 0, 0, 1], 12),
+        ("unreadable and left behind", [0, 0, 0, 0, 1, 0, 0, 1], 12),
+        ("stopped", [1, 0, 0, 0, 0, 0, 0, 0], 42),
+        ("stopped beats everything", [1, 1, 1, 4, 1, 1, 1, 0], 42),
     ];
 
     fn outcome_of(code: i32, settle_only: bool) -> &'static str {
@@ -291,12 +313,14 @@ mod tests {
                 unreadable,
                 fallback,
                 settle,
+                left,
             ] = c;
             let r = Report {
                 remove_failed: problems(remove_failed),
                 undelivered: problems(undelivered),
                 in_doubt,
                 unreadable: problems(unreadable),
+                left_behind: problems(left),
                 fallback: Count {
                     messages: fallback,
                     bytes: fallback * 10,

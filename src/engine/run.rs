@@ -134,6 +134,8 @@ pub(crate) struct RunState {
     report: Mutex<Report>,
     /// Since when each destination has failed to answer queries (for `--reassign-after`).
     unreachable: Mutex<HashMap<usize, Instant>>,
+    /// The ids on their way (one file per id).
+    pub claims: Arc<super::item::Claims>,
     /// Destinations whose latest attempt failed, with the failure's kind (for progress).
     failing: Mutex<std::collections::BTreeMap<String, String>>,
     /// Messages and files that already failed in this invocation (not retried by a rescan).

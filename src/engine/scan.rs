@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
 
-use super::item::Item;
+use super::item::{Claim, Item};
 use super::ledger;
 use super::route::{self, Recorded};
 use super::run::Run;
@@ -140,18 +140,28 @@ async fn take_batch(run: &Run, rx: &Feed) -> anyhow::Result<(Vec<Entry>, u64)> {
 
 /// Reads and hashes a batch; returns the messages to send.
 async fn read_batch(run: &Run, batch: Vec<Entry>) -> anyhow::Result<Vec<Item>> {
+    // Claim each id before looking at the journal: a file with the same id in another queue
+    // is then either still claimed (in flight) or already journaled under its queue.
+    let mut claimed = Vec::with_capacity(batch.len());
+    for entry in batch {
+        match run.state.claims.claim(entry.id, &entry.path) {
+            Ok(c) => claimed.push((entry, c)),
+            Err(other) => ledger::unreadable(run, conflict(&entry, other)).await?,
+        }
+    }
+    let (batch, claims): (Vec<Entry>, Vec<Claim>) = claimed.into_iter().unzip();
     let read = run.read_entries(batch).await?;
     // One read transaction for the batch's journal records.
     let ids: Vec<_> = read.iter().map(|(e, _)| e.id).collect();
     let records = run.journal.messages(run.set.run_seq, &ids)?;
     let mut items = Vec::with_capacity(read.len());
-    for ((entry, r), rec) in read.into_iter().zip(records) {
+    for (((entry, r), rec), claim) in read.into_iter().zip(records).zip(claims) {
         match r {
-            Ok(msg) => {
-                if let Some(item) = admit(run, entry, msg, rec) {
-                    items.push(item);
-                }
-            }
+            Ok(msg) => match admit(run, entry, msg, rec, claim) {
+                Admit::Send(item) => items.push(item),
+                Admit::Skip => {}
+                Admit::Refuse(err) => ledger::unreadable(run, err).await?,
+            },
             Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 tracing::debug!(id = %entry.id, "gone before it was read");
             }
@@ -161,27 +171,47 @@ async fn read_batch(run: &Run, batch: Vec<Entry>) -> anyhow::Result<Vec<Item>> {
     Ok(items)
 }
 
+fn conflict(entry: &Entry, other: std::path::PathBuf) -> SpoolError {
+    SpoolError::IdConflict {
+        path: entry.path.clone(),
+        id: entry.id,
+        other,
+    }
+}
+
+/// What to do with a file read from the spool.
+enum Admit {
+    Send(Item),
+    /// Journaled `sent`/`acked` in this run: `settle` and `resume` own it.
+    Skip,
+    /// Left in place and reported (exit 11).
+    Refuse(SpoolError),
+}
+
 /// A message may already be journaled in this run (a continued run, or a rescan): only `read`
-/// ones (or new ones) are sent; `sent` / `acked` ones belong to `settle`.
-fn admit(run: &Run, entry: Entry, msg: Message, rec: Option<MessageRecord>) -> Option<Item> {
+/// ones (or new ones) are sent; `sent` / `acked` ones belong to `settle`. A record of another
+/// queue means a second file with the same id; a `deleted` one, a file that came back.
+fn admit(run: &Run, entry: Entry, msg: Message, rec: Option<MessageRecord>, claim: Claim) -> Admit {
     let mut rejected = Vec::new();
     if let Some(rec) = rec {
+        if rec.queue != entry.queue {
+            let other = run.spool.path_of(rec.queue, entry.id);
+            return Admit::Refuse(conflict(&entry, other));
+        }
         match rec.state {
             State::Read => {
                 if rec.hash == msg.hash {
                     rejected = run.set.rejected_by(&rec);
                 }
             }
-            State::Sent | State::Acked => return None,
+            State::Sent | State::Acked => return Admit::Skip,
             State::Deleted => {
-                tracing::warn!(
-                    id = %entry.id,
-                    "{}: this message was delivered and removed earlier in this run, but the file is back; leaving it",
-                    entry.path.display()
-                );
-                return None;
+                return Admit::Refuse(SpoolError::Reappeared {
+                    path: entry.path,
+                    id: entry.id,
+                });
             }
         }
     }
-    Some(Item::new(entry, msg, rejected))
+    Admit::Send(Item::claimed(entry, msg, rejected, claim))
 }

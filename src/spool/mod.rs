@@ -63,6 +63,24 @@ pub enum SpoolError {
         size: u64,
         limit: u64,
     },
+    /// Two files carry one message id (in two queue directories): only one may travel, and
+    /// which one is the operator's call. Both stay in place.
+    #[error(
+        "{path}: message id {id} is also the id of {other}; one id may be in one queue only: \
+         both are left in place (move or remove one, then drain again)"
+    )]
+    IdConflict {
+        path: PathBuf,
+        id: MessageId,
+        other: PathBuf,
+    },
+    /// A message this run already delivered and removed is back in the spool; sending it again
+    /// would deliver it twice.
+    #[error(
+        "{path}: message {id} was delivered and removed earlier in this run, but the file is \
+         back; left in place (it is already on a destination)"
+    )]
+    Reappeared { path: PathBuf, id: MessageId },
 }
 
 impl From<FileError> for SpoolError {
@@ -90,14 +108,18 @@ impl SpoolError {
             | SpoolError::BadName { path }
             | SpoolError::Misplaced { path, .. }
             | SpoolError::NotRegular { path, .. }
-            | SpoolError::TooLarge { path, .. } => Some(path),
+            | SpoolError::TooLarge { path, .. }
+            | SpoolError::IdConflict { path, .. }
+            | SpoolError::Reappeared { path, .. } => Some(path),
             SpoolError::NotFound(_) => None,
         }
     }
 
-    /// A short machine-friendly reason: `unreadable` or `corrupt`.
+    /// A short machine-friendly reason: `unreadable`, `corrupt`, `id_conflict` or `reappeared`.
     pub fn kind(&self) -> &'static str {
         match self {
+            SpoolError::IdConflict { .. } => "id_conflict",
+            SpoolError::Reappeared { .. } => "reappeared",
             SpoolError::Io { .. }
             | SpoolError::NotFound(_)
             | SpoolError::NotRegular { .. }

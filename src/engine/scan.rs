@@ -158,7 +158,7 @@ async fn read_batch(run: &Run, batch: Vec<Entry>) -> anyhow::Result<Vec<Item>> {
     for (((entry, r), rec), claim) in read.into_iter().zip(records).zip(claims) {
         match r {
             Ok(msg) => match admit(run, entry, msg, rec, claim) {
-                Admit::Send(item) => items.push(item),
+                Admit::Send(item) => items.push(*item),
                 Admit::Skip => {}
                 Admit::Refuse(err) => ledger::unreadable(run, err).await?,
             },
@@ -181,7 +181,7 @@ fn conflict(entry: &Entry, other: std::path::PathBuf) -> SpoolError {
 
 /// What to do with a file read from the spool.
 enum Admit {
-    Send(Item),
+    Send(Box<Item>),
     /// Journaled `sent`/`acked` in this run: `settle` and `resume` own it.
     Skip,
     /// Left in place and reported (exit 11).
@@ -213,5 +213,5 @@ fn admit(run: &Run, entry: Entry, msg: Message, rec: Option<MessageRecord>, clai
             }
         }
     }
-    Admit::Send(Item::claimed(entry, msg, rejected, claim))
+    Admit::Send(Box::new(Item::claimed(entry, msg, rejected, claim)))
 }

@@ -157,6 +157,15 @@ impl DrainArgs {
 pub enum Command {
     /// Finish an interrupted drain (after SIGKILL, a crash, exit 40/41/42).
     Resume(ResumeArgs),
+    /// Settle an unfinished run whose journal was lost or damaged: ask the run's destinations
+    /// about every message still in the spool and remove the copies they hold.
+    #[command(
+        after_help = "The run and its destinations come from <data-dir>/drain-run.json, written when a run \
+starts and removed when it finishes. A damaged journal is kept as journal.redb.damaged-<time>.\n\n\
+Example:\n  drain --data-dir /var/lib/mail --ca-cert /etc/drain/ca.pem recover\n  \
+drain --data-dir /var/lib/mail --ca-cert /etc/drain/ca.pem 10.0.0.2 10.0.0.3   # then drain the rest"
+    )]
+    Recover(RecoverArgs),
     /// Audit the journal: runs, states, destinations, anomalies, one message's history.
     Inspect(InspectArgs),
     /// Run this instance: accept drains from other instances over HTTPS.
@@ -184,6 +193,13 @@ pub struct ResumeArgs {
     #[arg(long)]
     pub settle_only: bool,
     /// Print the final report as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RecoverArgs {
+    /// Print what was done as JSON on standard output.
     #[arg(long)]
     pub json: bool,
 }

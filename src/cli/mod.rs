@@ -115,6 +115,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             opts.progress = ProgressMode::for_stderr(cli.quiet, cli.drain.progress_every);
             session::drain(opts, None)?.print(cli.json || a.json)
         }
+        Some(Command::Recover(a)) => {
+            let opts = crate::engine::recover::RecoverOptions {
+                data_dir: need_dir()?,
+                ca_cert: cli.drain.ca_cert.clone(),
+                bind_ip: cli.drain.bind_ip,
+            };
+            let out = crate::engine::recover::recover(opts)?;
+            let _ = std::io::stdout().write_all(out.render(cli.json || a.json)?.as_bytes());
+            Ok(out.exit_code)
+        }
         Some(Command::Inspect(a)) => {
             let out = crate::inspect::inspect(&a.options(need_dir()?)?)?;
             // A closed stdout (`| head`) is not an error of the audit.

@@ -14,7 +14,7 @@ use super::options::{DrainOptions, Mode};
 use super::report::{self, Problem, Report};
 use super::run::Run;
 use crate::base::{Destination, MessageId, Timestamp};
-use crate::journal::{Journal, RunRecord, RunStatus, State};
+use crate::journal::{self, Journal, RunMarker, RunRecord, RunStatus, State};
 
 /// A run begun (its record durable), or why there is none.
 pub(crate) enum Begun {
@@ -30,11 +30,16 @@ pub(crate) enum Begun {
     NothingToResume(Report),
 }
 
-/// Continues the unfinished run, or starts a new one, and journals its record.
-pub(crate) async fn begin(journal: &Journal, opts: &DrainOptions) -> anyhow::Result<Begun> {
-    let unfinished = journal
-        .last_run()?
-        .filter(|r| r.status != RunStatus::Finished);
+/// Continues the unfinished run, or starts a new one, and journals its record (the run's
+/// marker first: see `journal::marker`).
+pub(crate) async fn begin(
+    journal: &Journal,
+    opts: &DrainOptions,
+    sender: &str,
+) -> anyhow::Result<Begun> {
+    let last = journal.last_run()?;
+    check_marker(journal, opts, last.as_ref())?;
+    let unfinished = last.filter(|r| r.status != RunStatus::Finished);
     let continuing = unfinished.is_some();
     let record = match unfinished {
         Some(r) => continue_run(r, &opts.destinations),
@@ -54,6 +59,8 @@ pub(crate) async fn begin(journal: &Journal, opts: &DrainOptions) -> anyhow::Res
         .iter()
         .map(|d| opts.destinations.is_empty() || opts.destinations.contains(d))
         .collect();
+    let marker = RunMarker::new(sender, &record.id, record.seq, record.destinations.clone());
+    journal::write_marker(&opts.data_dir, &marker)?;
     ledger::put_run(journal, record.clone()).await?;
     Ok(Begun::Run {
         record,
@@ -61,6 +68,38 @@ pub(crate) async fn begin(journal: &Journal, opts: &DrainOptions) -> anyhow::Res
         dests,
         active,
     })
+}
+
+/// A marker of an unfinished run that the journal does not know as unfinished means the
+/// journal was lost or replaced: sending now could deliver messages twice. A marker of a run
+/// the journal knows as finished is stale (a crash before it was removed): cleared.
+fn check_marker(
+    journal: &Journal,
+    opts: &DrainOptions,
+    last: Option<&RunRecord>,
+) -> anyhow::Result<()> {
+    let Some(m) = journal::read_marker(&opts.data_dir)? else {
+        return Ok(());
+    };
+    match last {
+        Some(r) if r.id == m.run_id && r.status == RunStatus::Finished => {
+            journal::clear_marker(&opts.data_dir)?;
+            Ok(())
+        }
+        Some(r) if r.id == m.run_id => Ok(()),
+        _ => anyhow::bail!(
+            "drain run {} (#{}, started {}, to {}) did not finish, but the journal {} does not know \
+             it (it was lost, removed or replaced): sending now could deliver messages twice. Run \
+             `drain --data-dir {} recover` first: it asks those destinations about every message \
+             still in the spool and removes the copies they already hold",
+            m.run_id,
+            m.run_seq,
+            m.started_at,
+            m.destinations.join(", "),
+            journal.path().display(),
+            opts.data_dir.display()
+        ),
+    }
 }
 
 /// The unfinished run `r`, running again, with any new destinations added.
@@ -193,6 +232,7 @@ pub(crate) async fn finish(run: &Run, mut record: RunRecord, mode: Mode) -> anyh
     let finished = record.status == RunStatus::Finished;
     ledger::put_run(&run.journal, record).await?;
     if finished {
+        journal::clear_marker(&run.set.data_dir)?;
         // Receivers may forget this run's dedupe keys now (best effort: they also expire).
         for d in &run.set.dests {
             if let Err(e) = run.client.finish(d).await {

@@ -13,6 +13,7 @@
 //! | moved to `--fallback-path` when time is up | `fallback` (`fallback_dir` owns the directory) |
 //! | counted and shown | `report`, `progress` |
 //! | the run's own record and exit code | `lifecycle`, `report` |
+//! | a run whose journal was lost, settled by asking its destinations | `recover` |
 //!
 //! Shared context: `run` (fixed `Settings`, shared services, mutable `RunState`); `options`
 //! holds what the caller asks for ([`DrainOptions`], [`Mode`]); `item` is one message on its
@@ -40,6 +41,7 @@ mod ledger;
 mod lifecycle;
 mod options;
 mod progress;
+pub mod recover;
 pub mod report;
 mod resume;
 mod route;
@@ -77,15 +79,16 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
         crate::base::check_bind_ip(ip, &opts.destinations).map_err(anyhow::Error::msg)?;
     }
     let journal = Journal::open(&opts.data_dir)?;
-    let (record, continuing, dests, active) = match lifecycle::begin(&journal, &opts).await? {
-        Begun::Run {
-            record,
-            continuing,
-            dests,
-            active,
-        } => (record, continuing, dests, active),
-        Begun::NothingToResume(report) => return Ok(report),
-    };
+    let (record, continuing, dests, active) =
+        match lifecycle::begin(&journal, &opts, &inst.id).await? {
+            Begun::Run {
+                record,
+                continuing,
+                dests,
+                active,
+            } => (record, continuing, dests, active),
+            Begun::NothingToResume(report) => return Ok(report),
+        };
     let set = Settings::new(&opts, record.seq, dests, active, started);
     let run = Arc::new(assemble(&opts, &inst, &record, set, &journal, spool, stop)?);
     tracing::info!(

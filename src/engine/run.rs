@@ -29,6 +29,8 @@ use crate::spool::{Entry, Message, Spool, SpoolError};
 
 /// What is fixed for the whole invocation of a run.
 pub(crate) struct Settings {
+    /// The instance's data directory.
+    pub data_dir: std::path::PathBuf,
     /// The run's sequence number (the journal's key for its records).
     pub run_seq: u64,
     /// Every destination of the run (in-doubt messages may be pinned to any of them).
@@ -74,6 +76,7 @@ impl Settings {
         let budget_units =
             (opts.max_in_flight_bytes / 1024).clamp(1024, u64::from(u32::MAX >> 4)) as u32;
         Settings {
+            data_dir: opts.data_dir.clone(),
             run_seq,
             dests,
             active,

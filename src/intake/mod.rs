@@ -50,8 +50,31 @@ use tasks::Tasks;
 /// message it still holds may also be on a destination until `drain resume` settles it.
 fn refuse_if_draining(data_dir: &std::path::Path) -> anyhow::Result<()> {
     // Read-only: never creates, repairs or locks the sender's journal.
-    let last = crate::journal::last_run_status(data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot check this instance's drain journal: {e}"))?;
+    let d = data_dir.display();
+    let recover = format!(
+        "run `drain --data-dir {d} recover` (it keeps a damaged journal aside, asks the run's \
+         destinations about every message still here and removes the copies they hold), then \
+         start the serve again"
+    );
+    let last = crate::journal::last_run_status(data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "refusing to serve: this instance's drain journal cannot be read ({e}); a drain of \
+             this instance may be unfinished: {recover}"
+        )
+    })?;
+    let marker = crate::journal::read_marker(data_dir)
+        .map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
+    if let Some(m) = marker
+        && !last.as_ref().is_some_and(|r| r.id == m.run_id)
+    {
+        anyhow::bail!(
+            "refusing to serve: drain run {} (#{}, to {}) on {d} did not finish and the journal \
+             does not know it (lost or replaced): {recover}",
+            m.run_id,
+            m.run_seq,
+            m.destinations.join(", ")
+        );
+    }
     if let Some(run) = last
         && run.status != crate::journal::RunStatus::Finished
     {

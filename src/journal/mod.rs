@@ -17,6 +17,7 @@
 //! start-up check read through [`Reader`] / [`read`] / [`last_run_status`].
 
 mod error;
+mod marker;
 mod overlay;
 mod reader;
 mod records;
@@ -37,6 +38,9 @@ use crate::groupcommit::{CommitError, Committer};
 use tables::{MESSAGES, META, RUNS, Snapshot, UNREADABLE};
 
 pub use error::{Corrupt, JournalError};
+pub use marker::{
+    MARKER_FILE, MarkerError, RunMarker, clear_marker, marker_path, read_marker, write_marker,
+};
 pub use reader::{OpenMode, Reader, last_run_status, read};
 pub use records::{
     FORMAT_VERSION, MessageRecord, Op, RunRecord, RunStatus, State, Transition, UnreadableRecord,

@@ -195,18 +195,12 @@ async fn ask_all(opts: &RecoverOptions, m: &RunMarker) -> anyhow::Result<Recover
             Ok(item) => batch.push(item),
             Err(e) => out.unreadable.push(e.to_string()),
         }
-        if batch.len() == crate::wire::MAX_QUERY {
-            if let Err(why) = settle(
-                &client,
-                &dests,
-                &spool,
-                std::mem::take(&mut batch),
-                &mut out,
-            )
-            .await
-            {
-                return Ok(gave_up(out, why));
-            }
+        if batch.len() < crate::wire::MAX_QUERY {
+            continue;
+        }
+        let full = std::mem::take(&mut batch);
+        if let Err(why) = settle(&client, &dests, &spool, full, &mut out).await {
+            return Ok(gave_up(out, why));
         }
     }
     if let Err(why) = settle(&client, &dests, &spool, batch, &mut out).await {

@@ -30,7 +30,7 @@ impl Drop for Children {
 
 pub fn run(messages: usize, keep: bool) -> anyhow::Result<i32> {
     let base = std::env::temp_dir().join(format!("drain-demo-{}", MessageId::random()?));
-    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    crate::base::durable::create_private_dir_all(&base)?;
     let result = run_in(&base, messages);
     if keep {
         println!("demo files kept in {}", base.display());
@@ -98,7 +98,7 @@ fn start_destinations(
     let mut bundle = String::new();
     for (i, ip) in ["127.0.0.2", "127.0.0.3"].iter().enumerate() {
         let dir = base.join(format!("dest{}", i + 1));
-        std::fs::create_dir_all(&dir)?;
+        crate::base::durable::create_private_dir_all(&dir)?;
         let (cert, key) =
             crate::tls::write_self_signed(&[ip.to_string()], base, &format!("dest{}", i + 1))?;
         bundle.push_str(&std::fs::read_to_string(&cert)?);

@@ -67,6 +67,7 @@ fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
         concurrency: crate::engine::default_concurrency(),
         bind_ip: None,
         ca_cert: Some(ca),
+        client_identity: None,
         max_in_flight_bytes: 64 << 20,
         batch_size: None,
         mode: Mode::Fresh,

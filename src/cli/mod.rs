@@ -84,6 +84,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 // Validates without serving: no data directory, lock or listener needed.
                 let settings = a.settings()?;
                 settings.check()?;
+                for w in settings.warnings(data_dir.as_deref()) {
+                    let _ = writeln!(std::io::stderr(), "drain serve: warning: {w}");
+                }
                 let _ = std::io::stdout().write_all(settings.to_toml().as_bytes());
                 let _ = writeln!(std::io::stderr(), "drain serve: the settings are valid");
                 return Ok(0);

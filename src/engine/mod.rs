@@ -136,6 +136,7 @@ fn assemble(
     let client = Client::new(
         opts.bind_ip,
         opts.ca_cert.as_deref(),
+        opts.client_identity.as_ref(),
         &inst.id,
         &record.id,
         set.workers,

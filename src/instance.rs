@@ -12,8 +12,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub use crate::base::write_atomic;
 use crate::base::durable::{self, Exposure};
+pub use crate::base::write_atomic;
 use crate::base::{FileError, MessageId};
 
 /// The warning for a data directory that group or others may read, if it is one.

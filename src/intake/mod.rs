@@ -86,7 +86,8 @@ pub async fn serve(
     let lock = inst.try_lock("drain serve")?;
     refuse_if_draining(&opts.data_dir)?;
     crate::spool::Spool::open(&opts.data_dir)?.clean_stale_tmp(Duration::from_secs(3600));
-    let tls = crate::tls::server_config(&opts.tls_cert, &opts.tls_key, opts.client_ca.as_deref())?;
+    let tls =
+        crate::tls::server_config_mtls(&opts.tls_cert, &opts.tls_key, opts.client_ca.as_deref())?;
     if let Some(w) = crate::tls::key_exposure_warning(&opts.tls_key, "--tls-key") {
         tracing::warn!("{w}");
     }

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::AlertDescription;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 
@@ -69,7 +69,10 @@ impl ClientIdentity {
         let provider = rustls::crypto::ring::default_provider();
         rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| TlsError::Pem {
             path: self.key.clone(),
-            reason: format!("does not match the certificate {}: {e}", self.cert.display()),
+            reason: format!(
+                "does not match the certificate {}: {e}",
+                self.cert.display()
+            ),
         })?;
         let read = |p: &Path| {
             std::fs::read(p).map_err(|source| TlsError::Io {
@@ -165,10 +168,7 @@ pub fn find_rustls_error<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a rustl
 
 /// The sender's side: whether `err` (a request's error) is the destination refusing our client
 /// certificate, or asking for one we did not present (`presented`: we had one to present).
-pub fn handshake_refusal(
-    err: &(dyn Error + 'static),
-    presented: bool,
-) -> Option<HandshakeRefusal> {
+pub fn handshake_refusal(err: &(dyn Error + 'static), presented: bool) -> Option<HandshakeRefusal> {
     match find_rustls_error(err)? {
         rustls::Error::AlertReceived(a) if is_client_cert_alert(*a) => Some(if presented {
             HandshakeRefusal::RefusedCertificate(*a)

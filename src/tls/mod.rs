@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use client_auth::{
-    ClientIdentity, HandshakeRefusal, NEEDS_CERT, REFUSED_CERT, client_verifier,
-    find_rustls_error, handshake_refusal, is_client_cert_failure, key_exposure_warning,
+    ClientIdentity, HandshakeRefusal, NEEDS_CERT, REFUSED_CERT, client_verifier, find_rustls_error,
+    handshake_refusal, is_client_cert_failure, key_exposure_warning,
 };
 
 use rustls::pki_types::pem::PemObject;
@@ -60,9 +60,14 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// The server side: certificate chain and key from PEM files, HTTP/2 and HTTP/1.1 by ALPN;
-/// with `client_ca`, only clients presenting a certificate that chains to it are accepted.
-pub fn server_config(
+/// The server side: certificate chain and key from PEM files, HTTP/2 and HTTP/1.1 by ALPN.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_mtls(cert, key, None)
+}
+
+/// [`server_config`], and with `client_ca` only clients presenting a certificate that chains
+/// to a CA in that file are accepted (mutual TLS).
+pub fn server_config_mtls(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,

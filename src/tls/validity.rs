@@ -126,7 +126,10 @@ mod tests {
         assert!(check_current(p, &c, now).is_ok());
         let old = cert_valid(now - 10 * day, now - day);
         let e = check_current(p, &old, now).unwrap_err().to_string();
-        assert!(e.starts_with("ca.pem: the CA certificate expired on"), "{e}");
+        assert!(
+            e.starts_with("ca.pem: the CA certificate expired on"),
+            "{e}"
+        );
         let future = cert_valid(now + day, now + 10 * day);
         let e = check_current(p, &future, now).unwrap_err().to_string();
         assert!(e.contains("not valid before"), "{e}");

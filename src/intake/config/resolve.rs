@@ -39,8 +39,7 @@ impl Settings {
     /// load and match; the client CA file holds certificates, each valid now.
     pub fn check(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        if let Err(e) = crate::tls::server_config(&self.tls_cert.value, &self.tls_key.value, None)
-        {
+        if let Err(e) = crate::tls::server_config(&self.tls_cert.value, &self.tls_key.value) {
             problems.push(format!("tls_cert / tls_key: {e}"));
         }
         if let Some(ca) = &self.client_ca.value

@@ -184,6 +184,43 @@ fn refused_permanently(tmp: &TempDir, pki: &Pki, client: Option<&Pki>, reason: &
 }
 
 #[test]
+fn a_bad_client_identity_is_refused_at_start_naming_the_file() {
+    let tmp = TempDir::new("mtls-ident");
+    let good = issue(tmp.path(), "good");
+    let other = issue(tmp.path(), "other");
+    let src = tmp.sub("src");
+    fill(&src, 3);
+    let missing = tmp.path().join("missing.key");
+    for (cert, key, what) in [
+        (&good.cert, &other.key, "does not match the certificate"),
+        (&good.cert, &missing, "missing.key"),
+        (&good.key, &good.key, "no certificate found"),
+    ] {
+        let o = drain(
+            &src,
+            &[
+                "--client-cert",
+                cert.to_str().unwrap(),
+                "--client-key",
+                key.to_str().unwrap(),
+                "127.0.0.2:9",
+            ],
+        );
+        assert_eq!(code(&o), 1, "{}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--client-cert/--client-key: "), "{err}");
+        assert!(err.contains(what), "{what:?} not in\n{err}");
+    }
+    let o = drain(
+        &src,
+        &["--client-cert", good.cert.to_str().unwrap(), "127.0.0.2:9"],
+    );
+    assert_eq!(code(&o), 2, "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--client-key"));
+    assert_eq!(inspect_json(&src, &[])["exists"], false);
+}
+
+#[test]
 fn check_config_names_a_bad_client_ca() {
     let tmp = TempDir::new("mtls-check");
     let (cert, key) =

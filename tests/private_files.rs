@@ -44,7 +44,11 @@ fn offenders(root: &Path) -> Vec<String> {
 
 fn assert_private(root: &Path, must_hold: &[&str]) {
     for name in must_hold {
-        assert!(root.join(name).exists(), "{name} missing in {}", root.display());
+        assert!(
+            root.join(name).exists(),
+            "{name} missing in {}",
+            root.display()
+        );
     }
     let bad = offenders(root);
     assert!(bad.is_empty(), "not private:\n{}", bad.join("\n"));
@@ -90,7 +94,10 @@ fn everything_drain_creates_is_owner_only_under_umask_022() {
     let ca = ca_bundle(&tmp, &[&dest]);
     let ca = ca.to_str().unwrap();
     // The events of `spool add` stay queued here (their files are checked too).
-    let o = drain(&src, &["--no-wait-on-events", "--ca-cert", ca, &dest.dest()]);
+    let o = drain(
+        &src,
+        &["--no-wait-on-events", "--ca-cert", ca, &dest.dest()],
+    );
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert_eq!(dest.ls().len(), 23);
     assert_private(
@@ -99,7 +106,14 @@ fn everything_drain_creates_is_owner_only_under_umask_022() {
     );
     assert_private(
         &dest.data_dir,
-        &["intake.redb", "serve.addr", "metrics.addr", "lock", "events", "instance-id"],
+        &[
+            "intake.redb",
+            "serve.addr",
+            "metrics.addr",
+            "lock",
+            "events",
+            "instance-id",
+        ],
     );
 
     // A fallback path, created by the drain.
@@ -124,7 +138,10 @@ fn everything_drain_creates_is_owner_only_under_umask_022() {
     );
     assert_eq!(ran.code, 13, "{}\n{}", ran.stdout, ran.stderr);
     assert_private(&src2, &["journal.redb"]);
-    assert_private(&tmp.path().join("fallback"), &["dir/spool", "dir/instance-id"]);
+    assert_private(
+        &tmp.path().join("fallback"),
+        &["dir/spool", "dir/instance-id"],
+    );
 }
 
 #[test]
@@ -138,10 +155,12 @@ fn an_exposed_data_directory_or_key_gets_a_warning() {
     std::fs::write(&body, b"x\r\n").unwrap();
     let o = drain(
         &dir,
-        &["spool", "add", "--queue", "queue", "--from", "a@x", "--to", "b@y"]
-            .into_iter()
-            .chain([body.to_str().unwrap()])
-            .collect::<Vec<_>>(),
+        &[
+            "spool", "add", "--queue", "queue", "--from", "a@x", "--to", "b@y",
+        ]
+        .into_iter()
+        .chain([body.to_str().unwrap()])
+        .collect::<Vec<_>>(),
     );
     assert_eq!(code(&o), 0, "{}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);

@@ -181,6 +181,50 @@ fn refused_permanently(tmp: &TempDir, pki: &Pki, client: Option<&Pki>, reason: &
     let detail = inspect_json(&src, &[]);
     let counted = &detail["run"]["anomalies"]["client_certificate_refusals"][a.dest()];
     assert_eq!(counted.as_u64(), Some(60), "{detail:#}");
+
+    // With the right certificate, the next drain moves all of them.
+    let ran = run_logged(
+        &src,
+        &[
+            "--ca-cert",
+            ca.to_str().unwrap(),
+            "--client-cert",
+            pki.cert.to_str().unwrap(),
+            "--client-key",
+            pki.key.to_str().unwrap(),
+            &a.dest(),
+        ],
+        &tmp.path().join("drain-again"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert_census(&[&a], &src, &expected);
+}
+
+#[test]
+fn a_destination_refusing_our_certificate_is_failed_over_like_a_403() {
+    let tmp = TempDir::new("mtls-failover");
+    let pki = issue(tmp.path(), "good");
+    let (a, _) = start_mtls(&tmp, "a", "127.0.0.2", &pki.ca);
+    let b = Server::start(&tmp, "b", ServeConfig::on("127.0.0.3"));
+    let src = tmp.sub("src");
+    let expected = fill(&src, 80);
+    let ca = ca_bundle(&tmp, &[&a, &b]);
+    let ran = run_logged(
+        &src,
+        &["--ca-cert", ca.to_str().unwrap(), &a.dest(), &b.dest()],
+        &tmp.path().join("drain"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert!(a.ls().is_empty(), "a stored {:?}", a.ls());
+    assert_census(&[&b], &src, &expected);
+    let named = format!("{}: asks for a client certificate", a.dest());
+    assert!(
+        ran.stdout.contains(&named),
+        "{named:?} not in\n{}",
+        ran.stdout
+    );
 }
 
 #[test]

@@ -189,4 +189,24 @@ fn an_exposed_data_directory_or_key_gets_a_warning() {
     ] {
         assert!(err.contains(&want), "{want:?} not in\n{err}");
     }
+
+    // A drain (of an empty spool, in a directory it creates) with a --client-key others may
+    // read.
+    let empty = tmp.path().join("empty");
+    let closed = format!("127.0.0.2:{}", closed_port("127.0.0.2"));
+    let o = drain(
+        &empty,
+        &[
+            "--client-cert",
+            cert.to_str().unwrap(),
+            "--client-key",
+            key.to_str().unwrap(),
+            &closed,
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let want = format!("--client-key {} is mode 0644", key.display());
+    assert!(err.contains(&want), "{want:?} not in\n{err}");
+    assert!(!err.contains("data directory"), "{err}");
 }

@@ -127,6 +127,15 @@ pub async fn serve_socket(data_dir: &Path, ctl: Arc<ServeControl>) -> anyhow::Re
             path.display()
         )
     })?;
+    // Owner only, like every file in the data directory.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            &path,
+            std::fs::Permissions::from_mode(crate::base::durable::FILE_MODE),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
     loop {
         let (stream, _) = listener.accept().await?;
         let ctl = ctl.clone();

@@ -30,7 +30,7 @@ impl Drop for Children {
 
 pub fn run(messages: usize, keep: bool) -> anyhow::Result<i32> {
     let base = std::env::temp_dir().join(format!("drain-demo-{}", MessageId::random()?));
-    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    crate::base::durable::create_private_dir_all(&base)?;
     let result = run_in(&base, messages);
     if keep {
         println!("demo files kept in {}", base.display());
@@ -67,6 +67,7 @@ fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
         concurrency: crate::engine::default_concurrency(),
         bind_ip: None,
         ca_cert: Some(ca),
+        client_identity: None,
         max_in_flight_bytes: 64 << 20,
         batch_size: None,
         mode: Mode::Fresh,
@@ -98,7 +99,7 @@ fn start_destinations(
     let mut bundle = String::new();
     for (i, ip) in ["127.0.0.2", "127.0.0.3"].iter().enumerate() {
         let dir = base.join(format!("dest{}", i + 1));
-        std::fs::create_dir_all(&dir)?;
+        crate::base::durable::create_private_dir_all(&dir)?;
         let (cert, key) =
             crate::tls::write_self_signed(&[ip.to_string()], base, &format!("dest{}", i + 1))?;
         bundle.push_str(&std::fs::read_to_string(&cert)?);

@@ -36,6 +36,9 @@ pub fn create_or_open(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
+        // Created empty by us, owner only (redb would create it with the umask's mode); redb
+        // initialises an empty file.
+        drop(crate::base::durable::create_private_file(&tmp)?);
         builder.create(&tmp)?.close()?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)?;

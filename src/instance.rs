@@ -12,8 +12,20 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::base::durable::{self, Exposure};
 pub use crate::base::write_atomic;
 use crate::base::{FileError, MessageId};
+
+/// The warning for a data directory that group or others may read, if it is one.
+pub fn exposure_warning(data_dir: &Path) -> Option<String> {
+    durable::exposure_warning(data_dir, "data directory", Exposure::GroupOrOthers)
+}
+
+fn warn_if_exposed(data_dir: &Path) {
+    if let Some(w) = exposure_warning(data_dir) {
+        tracing::warn!("{w}");
+    }
+}
 
 /// An opened data directory.
 #[derive(Clone, Debug)]
@@ -24,9 +36,12 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Opens `data_dir`, creating it and the instance id if needed (atomically).
+    /// Opens `data_dir`, creating it (owner only) and the instance id if needed (atomically).
+    /// An existing directory that group or others may read is logged as a warning.
     pub fn open(data_dir: &Path) -> Result<Instance, FileError> {
-        fs::create_dir_all(data_dir).map_err(|e| FileError::new(data_dir, e))?;
+        if !durable::create_private_dir_all(data_dir)? {
+            warn_if_exposed(data_dir);
+        }
         let id_path = data_dir.join("instance-id");
         let id = match fs::read_to_string(&id_path) {
             Ok(s) => {
@@ -88,13 +103,7 @@ impl Instance {
             path: path.clone(),
             source,
         };
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
+        let mut file = durable::open_or_create_private(&path).map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {

@@ -18,7 +18,10 @@
 //! | `Drain-Run` | the sending run's id, 32 hex digits |
 //!
 //! A missing or malformed one is `400`. A peer whose address is not in the server's
-//! `accept_drain_from` gets `403` on every endpoint but health.
+//! `accept_drain_from` gets `403` on every endpoint but health. A server with a client CA
+//! (`client_ca`) refuses a sender without an acceptable client certificate earlier, at the TLS
+//! handshake (an alert such as `certificate_required` or `unknown_ca`, before any HTTP): the
+//! sender treats that as a `403`, permanent for this destination.
 //!
 //! ## `POST /v1/transfer`: store messages
 //!

@@ -5,7 +5,8 @@
 //!   what its bytes hash to, when things happen, which queue it belongs to;
 //! - [`Destination`]: where a drain sends (host and port, HTTPS);
 //! - [`durable`]: the one way a file is made durable (temp file, fsync, rename, directory
-//!   fsync) and the [`FileError`] that names the file at fault;
+//!   fsync), private (0600 files, 0700 directories), and the [`FileError`] that names the file
+//!   at fault;
 //! - [`backoff`], [`units`]: retry pacing and byte formatting, one definition each.
 
 /// Serialises a type as its `Display` text and deserialises it with its text parser (`FromStr`,

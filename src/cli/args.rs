@@ -86,6 +86,13 @@ pub struct DrainArgs {
     /// Trust roots (PEM) for the destinations' certificates (default: the system's roots).
     #[arg(long, global = true)]
     pub ca_cert: Option<PathBuf>,
+    /// Client certificate chain (PEM) for destinations that require mutual TLS
+    /// (`drain serve --client-ca`); with --client-key.
+    #[arg(long, value_name = "PEM", requires = "client_key", global = true)]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, value_name = "PEM", requires = "client_cert", global = true)]
+    pub client_key: Option<PathBuf>,
     /// Bytes of message data held in memory at once.
     #[arg(long, default_value_t = DEFAULT_IN_FLIGHT, global = true)]
     pub max_in_flight_bytes: u64,
@@ -140,6 +147,11 @@ impl DrainArgs {
             concurrency: self.concurrency(),
             bind_ip: self.bind_ip,
             ca_cert: self.ca_cert.clone(),
+            client_identity: self
+                .client_cert
+                .clone()
+                .zip(self.client_key.clone())
+                .map(|(cert, key)| crate::tls::ClientIdentity { cert, key }),
             max_in_flight_bytes: self.max_in_flight_bytes,
             batch_size: self.batch_size,
             mode,
@@ -261,7 +273,7 @@ impl InspectArgs {
 #[command(after_help = "\
 Settings come from --config FILE (TOML, keys named after GreenArrow's directives: listen, tls_cert,
 tls_key, accept_drain_from, http_trusted_proxy_ips, incoming_drain_workers, event_endpoints,
-max_request_size, dedupe_retention, wait_after_drain, metrics_listen) and from these flags; a flag
+max_request_size, dedupe_retention, wait_after_drain, metrics_listen, client_ca) and from these flags; a flag
 given wins over the file, and a list flag given replaces the file's list.
 
 Examples:
@@ -318,6 +330,10 @@ pub struct ServeArgs {
     /// address only your monitoring reaches.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Mutual TLS: accept only senders presenting a client certificate issued by a CA in this
+    /// PEM file (in addition to --accept-drain-from). Senders pass --client-cert/--client-key.
+    #[arg(long, value_name = "PEM")]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -372,6 +388,7 @@ impl ServeArgs {
             dedupe_retention: self.dedupe_retention,
             wait_after_drain: self.wait_after_drain.then_some(true),
             metrics_listen: self.metrics_listen,
+            client_ca: self.client_ca.clone(),
         })
     }
 

@@ -90,6 +90,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 // Validates without serving: no data directory, lock or listener needed.
                 let settings = a.settings()?;
                 settings.check()?;
+                for w in settings.warnings(data_dir.as_deref()) {
+                    let _ = writeln!(std::io::stderr(), "drain serve: warning: {w}");
+                }
                 let _ = std::io::stdout().write_all(settings.to_toml().as_bytes());
                 let _ = writeln!(std::io::stderr(), "drain serve: the settings are valid");
                 return Ok(0);
@@ -120,6 +123,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 data_dir: need_dir()?,
                 ca_cert: cli.drain.ca_cert.clone(),
                 bind_ip: cli.drain.bind_ip,
+                client_identity: cli
+                    .drain
+                    .client_cert
+                    .clone()
+                    .zip(cli.drain.client_key.clone())
+                    .map(|(cert, key)| crate::tls::ClientIdentity { cert, key }),
             };
             let out = crate::engine::recover::recover(opts)?;
             let _ = std::io::stdout().write_all(out.render(cli.json || a.json)?.as_bytes());

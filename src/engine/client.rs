@@ -4,6 +4,10 @@
 //! - [`Delivery::NotDelivered`]: the request certainly did not reach the destination's
 //!   storage (connection or TLS refused before sending, 503): the messages may go elsewhere.
 //! - [`Delivery::Refused`]: the destination answered for the whole request (403, 413, 400...).
+//! - [`Delivery::HandshakeRefused`]: its TLS layer refused our client certificate (or its
+//!   absence): like a 403, permanent for this destination, and nothing reached its storage.
+//!   Recognised by the typed rustls alert in the error's source chain (`tls::handshake_refusal`),
+//!   also when, with TLS 1.3, the alert arrives on the first read after the handshake.
 //! - [`Delivery::Answered`]: per-message outcomes.
 //! - [`Delivery::Ambiguous`]: it may have stored some (timeout, dropped connection, other 5xx,
 //!   unreadable answer): the messages stay pinned to it until it answers a query.
@@ -22,6 +26,7 @@ use reqwest::StatusCode;
 
 use super::failure::{Failure, FailureKind};
 use crate::base::{ContentHash, Destination};
+use crate::tls::{ClientIdentity, HandshakeRefusal};
 use crate::wire::{self, ItemResult, QueryRequest, QueryResponse, TransferResponse};
 
 /// Why a query got no answer.
@@ -30,7 +35,8 @@ pub enum QueryError {
     /// Try again later: unreachable, timed out, busy, server error.
     #[error("{0}")]
     Unavailable(Failure),
-    /// The destination refuses this sender altogether (403): it holds nothing of ours.
+    /// The destination refuses this sender altogether (403, or our client certificate at the
+    /// handshake): it holds nothing of ours.
     #[error("{0}")]
     Refused(Failure),
 }
@@ -45,6 +51,7 @@ pub enum Delivery {
         permanent: bool,
         reason: Failure,
     },
+    HandshakeRefused(HandshakeRefusal),
     Ambiguous(Failure),
 }
 
@@ -54,12 +61,15 @@ pub struct Client {
     http: reqwest::Client,
     sender: String,
     run: String,
+    /// A client certificate is presented (how a handshake refusal is worded).
+    presents_cert: bool,
 }
 
 impl Client {
     pub fn new(
         bind_ip: Option<IpAddr>,
         ca_cert: Option<&Path>,
+        identity: Option<&ClientIdentity>,
         sender: &str,
         run: &str,
         pool_per_host: usize,
@@ -87,11 +97,32 @@ impl Client {
             }
             b = b.tls_certs_only(certs);
         }
+        if let Some(id) = identity {
+            let pem = id.load_pem().context("--client-cert/--client-key")?;
+            let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
+                format!(
+                    "--client-cert {} / --client-key {}",
+                    id.cert.display(),
+                    id.key.display()
+                )
+            })?;
+            b = b.identity(identity);
+            if let Some(w) = crate::tls::key_exposure_warning(&id.key, "--client-key") {
+                tracing::warn!("{w}");
+            }
+        }
         Ok(Client {
             http: b.build().context("cannot build the HTTPS client")?,
             sender: sender.to_string(),
             run: run.to_string(),
+            presents_cert: identity.is_some(),
         })
+    }
+
+    /// The destination's TLS layer refused us for our client certificate, if that is what
+    /// ended `e`.
+    fn refusal(&self, e: &reqwest::Error) -> Option<HandshakeRefusal> {
+        crate::tls::handshake_refusal(e, self.presents_cert)
     }
 
     /// Sends one transfer request (a wire batch) and classifies how it ended.
@@ -110,6 +141,7 @@ impl Client {
             .await;
         let resp = match resp {
             Ok(r) => r,
+            Err(e) if let Some(r) = self.refusal(&e) => return Delivery::HandshakeRefused(r),
             // Never left: the connection was not made, or the request could not even be built.
             Err(e) if e.is_connect() || e.is_builder() => {
                 return Delivery::NotDelivered(Failure::from_http(&e));
@@ -177,7 +209,10 @@ impl Client {
                 )
                 .send()
                 .await
-                .map_err(|e| Unavailable(Failure::from_http(&e)))?;
+                .map_err(|e| match self.refusal(&e) {
+                    Some(r) => QueryError::Refused(refused(&r)),
+                    None => Unavailable(Failure::from_http(&e)),
+                })?;
             let status = resp.status();
             if status != StatusCode::OK {
                 let text = error_text(status, resp).await;
@@ -211,13 +246,25 @@ impl Client {
             .timeout(Duration::from_secs(10))
             .send()
             .await
-            .map_err(|e| Failure::from_http(&e))?;
+            .map_err(|e| match self.refusal(&e) {
+                Some(r) => refused(&r),
+                None => Failure::from_http(&e),
+            })?;
         let status = resp.status();
         if status != StatusCode::OK {
             return Err(error_text(status, resp).await);
         }
         Ok(())
     }
+}
+
+/// A refusal of our client certificate as a failure of its own kind.
+pub fn refused(r: &HandshakeRefusal) -> Failure {
+    let label = match r {
+        HandshakeRefusal::NeedsCertificate(_) => crate::tls::NEEDS_CERT,
+        HandshakeRefusal::RefusedCertificate(_) => crate::tls::REFUSED_CERT,
+    };
+    Failure::new(FailureKind::ClientCertificate(label), r.to_string())
 }
 
 /// A non-200 answer as a failure: the status and the typed code if the body carries one

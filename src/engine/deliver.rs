@@ -78,15 +78,16 @@ pub(crate) async fn one_request(run: &Run, d: usize, items: Vec<Item>) -> anyhow
                 sorted.split = true;
                 sorted.retry = items;
             } else {
-                ledger::rejected(run, &dname, ledger::ids(&items), &reason, permanent).await?;
-                sorted.retry = items;
-                if permanent {
-                    for i in &mut sorted.retry {
-                        i.exclude(d, &dname, &reason);
-                    }
-                }
-                sorted.dest_failed = !permanent;
+                sorted = refused(run, d, items, &reason, permanent).await?;
             }
+        }
+        Delivery::HandshakeRefused(r) => {
+            // As a 403: this sender may not drain there, and nothing reached its storage.
+            let failure = super::client::refused(&r);
+            let reason = r.to_string();
+            tracing::error!(dest = %dname, "{dname} {reason}: it takes none of our messages");
+            run.state.note_failure(&dname, &failure);
+            sorted = refused(run, d, items, &reason, true).await?;
         }
         Delivery::Ambiguous(reason) => {
             tracing::warn!(
@@ -102,6 +103,29 @@ pub(crate) async fn one_request(run: &Run, d: usize, items: Vec<Item>) -> anyhow
         }
     }
     Ok(Step::Done(sorted))
+}
+
+/// A whole request refused: back to `read`; a permanent refusal excludes `d` for these.
+async fn refused(
+    run: &Run,
+    d: usize,
+    items: Vec<Item>,
+    reason: &str,
+    permanent: bool,
+) -> anyhow::Result<Sorted> {
+    let dname = run.set.name(d);
+    ledger::rejected(run, &dname, ledger::ids(&items), reason, permanent).await?;
+    let mut retry = items;
+    if permanent {
+        for i in &mut retry {
+            i.exclude(d, &dname, reason);
+        }
+    }
+    Ok(Sorted {
+        retry,
+        dest_failed: !permanent,
+        split: false,
+    })
 }
 
 /// Applies per-message outcomes: rejections first, then the acknowledgements (and removals).

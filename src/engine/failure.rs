@@ -29,6 +29,9 @@ pub enum FailureKind {
     NotTls,
     /// The destination's certificate did not verify.
     CertificateRejected,
+    /// The destination refused us at the TLS handshake for our client certificate (mutual
+    /// TLS): permanent, like a 403.
+    ClientCertificate(&'static str),
     /// Another TLS failure (an alert from the peer, a protocol error).
     Tls,
     /// The connection broke while the request or its answer was on the way.
@@ -58,6 +61,7 @@ impl fmt::Display for FailureKind {
                 "does not speak TLS (a plain-HTTP server or another service on that port?)",
             ),
             FailureKind::CertificateRejected => f.write_str("its TLS certificate was not accepted"),
+            FailureKind::ClientCertificate(label) => f.write_str(label),
             FailureKind::Tls => f.write_str("TLS failure"),
             FailureKind::ConnectionLost => f.write_str("connection lost mid-request"),
             FailureKind::Timeout => f.write_str("no answer in time"),
@@ -109,7 +113,11 @@ impl Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.detail.is_empty() {
+        if self.detail.is_empty() || matches!(self.kind, FailureKind::ClientCertificate(_)) {
+            // A client-certificate refusal's detail already starts with its kind's words.
+            if !self.detail.is_empty() {
+                return f.write_str(&self.detail);
+            }
             write!(f, "{}", self.kind)
         } else {
             write!(f, "{}: {}", self.kind, self.detail)

@@ -29,8 +29,8 @@ pub struct FallbackDir {
 impl FallbackDir {
     /// Opens (creating) DIR as a data directory and takes its lock.
     pub fn open(dir: &Path, due: Instant) -> anyhow::Result<FallbackDir> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("--fallback-path {}: {e}", dir.display()))?;
+        crate::base::durable::create_private_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("--fallback-path {e}"))?;
         let dir = dir
             .canonicalize()
             .map_err(|e| anyhow::anyhow!("--fallback-path {}: {e}", dir.display()))?;

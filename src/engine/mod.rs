@@ -78,6 +78,11 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
     if let Some(ip) = opts.bind_ip {
         crate::base::check_bind_ip(ip, &opts.destinations).map_err(anyhow::Error::msg)?;
     }
+    // Likewise an unreadable or mismatched --client-cert/--client-key.
+    if let Some(id) = &opts.client_identity {
+        id.load_pem()
+            .map_err(|e| anyhow::anyhow!("--client-cert/--client-key: {e}"))?;
+    }
     let journal = Journal::open(&opts.data_dir)?;
     let (record, continuing, dests, active) =
         match lifecycle::begin(&journal, &opts, &inst.id).await? {
@@ -140,6 +145,7 @@ fn assemble(
     let client = Client::new(
         opts.bind_ip,
         opts.ca_cert.as_deref(),
+        opts.client_identity.as_ref(),
         &inst.id,
         &record.id,
         set.workers,

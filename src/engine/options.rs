@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::base::Destination;
+use crate::tls::ClientIdentity;
 
 /// Which kind of run the caller asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,8 @@ pub struct DrainOptions {
     pub concurrency: usize,
     pub bind_ip: Option<IpAddr>,
     pub ca_cert: Option<PathBuf>,
+    /// The client certificate and key presented to destinations that ask for one.
+    pub client_identity: Option<ClientIdentity>,
     /// Bytes of message data in memory at once (requests in flight count twice).
     pub max_in_flight_bytes: u64,
     /// Messages per request; default derived from `concurrency`.

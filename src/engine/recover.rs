@@ -33,6 +33,8 @@ pub struct RecoverOptions {
     pub data_dir: PathBuf,
     pub ca_cert: Option<PathBuf>,
     pub bind_ip: Option<IpAddr>,
+    /// The client certificate the run used (destinations with `--client-ca` need it).
+    pub client_identity: Option<crate::tls::ClientIdentity>,
 }
 
 /// What recovery did (printed as text, or JSON with `--json`).
@@ -178,6 +180,7 @@ async fn ask_all(opts: &RecoverOptions, m: &RunMarker) -> anyhow::Result<Recover
     let client = Client::new(
         opts.bind_ip,
         opts.ca_cert.as_deref(),
+        opts.client_identity.as_ref(),
         &m.sender,
         &m.run_id,
         4,

@@ -83,7 +83,7 @@ impl EventQueue {
     pub fn open(data_dir: &Path) -> Result<EventQueue, FileError> {
         let dir = data_dir.join("events");
         if !dir.is_dir() {
-            fs::create_dir_all(&dir).map_err(|e| FileError::new(&dir, e))?;
+            durable::create_private_dir_all(&dir)?;
             sync_dir(data_dir)?;
         }
         Ok(EventQueue { dir })
@@ -151,7 +151,11 @@ impl EventQueue {
     pub fn mark_acked(&self, names: &[String], key: &str) -> Result<(), FileError> {
         for n in names {
             let p = self.marker(n, key);
-            fs::File::create(&p).map_err(|e| FileError::new(&p, e))?;
+            match durable::create_private_file(&p) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(FileError::new(&p, e)),
+            }
         }
         sync_dir(&self.dir)
     }

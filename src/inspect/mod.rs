@@ -53,6 +53,9 @@
 //!     unreadable          Listing<{path, kind "unreadable"|"corrupt", reason, at}>
 //!     corrupt_records     Listing<Corrupt>: message or unreadable records that do not decode
 //!     rejections          [ReasonGroup] with kind "permanent"|"transient"
+//!     client_certificate_refusals {dest: u64}: messages a destination refused at the TLS
+//!                         handshake for our client certificate (none presented, or not
+//!                         issued by a CA it trusts: `drain serve --client-ca`)
 //!     failovers           [ReasonGroup] with kind "not_delivered" (connection refused, 503, ...)
 //!     not_delivered       Listing<{id, queue, size, rejected_by [{dest, reason}],
 //!                         last_note string|null}>: still read when the run ended

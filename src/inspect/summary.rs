@@ -15,6 +15,7 @@ use crate::base::units::Count;
 use crate::base::{MessageId, Timestamp};
 use crate::journal::Corrupt;
 use crate::journal::{MessageRecord, RunStatus, State, UnreadableRecord};
+use crate::tls::HandshakeRefusal;
 
 /// Distinct (destination, kind, reason) groups listed per grouping; further ones are counted
 /// in one `(other reasons)` group per kind.
@@ -172,6 +173,9 @@ pub struct Anomalies {
     pub unreadable: Listing<Unreadable>,
     pub corrupt_records: Listing<Corrupt>,
     pub rejections: Vec<ReasonGroup>,
+    /// Messages refused at the TLS handshake for our client certificate (mutual TLS), by
+    /// destination: each counted once per destination.
+    pub client_certificate_refusals: BTreeMap<String, u64>,
     pub failovers: Vec<ReasonGroup>,
     pub not_delivered: Listing<NotDelivered>,
 }
@@ -185,6 +189,7 @@ impl Anomalies {
             && self.unreadable.count == 0
             && self.corrupt_records.count == 0
             && self.rejections.is_empty()
+            && self.client_certificate_refusals.is_empty()
             && self.failovers.is_empty()
             && self.not_delivered.count == 0
     }
@@ -417,6 +422,22 @@ impl Collector {
         }
         for (dest, reason) in &rec.rejected_by {
             rejections.push((dest.clone(), "permanent", short(reason)));
+        }
+        rejections.sort();
+        rejections.dedup();
+        let mut refused_by: Vec<&String> = rejections
+            .iter()
+            .filter(|(_, _, reason)| HandshakeRefusal::is_reason(reason))
+            .map(|(dest, _, _)| dest)
+            .collect();
+        refused_by.dedup();
+        for dest in refused_by {
+            *self
+                .detail
+                .anomalies
+                .client_certificate_refusals
+                .entry(dest.clone())
+                .or_default() += 1;
         }
         let ids_cap = self.cap.min(GROUP_IDS_CAP);
         for (list, groups) in [

@@ -189,6 +189,13 @@ fn anomalies(o: &mut String, d: &RunDetail, unclean: bool, limit: usize) {
         |x| format!("{}: {}", x.key, x.reason),
     );
     groups(o, "rejections", &a.rejections, limit);
+    for (dest, n) in &a.client_certificate_refusals {
+        let _ = writeln!(
+            o,
+            "    {n} messages refused by {dest} at the TLS handshake for our client certificate \
+             (mutual TLS: see --client-cert/--client-key)"
+        );
+    }
     groups(
         o,
         "failovers (not delivered, sent elsewhere)",

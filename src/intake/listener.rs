@@ -110,6 +110,7 @@ impl Listener {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
+                    state.metrics.handshake_failed(&e);
                     tracing::debug!(peer = %peer, "TLS handshake failed: {e}");
                     return;
                 }

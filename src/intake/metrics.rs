@@ -22,7 +22,9 @@
 //! that must be asked again), `not_found` (404), `error` (500: storing failed). A message
 //! rejected inside an accepted transfer counts one: `hash_mismatch`, `malformed` (not a valid
 //! spool file), `id_conflict` (a different message with that id is held here), `transient`
-//! (could not check the copy held; the sender retries), `other`. Every reason is exported from
+//! (could not check the copy held; the sender retries), `other`. A TLS handshake refused for
+//! the client's certificate (`--client-ca`: none presented, or not issued by that CA) counts
+//! one `client_certificate`, classified by the typed rustls error. Every reason is exported from
 //! the start, at 0. Refusals are classified by the answer's status and the result's
 //! [`RejectCode`], never by the human reason text.
 //!
@@ -69,10 +71,11 @@ pub enum Refusal {
     IdConflict,
     Transient,
     Other,
+    ClientCertificate,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::Forbidden,
         Refusal::TooLarge,
         Refusal::BadRequest,
@@ -84,6 +87,7 @@ impl Refusal {
         Refusal::IdConflict,
         Refusal::Transient,
         Refusal::Other,
+        Refusal::ClientCertificate,
     ];
 
     pub fn label(self) -> &'static str {
@@ -99,6 +103,7 @@ impl Refusal {
             Refusal::IdConflict => "id_conflict",
             Refusal::Transient => "transient",
             Refusal::Other => "other",
+            Refusal::ClientCertificate => "client_certificate",
         }
     }
 
@@ -224,6 +229,13 @@ impl Metrics {
 
     pub fn refused(&self, reason: Refusal) {
         self.refusals.0[reason as usize].inc();
+    }
+
+    /// Counts a failed TLS handshake when it failed on the client's certificate.
+    pub fn handshake_failed(&self, e: &std::io::Error) {
+        if crate::tls::is_client_cert_failure(e) {
+            self.refused(Refusal::ClientCertificate);
+        }
     }
 
     /// Counts a whole request's answer (a refusal unless 2xx).

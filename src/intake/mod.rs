@@ -109,7 +109,11 @@ pub async fn serve(
     let lock = inst.try_lock("drain serve")?;
     refuse_if_draining(&opts.data_dir)?;
     crate::spool::Spool::open(&opts.data_dir)?.clean_stale_tmp(Duration::from_secs(3600));
-    let tls = crate::tls::server_config(&opts.tls_cert, &opts.tls_key)?;
+    let tls =
+        crate::tls::server_config_mtls(&opts.tls_cert, &opts.tls_key, opts.client_ca.as_deref())?;
+    if let Some(w) = crate::tls::key_exposure_warning(&opts.tls_key, "--tls-key") {
+        tracing::warn!("{w}");
+    }
     let events = EventQueue::open(&opts.data_dir)?;
     let event_stats = Arc::new(processor::Stats::default());
     let state = Arc::new(open_state(&opts, &inst.id, &events, event_stats.clone())?);

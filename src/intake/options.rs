@@ -14,6 +14,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// Senders must present a certificate chained to a CA in this PEM file (mutual TLS).
+    pub client_ca: Option<PathBuf>,
     pub access: Access,
     pub workers: usize,
     /// Largest transfer request body accepted (413 beyond).

@@ -185,7 +185,7 @@ impl Spool {
             .chain([spool.tmp_dir()])
         {
             if !dir.is_dir() {
-                fs::create_dir_all(&dir).map_err(|e| SpoolError::io(&dir, e))?;
+                durable::create_private_dir_all(&dir)?;
                 sync_dir(&spool.root)?;
                 sync_dir(data_dir)?;
             }

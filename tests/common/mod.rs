@@ -42,9 +42,15 @@ impl TempDir {
         &self.0
     }
 
+    /// A subdirectory, owner only, as a data directory should be (drain warns about others).
     pub fn sub(&self, name: &str) -> PathBuf {
+        use std::os::unix::fs::DirBuilderExt;
         let p = self.0.join(name);
-        std::fs::create_dir_all(&p).expect("create dir");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&p)
+            .expect("create dir");
         p
     }
 }

@@ -26,6 +26,7 @@
 //! | `dedupe_retention` | string, a duration (`"7d"`, `"36h"`), at most `"3650d"` | `--dedupe-retention` | `"7d"` |
 //! | `wait_after_drain` | boolean | `--wait-after-drain` | `false` |
 //! | `metrics_listen` | string `"ADDR:PORT"` | `--metrics-listen` | none: no metrics listener |
+//! | `client_ca` | string, a path (PEM CA certificates) | `--client-ca` | none: no client certificate required |
 //!
 //! An array key also takes one string (comma-separated for the IP/CIDR lists, as the flags do).
 //!
@@ -37,7 +38,8 @@
 //! as `FILE:LINE: key: what`, e.g. `serve.toml:3: accept_drain_from: invalid CIDR "10.0.0.0/33"`.
 //! IPs and CIDRs are checked by [`super::access::parse_net`], so the file and the flags give
 //! the same messages. `drain serve --check-config` resolves everything, also loads the
-//! certificate and key, and prints the effective settings as TOML ([`Settings::to_toml`]),
+//! certificate and key and the client CA (each CA certificate must be valid now), reports a
+//! key file or data directory others may read as a warning, and prints the effective settings as TOML ([`Settings::to_toml`]),
 //! each line commented with where its value came from.
 
 use std::net::SocketAddr;
@@ -92,6 +94,8 @@ settings! {
     wait_after_drain: bool, "--wait-after-drain", default(false);
     /// Where to serve Prometheus metrics.
     metrics_listen: SocketAddr, "--metrics-listen", optional("no metrics listener");
+    /// Senders must present a client certificate issued by a CA in this file (PEM).
+    client_ca: PathBuf, "--client-ca", optional("no client certificate required");
 }
 
 /// The flag that overrides `key` ("" for no such key).

@@ -3,7 +3,7 @@
 //! single setting can check, the certificate check of `--check-config`, and the server's
 //! options. Called by the CLI.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{ConfigError, Layer, Settings};
 use crate::intake::access::Access;
@@ -36,11 +36,30 @@ impl Settings {
     }
 
     /// What `--check-config` checks beyond the values themselves: the certificate and key
-    /// load and match.
+    /// load and match; the client CA file holds certificates, each valid now.
     pub fn check(&self) -> Result<(), ConfigError> {
-        crate::tls::server_config(&self.tls_cert.value, &self.tls_key.value)
-            .map(|_| ())
-            .map_err(|e| ConfigError(vec![format!("tls_cert / tls_key: {e}")]))
+        let mut problems = Vec::new();
+        if let Err(e) = crate::tls::server_config(&self.tls_cert.value, &self.tls_key.value) {
+            problems.push(format!("tls_cert / tls_key: {e}"));
+        }
+        if let Some(ca) = &self.client_ca.value
+            && let Err(e) = crate::tls::client_verifier(ca)
+        {
+            problems.push(format!("client_ca: {e}"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// What is valid but unsafe: a TLS key others may read, a data directory (when given)
+    /// group or others may read. One line each.
+    pub fn warnings(&self, data_dir: Option<&Path>) -> Vec<String> {
+        let key = crate::tls::key_exposure_warning(&self.tls_key.value, "tls_key");
+        let dir = data_dir.and_then(crate::instance::exposure_warning);
+        key.into_iter().chain(dir).collect()
     }
 
     /// The server's options.
@@ -50,6 +69,7 @@ impl Settings {
             listen: self.listen.value,
             tls_cert: self.tls_cert.value,
             tls_key: self.tls_key.value,
+            client_ca: self.client_ca.value,
             access: Access {
                 accept_from: self.accept_drain_from.value,
                 trusted_proxies: self.http_trusted_proxy_ips.value,

@@ -160,12 +160,15 @@ fn check_config_output_lists_every_setting_in_table_order() {
     let want: Vec<&str> = KEYS
         .iter()
         .map(|(k, _)| *k)
-        .filter(|k| *k != "metrics_listen")
+        .filter(|k| !["metrics_listen", "client_ca"].contains(k))
         .collect();
     assert_eq!(keys, want, "{text}");
     assert!(text.contains("tls_cert = \"/etc/drain/c.pem\""), "{text}");
     assert!(
-        text.ends_with("# metrics_listen is not set: no metrics listener\n"),
+        text.ends_with(
+            "# metrics_listen is not set: no metrics listener\n\
+             # client_ca is not set: no client certificate required\n"
+        ),
         "{text}"
     );
 }

@@ -1,11 +1,21 @@
-//! TLS material: loading certificates and keys, server configuration, and self-signed
-//! certificates for the demo and tests. rustls with the ring provider everywhere.
+//! TLS material: loading certificates and keys, server configuration (optionally requiring a
+//! client certificate: `client_auth`), and self-signed certificates for the demo and tests.
+//! rustls with the ring provider everywhere.
 //!
-//! Used by `intake` (the server's configuration, and `--check-config`), by the sending side's
-//! HTTP client and the event processor (the crypto provider), and by the demo and tests.
+//! Used by `intake` (the server's configuration, its listener, and `--check-config`), by the
+//! sending side's HTTP client (identity, refusals) and the event processor (the crypto
+//! provider), and by the demo and tests.
+
+mod client_auth;
+mod validity;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub use client_auth::{
+    ClientIdentity, HandshakeRefusal, NEEDS_CERT, REFUSED_CERT, client_verifier, find_rustls_error,
+    handshake_refusal, is_client_cert_failure, key_exposure_warning,
+};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -52,14 +62,28 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// The server side: certificate chain and key from PEM files, HTTP/2 and HTTP/1.1 by ALPN.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_mtls(cert, key, None)
+}
+
+/// [`server_config`], and with `client_ca` only clients presenting a certificate that chains
+/// to a CA in that file are accepted (mutual TLS).
+pub fn server_config_mtls(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     install_provider();
     let certs = load_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
         path: key.into(),
         reason: e.to_string(),
     })?;
-    let mut cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -81,9 +105,21 @@ pub fn write_self_signed(
         path: cert_path.clone(),
         source,
     })?;
-    std::fs::write(&key_path, ck.signing_key.serialize_pem()).map_err(|source| TlsError::Io {
-        path: key_path.clone(),
-        source,
-    })?;
+    write_key(&key_path, ck.signing_key.serialize_pem().as_bytes())?;
     Ok((cert_path, key_path))
+}
+
+/// Writes a private key readable by its owner only (replacing any file there).
+pub fn write_key(path: &Path, pem: &[u8]) -> Result<(), TlsError> {
+    let io = |source| TlsError::Io {
+        path: path.into(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let mut f = crate::base::durable::create_private_file(path).map_err(io)?;
+    std::io::Write::write_all(&mut f, pem).map_err(io)
 }

@@ -29,6 +29,10 @@ use crate::base::{ContentHash, Destination};
 use crate::tls::{ClientIdentity, HandshakeRefusal};
 use crate::wire::{self, ItemResult, QueryRequest, QueryResponse, TransferResponse};
 
+/// How long a destination may send nothing while we wait for its answer before the request is
+/// given up as stalled (in doubt if it was sent: settled by query later).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Why a query got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -79,6 +83,9 @@ impl Client {
             .http1_only()
             .no_proxy()
             .connect_timeout(Duration::from_secs(10))
+            // A peer that stops sending bytes (stopped, hung, a black hole) is noticed within
+            // this time, whatever the request's overall timeout.
+            .read_timeout(STALL_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(pool_per_host)
             .tcp_nodelay(true)
@@ -165,7 +172,14 @@ impl Client {
             };
         }
         let reason = error_text(status, resp).await;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        // 503 (not accepting), 507 (its disk is full) and 421 (another instance behind the same
+        // address) all mean: nothing was stored. Definitive, so never in doubt.
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::INSUFFICIENT_STORAGE
+                | StatusCode::MISDIRECTED_REQUEST
+        ) {
             Delivery::NotDelivered(reason)
         } else if status.is_server_error() {
             Delivery::Ambiguous(reason)

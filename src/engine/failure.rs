@@ -64,7 +64,7 @@ impl fmt::Display for FailureKind {
             FailureKind::ClientCertificate(label) => f.write_str(label),
             FailureKind::Tls => f.write_str("TLS failure"),
             FailureKind::ConnectionLost => f.write_str("connection lost mid-request"),
-            FailureKind::Timeout => f.write_str("no answer in time"),
+            FailureKind::Timeout => f.write_str("stopped answering (no answer in time)"),
             FailureKind::Status(s, Some(code)) => write!(f, "HTTP {s} ({code})"),
             FailureKind::Status(503, None) => f.write_str("HTTP 503 (not accepting)"),
             FailureKind::Status(s, None) => write!(f, "HTTP {s}"),

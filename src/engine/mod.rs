@@ -113,6 +113,8 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
     if opts.mode != Mode::SettleOnly {
         scan::drain_spool(&run).await?;
     }
+    // Messages in doubt are settled beside the scan; the run ends when they are placed.
+    wait_for_settling(&run).await?;
     progress.abort();
     let _ = progress.await;
 
@@ -121,6 +123,22 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
     drop(run);
     journal.close();
     Ok(report)
+}
+
+/// Waits for every settling task (a task may start others); the first error stops the run.
+async fn wait_for_settling(run: &Run) -> anyhow::Result<()> {
+    let mut first_err = None;
+    while let Some(h) = run.state.take_settling() {
+        let r = match h.await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("a settling task failed: {e}")),
+        };
+        if let Err(e) = r {
+            run.stop.cancel();
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
 }
 
 /// Opens the run's services (fallback directory, HTTPS client, byte budget) around `set`.

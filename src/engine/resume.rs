@@ -11,6 +11,7 @@
 //! called by `engine::run` when it continues an unfinished run.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::client::QueryError;
 use super::fallback;
@@ -18,7 +19,7 @@ use super::fallback_dir;
 use super::item::Item;
 use super::ledger;
 use super::report::Problem;
-use super::route::{self, Recorded, SentTo};
+use super::route::{self, Recorded};
 use super::run::Run;
 use super::settle::{self, Confirmed, FirstQuery};
 use crate::base::MessageId;
@@ -30,7 +31,7 @@ type InDoubt = BTreeMap<String, Vec<(MessageId, MessageRecord)>>;
 
 /// Settles what an earlier attempt of this run left `sent` or `acked`, before anything new is
 /// sent.
-pub(crate) async fn resume_in_doubt(run: &Run) -> anyhow::Result<()> {
+pub(crate) async fn resume_in_doubt(run: &Arc<Run>) -> anyhow::Result<()> {
     let mut sent: InDoubt = BTreeMap::new();
     let mut acked = Vec::new();
     run.journal.for_each_message(run.set.run_seq, |id, rec| {
@@ -72,15 +73,25 @@ pub(crate) async fn resume_in_doubt(run: &Run) -> anyhow::Result<()> {
             );
         };
         tracing::info!(
-            "{} messages are in doubt with {dname}: asking it",
+            "{} messages are in doubt with {dname}: asking it (beside the new sends)",
             list.len()
         );
-        for chunk in list.chunks(run.set.batch_max.max(64)) {
-            if run.stopped() {
-                return Ok(());
+        // Each destination is settled by a task of its own, beside the scan: one that does not
+        // answer holds up nothing else, and gets nothing new until it answers.
+        run.state.suspect(d);
+        let task = {
+            let run = run.clone();
+            async move {
+                for chunk in list.chunks(run.set.batch_max.max(64)) {
+                    if run.stopped() {
+                        return Ok(());
+                    }
+                    settle_chunk(&run, d, chunk).await?;
+                }
+                Ok(())
             }
-            settle_chunk(run, d, chunk).await?;
-        }
+        };
+        run.state.add_settling(tokio::spawn(task));
     }
     Ok(())
 }
@@ -126,7 +137,7 @@ async fn read_pinned(
 
 /// Settles one chunk of messages in doubt with `d`, then sends on what `d` does not hold.
 async fn settle_chunk(
-    run: &Run,
+    run: &Arc<Run>,
     d: usize,
     chunk: &[(MessageId, MessageRecord)],
 ) -> anyhow::Result<()> {
@@ -162,7 +173,7 @@ async fn settle_chunk(
     if same.is_empty() {
         return Ok(());
     }
-    let sorted = route::send_to(run, d, same, SentTo::Already).await?;
+    let sorted = route::resend_to(run, d, same).await?;
     route::process_batch(run, sorted.retry, Recorded::Read).await
 }
 

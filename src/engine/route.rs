@@ -6,13 +6,17 @@
 //! failed in a round, the batch waits with backoff and tries again (until it succeeds, a stop
 //! is requested, or the fallback time comes). A permanent rejection excludes that destination
 //! for that message; a message every destination rejected permanently stays in the spool
-//! (exit 12). An ambiguous end pins the messages to that destination: `settle` asks it, and
-//! this module decides from the outcome (a loop here, no mutual calls).
+//! (exit 12). An ambiguous end pins the messages to that destination: a settling task beside
+//! the workers asks it ([`settle_beside`]), so messages in doubt never hold a worker or stall
+//! the healthy destinations; until it answers, that destination gets nothing new.
 //!
 //! Invariant: `sent(d)` is durable (ledger) before `deliver` sends to `d`. Uses `run`, `item`,
 //! `ledger`, `deliver`, `settle` and `fallback`; called by `scan` and `resume`.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use super::deliver::{self, Sorted, Step};
 use super::fallback;
@@ -31,19 +35,10 @@ pub(crate) enum Recorded {
     Read,
 }
 
-/// What the journal already records for items handed to [`send_to`].
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SentTo {
-    /// `read`: journal `sent(d)` before the request.
-    NotYet,
-    /// Already `sent(d)` (in doubt with it, it said it does not hold them).
-    Already,
-}
-
 /// Sends a batch until each message is acknowledged, rejected by every destination, moved to
-/// the fallback path, or a stop is requested.
+/// the fallback path, handed to a settling task (in doubt), or a stop is requested.
 pub(crate) async fn process_batch(
-    run: &Run,
+    run: &Arc<Run>,
     items: Vec<Item>,
     recorded: Recorded,
 ) -> anyhow::Result<()> {
@@ -70,14 +65,17 @@ pub(crate) async fn process_batch(
             break;
         }
         let Some(d) = run.next_dest(|d| {
-            !failed_round.contains(&d) && pending.iter().any(|i| !i.rejected.contains(&d))
+            !failed_round.contains(&d)
+                && !run.state.is_suspect(d)
+                && pending.iter().any(|i| !i.rejected.contains(&d))
         }) else {
             round += 1;
             let wait = run.until_fallback(backoff(round));
             tracing::warn!(
                 round,
                 waiting = ?wait,
-                "every destination failed for {} messages; retrying in {:?}",
+                "every destination failed for {} messages (or is settling messages in doubt); \
+                 retrying in {:?}",
                 pending.len(),
                 wait
             );
@@ -92,7 +90,14 @@ pub(crate) async fn process_batch(
         if single && sub.len() > 1 {
             rest.extend(sub.split_off(1));
         }
-        let sorted = send_to(run, d, sub, SentTo::NotYet).await?;
+        ledger::sent(run, &run.set.name(d), &sub).await?;
+        let sorted = match deliver::one_request(run, d, sub).await? {
+            Step::Done(sorted) => sorted,
+            Step::Ambiguous(pinned) => {
+                settle_beside(run, d, pinned);
+                Sorted::default()
+            }
+        };
         if sorted.dest_failed {
             failed_round.insert(d);
         } else {
@@ -120,25 +125,38 @@ fn drop_dead(run: &Run, pending: Vec<Item>) -> Vec<Item> {
     alive
 }
 
-/// Sends `items` to destination `d` (journaling `sent` first unless they already are `sent`
-/// to it) and sorts out the answer. After an ambiguous end the items are confirmed with a
-/// query and only re-sent to `d`.
-pub(crate) async fn send_to(
-    run: &Run,
+/// Hands messages in doubt with `d` to a settling task beside the workers; `d` gets nothing
+/// new until it answers a query. The task holds budget for the bytes it keeps.
+fn settle_beside(run: &Arc<Run>, d: usize, items: Vec<Item>) {
+    run.state.suspect(d);
+    let task: Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> = Box::pin({
+        let run = run.clone();
+        async move {
+            let bytes: u64 = items.iter().map(Item::size).sum();
+            let _permit = run
+                .budget
+                .clone()
+                .acquire_many_owned(run.set.permits_for(bytes))
+                .await?;
+            let sorted = settle_then_send(&run, d, items, FirstQuery::AfterBackoff).await?;
+            process_batch(&run, sorted.retry, Recorded::Read).await
+        }
+    });
+    run.state.add_settling(tokio::spawn(task));
+}
+
+/// Confirms `items` (journaled `sent` to `d`) with `d`, then re-sends to `d` what it does not
+/// hold, until every one is placed or released for other destinations (returned as `retry`).
+pub(crate) async fn settle_then_send(
+    run: &Arc<Run>,
     d: usize,
     items: Vec<Item>,
-    sent: SentTo,
+    first: FirstQuery,
 ) -> anyhow::Result<Sorted> {
-    if sent == SentTo::NotYet {
-        ledger::sent(run, &run.set.name(d), &items).await?;
-    }
     let mut items = items;
+    let mut first = first;
     loop {
-        let pinned = match deliver::one_request(run, d, items).await? {
-            Step::Done(sorted) => return Ok(sorted),
-            Step::Ambiguous(pinned) => pinned,
-        };
-        match settle::confirm(run, d, pinned, FirstQuery::AfterBackoff).await? {
+        match settle::confirm(run, d, items, first).await? {
             Confirmed::NotHeld(rest) if !rest.is_empty() => items = rest,
             Confirmed::Reassigned(retry) | Confirmed::Refused(retry) => {
                 return Ok(Sorted {
@@ -150,5 +168,23 @@ pub(crate) async fn send_to(
             // All confirmed held, or stopped with them still in doubt.
             Confirmed::NotHeld(_) | Confirmed::Stopped => return Ok(Sorted::default()),
         }
+        match deliver::one_request(run, d, items).await? {
+            Step::Done(sorted) => return Ok(sorted),
+            Step::Ambiguous(pinned) => items = pinned,
+        }
+        first = FirstQuery::AfterBackoff;
+    }
+}
+
+/// Re-sends `items`, journaled `sent` to `d` and not held by it, to `d`; settles again if
+/// that ends in doubt too.
+pub(crate) async fn resend_to(
+    run: &Arc<Run>,
+    d: usize,
+    items: Vec<Item>,
+) -> anyhow::Result<Sorted> {
+    match deliver::one_request(run, d, items).await? {
+        Step::Done(sorted) => Ok(sorted),
+        Step::Ambiguous(pinned) => settle_then_send(run, d, pinned, FirstQuery::AfterBackoff).await,
     }
 }

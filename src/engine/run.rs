@@ -139,6 +139,11 @@ pub(crate) struct RunState {
     unreachable: Mutex<HashMap<usize, Instant>>,
     /// The ids on their way (one file per id).
     pub claims: Arc<super::item::Claims>,
+    /// Destinations with messages in doubt that have not answered a query since: no new
+    /// messages go there until they do (a request in doubt says nothing about the next one).
+    suspect: Mutex<HashSet<usize>>,
+    /// Settling tasks running beside the workers (in-doubt messages never hold a worker).
+    settling: Mutex<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>>,
     /// Destinations whose latest attempt failed, with the failure's kind (for progress).
     failing: Mutex<std::collections::BTreeMap<String, String>>,
     /// Messages and files that already failed in this invocation (not retried by a rescan).
@@ -167,6 +172,30 @@ impl RunState {
     pub fn note_failure(&self, dest: &str, f: &Failure) {
         self.report().note_failure(dest, f);
         lock(&self.failing).insert(dest.to_string(), f.kind.to_string());
+    }
+
+    /// `d` has messages in doubt: send it nothing new until it answers a query.
+    pub fn suspect(&self, d: usize) {
+        lock(&self.suspect).insert(d);
+    }
+
+    /// `d` answered a query (or was given up on): it may take new messages again.
+    pub fn trusted(&self, d: usize) {
+        lock(&self.suspect).remove(&d);
+    }
+
+    pub fn is_suspect(&self, d: usize) -> bool {
+        lock(&self.suspect).contains(&d)
+    }
+
+    /// Keeps a settling task so the run waits for it before it ends.
+    pub fn add_settling(&self, h: tokio::task::JoinHandle<anyhow::Result<()>>) {
+        lock(&self.settling).push(h);
+    }
+
+    /// The next settling task still to wait for.
+    pub fn take_settling(&self) -> Option<tokio::task::JoinHandle<anyhow::Result<()>>> {
+        lock(&self.settling).pop()
     }
 
     /// `dest` acknowledged messages again: it is no longer shown as failing.

@@ -146,6 +146,8 @@ async fn read_batch(run: &Run, batch: Vec<Entry>) -> anyhow::Result<Vec<Item>> {
     for entry in batch {
         match run.state.claims.claim(entry.id, &entry.path) {
             Ok(c) => claimed.push((entry, c)),
+            // The same file, still on its way (settling beside the scan): not a conflict.
+            Err(other) if other == entry.path => {}
             Err(other) => ledger::unreadable(run, conflict(&entry, other)).await?,
         }
     }

@@ -65,6 +65,7 @@ pub(crate) async fn confirm(
         let asked: Vec<_> = items.iter().map(|i| (i.id(), i.hash)).collect();
         match run.client.query(&dest, &asked).await {
             Err(QueryError::Refused(e)) => {
+                run.state.trusted(d);
                 tracing::warn!(dest = %dname, "{dname} refuses this sender ({e}): it holds none of the {} messages", items.len());
                 run.state.note_failure(&dname, &e);
                 let e = e.to_string();
@@ -91,6 +92,7 @@ pub(crate) async fn confirm(
             }
             Ok(held) => {
                 run.state.reachable(d);
+                run.state.trusted(d);
                 let held: HashSet<ContentHash> = held.into_iter().collect();
                 let (yes, no): (Vec<Item>, Vec<Item>) =
                     items.into_iter().partition(|i| held.contains(&i.hash));
@@ -121,6 +123,7 @@ async fn reassign(run: &Run, d: usize, items: Vec<Item>, why: &str) -> anyhow::R
         items.len()
     );
     ledger::reassigned(run, &dname, &items, why).await?;
+    run.state.trusted(d);
     let mut items = items;
     for i in &mut items {
         i.exclude(d, &dname, "unreachable, reassigned");

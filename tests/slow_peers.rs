@@ -203,7 +203,7 @@ fn serve(tmp: &TempDir, extra: &[&str]) -> Server {
     cfg.extra = extra.iter().map(|s| s.to_string()).collect();
     cfg.extra
         .extend(["--metrics-listen".into(), "127.0.0.2:0".into()]);
-    Server::start(&tmp, "a", cfg)
+    Server::start(tmp, "a", cfg)
 }
 
 #[test]

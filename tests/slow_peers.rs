@@ -407,3 +407,47 @@ fn connections_over_the_per_peer_limit_are_closed() {
         "{log}"
     );
 }
+
+#[test]
+fn silent_connections_are_closed_after_the_handshake_and_header_timeouts() {
+    let tmp = TempDir::new("silent");
+    let s = serve(
+        &tmp,
+        &[
+            "--tls-handshake-timeout",
+            "300ms",
+            "--header-read-timeout",
+            "300ms",
+        ],
+    );
+    rt().block_on(async {
+        // No TLS handshake at all: closed after --tls-handshake-timeout.
+        let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+        let started = Instant::now();
+        let mut b = [0u8; 16];
+        let n = tokio::time::timeout(PROMPT, tcp.read(&mut b))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        eprintln!("no handshake: closed after {:?}", started.elapsed());
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        // A handshake, then no request: closed after --header-read-timeout, and counted.
+        let mut raw = connect(&s, "127.0.0.1").await.unwrap();
+        let started = Instant::now();
+        let n = tokio::time::timeout(PROMPT, raw.tls.read(&mut b))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        eprintln!("no request header: closed after {:?}", started.elapsed());
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let deadline = Instant::now() + PROMPT;
+        while !metrics(&s)
+            .await
+            .contains("drain_intake_header_timeouts_total 1\n")
+        {
+            assert!(Instant::now() < deadline, "{}", metrics(&s).await);
+        }
+    });
+}

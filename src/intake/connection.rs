@@ -47,6 +47,13 @@ pub(crate) async fn serve(
     builder: Builder<TokioExecutor>,
     watcher: Watcher,
 ) {
+    // The protocol agreed in the handshake: detecting it from the first bytes instead would
+    // wait, with no timeout, for a peer that sends none.
+    let builder = match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => builder.http2_only(),
+        Some(b"http/1.1") => builder.http1_only(),
+        _ => builder,
+    };
     let metrics = state.metrics.clone();
     let svc = hyper::service::service_fn(move |req| route(state.clone(), peer, req));
     let conn = builder

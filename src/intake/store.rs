@@ -12,6 +12,8 @@
 //!
 //! Dedupe keys are scoped to the sender's instance id and run id, so a message that comes back
 //! in a later run (A->B, B->A, A->B) is stored again rather than mistaken for a duplicate.
+//! A query or finish of a run fences that run's transfers still arriving (`inflight`): what it
+//! fenced is refused (code `fenced`) at step 1, never stored.
 //!
 //! Called by `handler` (transfer, query, finish) and by `serve`'s dedupe expiry; it calls the
 //! spool, the event queue (one `message.received` event per message, durable before the

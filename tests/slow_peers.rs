@@ -283,8 +283,36 @@ fn a_query_fences_a_stalled_transfer_of_its_run_and_answers_at_once() {
         let r: TransferResponse = resp.json().await.unwrap();
         assert_eq!(r.results[0].outcome, Outcome::Stored);
         assert_eq!(query(&c, &s, RUN, &[&m]).await.0, vec![m.hash.to_string()]);
+        finish_fences_a_stalled_transfer(&c, &s).await;
     });
-    assert_eq!(s.ls().len(), 1);
+    assert_eq!(s.ls().len(), 1, "only the message sent again");
+}
+
+/// `/v1/finish` does not wait for a stalled transfer of its run either: every message of it is
+/// fenced.
+async fn finish_fences_a_stalled_transfer(c: &reqwest::Client, s: &Server) {
+    let m = message(QueueKind::BounceLite, 2, b"stalled before the finish");
+    let body = batch(&[(&m, m.hash)]);
+    let mut raw = connect(s, "127.0.0.1").await.unwrap();
+    raw.stalled_transfer(RUN, &body, body.len() / 2).await;
+    let started = Instant::now();
+    let resp = c
+        .post(format!("https://{}{}", s.addr, wire::FINISH_PATH))
+        .header(wire::HDR_SENDER, SENDER)
+        .header(wire::HDR_RUN, RUN)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let took = started.elapsed();
+    eprintln!("finish answered in {took:?} while a transfer of its run is stalled");
+    assert!(took < PROMPT, "{took:?}");
+    raw.send(&body[body.len() / 2..]).await;
+    let (status, text) = raw.response(PROMPT).await;
+    assert_eq!(status, 200, "{text}");
+    let r: TransferResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(r.results[0].code, Some(RejectCode::Fenced), "{text}");
 }
 
 #[test]

@@ -52,6 +52,7 @@
 //! | --- | --- | --- |
 //! | `400` | `bad_request` | malformed body or headers: nothing stored |
 //! | `403` | `not_allowed` | this sender may not drain here: permanent for this destination |
+//! | `408` | `timeout` | the body made no progress for the server's `body_idle_timeout`: nothing stored |
 //! | `413` | `too_large` | the request is over the server's limit: send fewer messages per request |
 //! | `503` | `not_accepting` | draining itself or shutting down: nothing stored, try another |
 //! | other `5xx` | `transient` or none | the outcome is unknown |
@@ -67,15 +68,22 @@
 //! either recorded in its dedupe store or present in its spool with that id and hash (a server
 //! killed between writing the file and recording it still answers truthfully). Durable: a hash
 //! listed is on the server's disk, so "not held" means the message is not there and will not
-//! appear. A query waits until every transfer that reached the server before it has finished,
-//! so a "not held" can never be followed by a late store from a request the sender lost; if
-//! that takes too long it answers `503` and the sender asks again. Errors as for transfers.
+//! appear. A "not held" can never be followed by a late store from a request the sender lost:
+//! every transfer of the same `Drain-Sender` and `Drain-Run` whose body is still arriving when
+//! the query comes is *fenced* for the hashes asked (when its body completes, those messages are
+//! answered `rejected_transient` with code `fenced` and not stored), and the query waits only for
+//! the transfers of that run already past that point and storing one of them (bounded by the
+//! server's disk, never by a peer; beyond 30 s it answers `503` and the sender asks again). So a
+//! query answers at once even while a transfer of its run is stalled, and no other sender's or
+//! run's transfers delay it. A transfer that reaches the server after the query is not fenced.
+//! Errors as for transfers.
 //!
 //! ## `POST /v1/finish`: the run has finished
 //!
 //! Empty body; answer `200` `{"version":1,"forgotten":true}`. The server may forget its dedupe keys for
 //! (`Drain-Sender`, `Drain-Run`): every message of the run is settled, so no retry of it can
-//! come. Keys also expire after the server's `--dedupe-retention` (default 7 days) in case
+//! come. Every transfer of the run still arriving is fenced for all its messages (none will be
+//! stored), and the finish waits only for those already storing. Keys also expire after the server's `--dedupe-retention` (default 7 days) in case
 //! this never arrives.
 //!
 //! ## `GET /v1/health`
@@ -201,6 +209,13 @@ pub enum RejectCode {
     NotAccepting,
     /// A temporary failure on the server; the same request may succeed later.
     Transient,
+    /// The request body made no progress for the server's `body_idle_timeout` (`408`): nothing
+    /// stored; the same request may be sent again.
+    Timeout,
+    /// A message refused (`rejected_transient`) because a query or finish of the same run came
+    /// while this transfer was still arriving: not stored, so that the query's "not held" stays
+    /// true. Send it again.
+    Fenced,
     /// A code from a newer peer that this build does not know.
     #[serde(other)]
     Unknown,
@@ -218,6 +233,8 @@ impl RejectCode {
             RejectCode::BadRequest => "bad_request",
             RejectCode::NotAccepting => "not_accepting",
             RejectCode::Transient => "transient",
+            RejectCode::Timeout => "timeout",
+            RejectCode::Fenced => "fenced",
             RejectCode::Unknown => "unknown",
         }
     }

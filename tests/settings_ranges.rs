@@ -53,6 +53,26 @@ fn out_of_range_settings_are_refused_with_file_line_and_key() {
             "out of range (at most 3650d)",
         ),
         (
+            "body_idle_timeout = \"0s\"",
+            "serve.toml:3: body_idle_timeout",
+            "0s is out of range (100ms to 1h)",
+        ),
+        (
+            "header_read_timeout = \"2h\"",
+            "serve.toml:3: header_read_timeout",
+            "2h is out of range (100ms to 1h)",
+        ),
+        (
+            "tls_handshake_timeout = 10",
+            "serve.toml:3: tls_handshake_timeout",
+            "expected a string",
+        ),
+        (
+            "max_connections_per_peer = 0",
+            "serve.toml:3: max_connections_per_peer",
+            "out of range (1 to 65536)",
+        ),
+        (
             "listen = \"0.0.0.0:1\"\nlisten = \"0.0.0.0:2\"",
             "serve.toml:4: listen",
             "duplicate key",
@@ -74,6 +94,10 @@ fn out_of_range_flags_are_refused_naming_the_flag() {
         ["--incoming-drain-workers", "0"],
         ["--dedupe-retention", "99999999999999d"],
         ["--max-request-size", "1"],
+        ["--body-idle-timeout", "1ms"],
+        ["--tls-handshake-timeout", "2h"],
+        ["--header-read-timeout", "0s"],
+        ["--max-connections-per-peer", "0"],
     ] {
         let mut all = vec![
             "--data-dir",

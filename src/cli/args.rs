@@ -273,7 +273,9 @@ impl InspectArgs {
 #[command(after_help = "\
 Settings come from --config FILE (TOML, keys named after GreenArrow's directives: listen, tls_cert,
 tls_key, accept_drain_from, http_trusted_proxy_ips, incoming_drain_workers, event_endpoints,
-max_request_size, dedupe_retention, wait_after_drain, metrics_listen, client_ca) and from these flags; a flag
+max_request_size, dedupe_retention, wait_after_drain, metrics_listen, client_ca,
+tls_handshake_timeout, header_read_timeout, body_idle_timeout, max_connections_per_peer) and from
+these flags; a flag
 given wins over the file, and a list flag given replaces the file's list.
 
 Examples:
@@ -334,6 +336,23 @@ pub struct ServeArgs {
     /// PEM file (in addition to --accept-drain-from). Senders pass --client-cert/--client-key.
     #[arg(long, value_name = "PEM")]
     pub client_ca: Option<PathBuf>,
+    /// Longest a TLS handshake may take before the connection is closed (default 10s; 100ms
+    /// to 1h).
+    #[arg(long, value_parser = config::parse_duration, value_name = "DURATION")]
+    pub tls_handshake_timeout: Option<std::time::Duration>,
+    /// Longest wait for a request's header over HTTP/1, also how long an idle kept-alive
+    /// connection stays open; over HTTP/2, the keep-alive ping interval and how long its answer
+    /// may take (default 30s; 100ms to 1h).
+    #[arg(long, value_parser = config::parse_duration, value_name = "DURATION")]
+    pub header_read_timeout: Option<std::time::Duration>,
+    /// A request body that delivers no byte for this long is aborted (408, nothing stored,
+    /// logged and counted) (default 30s; 100ms to 1h).
+    #[arg(long, value_parser = config::parse_duration, value_name = "DURATION")]
+    pub body_idle_timeout: Option<std::time::Duration>,
+    /// Most connections open at once from one peer address; more are closed at accept, with a
+    /// warning (default 64; 1 to 65536; --trusted-proxy-ips peers are exempt).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_peer: Option<usize>,
 }
 
 impl ServeArgs {
@@ -354,6 +373,14 @@ impl ServeArgs {
             v.map(|n| config::check_integer(key, flag, n))
                 .transpose()
                 .map_err(anyhow::Error::msg)
+        };
+        let duration = |key: &str,
+                        flag: &str,
+                        v: Option<std::time::Duration>|
+         -> anyhow::Result<Option<std::time::Duration>> {
+            v.map(|d| config::check_duration(key, d))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
         };
         let endpoints = if self.event_endpoints.is_empty() {
             None
@@ -389,6 +416,26 @@ impl ServeArgs {
             wait_after_drain: self.wait_after_drain.then_some(true),
             metrics_listen: self.metrics_listen,
             client_ca: self.client_ca.clone(),
+            tls_handshake_timeout: duration(
+                "tls_handshake_timeout",
+                "--tls-handshake-timeout",
+                self.tls_handshake_timeout,
+            )?,
+            header_read_timeout: duration(
+                "header_read_timeout",
+                "--header-read-timeout",
+                self.header_read_timeout,
+            )?,
+            body_idle_timeout: duration(
+                "body_idle_timeout",
+                "--body-idle-timeout",
+                self.body_idle_timeout,
+            )?,
+            max_connections_per_peer: in_range(
+                "max_connections_per_peer",
+                "--max-connections-per-peer",
+                self.max_connections_per_peer,
+            )?,
         })
     }
 

@@ -3,10 +3,14 @@
 //! for the protocol itself).
 //!
 //! Owns [`State`], what every connection shares. Called by `connection` (routing); calls
-//! `store` (durability), `access` (who may drain) and `metrics`. Invariants: a transfer is
-//! answered `200` only once `store` says every acknowledged message is durable; a refused
-//! request's body is read and dropped first, so the sender reads the refusal rather than a
-//! reset it would have to treat as "maybe stored".
+//! `store` (durability), `access` (who may drain), `body` (reading bodies) and `metrics`.
+//! Invariants: a transfer is answered `200` only once `store` says every acknowledged message
+//! is durable; a refused request's body is read and dropped first (except one declaring more
+//! than the limit: 413 at once), so the sender reads the refusal rather than a reset it would
+//! have to treat as "maybe stored". A body is read whole, within its own limits, before the
+//! transfer takes anything shared (a storing worker): a slow or stalled peer delays only
+//! itself. A query or finish of a run never waits for a body still arriving: it fences it
+//! (see `inflight`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,9 +22,12 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
 use super::access::{Access, Forwarded};
+use super::body::{self, BodyError};
 use super::metrics::Metrics;
+use super::options::Timeouts;
+use super::peers::Peers;
 use super::reply::{Reject, Resp, json};
-use super::store::{Store, TransferGuard};
+use super::store::{Fence, Store, Storing};
 use crate::base::ContentHash;
 use crate::wire::{
     self, HealthResponse, ItemResult, QueryRequest, QueryResponse, TransferResponse,
@@ -28,6 +35,9 @@ use crate::wire::{
 
 /// Largest query body accepted.
 const MAX_QUERY_BYTES: usize = 2 << 20;
+/// Longest a query waits for the transfers of its run that are storing what it asks about
+/// (the disk, not a peer); then it answers 503 and the sender asks again.
+const STORING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Shared by every connection.
 pub(crate) struct State {
@@ -37,9 +47,10 @@ pub(crate) struct State {
     /// Cleared while the instance is draining or shutting down: intake answers 503.
     pub accepting: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
-    /// Request bodies held in memory at once: memory is bounded by this times
-    /// `max_request_bytes`, however many senders connect.
-    pub bodies: Arc<tokio::sync::Semaphore>,
+    /// How long a peer may take at each step.
+    pub timeouts: Timeouts,
+    /// Connections open per peer address (taken by `listener` at accept).
+    pub peers: Arc<Peers>,
 }
 
 /// `GET /v1/health`.
@@ -113,16 +124,25 @@ fn check_caller(
     })
 }
 
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reject> {
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::too_large(format!(
-            "request body exceeds {limit} bytes"
-        ))),
-        Err(e) => Err(Reject::bad_request(format!(
-            "reading the request body failed: {e}"
-        ))),
-    }
+/// Reads a request's body within its own limits; a body that stopped arriving is logged (WARN,
+/// with the peer) and answered 408.
+async fn read_body(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<Bytes, Reject> {
+    let path = req.uri().path().to_string();
+    body::read(req.into_body(), limit, state.timeouts.body_idle)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(_) => Reject::too_large(e.to_string()),
+            BodyError::Idle(_) => {
+                tracing::warn!(peer = %peer, "aborted {path} from {peer}: {e}; nothing stored");
+                Reject::timeout(format!("{e}; nothing stored"))
+            }
+            BodyError::Read(_) => Reject::bad_request(e.to_string()),
+        })
 }
 
 /// Reads and drops a refused request's body (bounded), so the client reads our answer instead
@@ -141,6 +161,13 @@ pub(crate) async fn transfer(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Resp, Reject> {
+    let limit = state.max_request_bytes;
+    // Refused before a byte of the body is read: waiting for it could take forever.
+    if body::declared_over(req.body(), limit) {
+        return Err(Reject::too_large(format!(
+            "request body declares more than {limit} bytes (Content-Length)"
+        )));
+    }
     let caller = match check_caller(state, peer, &req) {
         Ok(c) => c,
         Err(r) => {
@@ -148,22 +175,20 @@ pub(crate) async fn transfer(
             return Err(r);
         }
     };
-    // From here until the messages are durable (or refused), queries wait for this request.
-    let guard = state.store.begin_transfer();
+    // From here until its body is decoded, a query of this run fences this transfer.
+    let arriving = state.store.arriving(&caller.sender, &caller.run);
     if !state.accepting.load(Ordering::Relaxed) {
         discard_body(req).await;
         return Err(Reject::not_accepting(
             "this instance is not accepting messages (draining or shutting down)".into(),
         ));
     }
-    // Bounded: senders beyond this wait here (their requests are not yet read).
-    let Ok(_body_permit) = state.bodies.clone().acquire_owned().await else {
-        return Err(Reject::not_accepting("shutting down".into()));
-    };
-    let body = read_body(req, state.max_request_bytes).await?;
+    let body = read_body(state, peer, req, limit).await?;
     let frames = wire::decode_batch(body)
         .map_err(|e| Reject::bad_request(format!("malformed batch: {e}")))?;
-    store_transfer(state, &caller, frames, guard).await
+    // The fence point: what a query fenced until now is refused, the rest is stored.
+    let storing = arriving.into_storing(frames.iter().map(|f| f.hash.0));
+    store_transfer(state, &caller, frames, storing).await
 }
 
 /// Stores a decoded transfer and answers with its per-message results.
@@ -171,7 +196,7 @@ async fn store_transfer(
     state: &State,
     caller: &Caller,
     frames: Vec<wire::Frame>,
-    guard: TransferGuard,
+    guard: Storing,
 ) -> Result<Resp, Reject> {
     let n = frames.len();
     let sizes: Vec<u64> = frames.iter().map(|f| f.file.len() as u64).collect();
@@ -218,7 +243,7 @@ pub(crate) async fn query(
     req: Request<Incoming>,
 ) -> Result<Resp, Reject> {
     let caller = check_caller(state, peer, &req)?;
-    let body = read_body(req, MAX_QUERY_BYTES).await?;
+    let body = read_body(state, peer, req, MAX_QUERY_BYTES).await?;
     let q: QueryRequest = serde_json::from_slice(&body)
         .map_err(|e| Reject::bad_request(format!("malformed query: {e}")))?;
     if q.messages.len() > wire::MAX_QUERY {
@@ -228,11 +253,13 @@ pub(crate) async fn query(
         )));
     }
     let asked: Vec<_> = q.messages.iter().map(|m| (m.id, m.hash.0)).collect();
-    // A transfer that started before this query (perhaps the very one the sender lost) must
-    // finish first, or "not held" could be followed by a late store.
+    // A transfer of this run that started before this query (perhaps the very one the sender
+    // lost) must not store an asked message after we answered "not held": one still arriving
+    // is fenced (it will refuse them), one already storing them is waited for (the disk).
+    let fence = Fence::Hashes(asked.iter().map(|(_, h)| *h).collect());
     if tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        state.store.wait_for_earlier_transfers(),
+        STORING_WAIT,
+        state.store.fence(&caller.sender, &caller.run, &fence),
     )
     .await
     .is_err()
@@ -262,7 +289,11 @@ pub(crate) async fn finish(
     req: Request<Incoming>,
 ) -> Result<Resp, Reject> {
     let caller = check_caller(state, peer, &req)?;
-    state.store.wait_for_earlier_transfers().await;
+    // No transfer of the run still arriving may store anything once its keys are forgotten.
+    state
+        .store
+        .fence(&caller.sender, &caller.run, &Fence::All)
+        .await;
     state
         .store
         .forget_run(&caller.sender, &caller.run)

@@ -1,6 +1,7 @@
 //! The intake's listening socket: binds it (and announces the bound address in
-//! `<data-dir>/serve.addr`), accepts TCP connections, does each TLS handshake (bounded by a
-//! timeout) and hands the stream to `connection`; on shutdown it stops accepting and lets the
+//! `<data-dir>/serve.addr`), accepts TCP connections (at most `max_connections_per_peer` per
+//! address, see `peers`), does each TLS handshake (bounded by `tls_handshake_timeout`) and
+//! hands the stream to `connection`; on shutdown it stops accepting and lets the
 //! requests in flight finish (up to [`GRACE`]).
 //!
 //! Called by `intake::serve`. Invariant: `serve.addr` exists only while the socket is bound
@@ -22,10 +23,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::connection;
 use super::handler::State;
+use super::peers::PeerSlot;
 use crate::control::ServeControl;
 
-/// Longest a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long requests in flight may take to finish once shutdown began.
 pub const GRACE: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (e.g. out of file descriptors) before the next.
@@ -68,8 +68,8 @@ impl Listener {
         Ok(Listener {
             tcp,
             tls,
+            builder: connection::builder(&state.timeouts),
             state,
-            builder: Builder::new(TokioExecutor::new()),
             graceful: GracefulShutdown::new(),
         })
     }
@@ -87,7 +87,11 @@ impl Listener {
         loop {
             tokio::select! {
                 conn = self.tcp.accept() => match conn {
-                    Ok((tcp, peer)) => self.spawn_connection(tcp, peer),
+                    // Slow peers: over its per-address limit, a connection is closed at once.
+                    Ok((tcp, peer)) => match self.state.peers.admit(peer.ip()) {
+                        Some(slot) => self.spawn_connection(tcp, peer, slot),
+                        None => drop(tcp),
+                    },
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -100,14 +104,16 @@ impl Listener {
     }
 
     /// Handshakes and serves one connection in its own task.
-    fn spawn_connection(&self, tcp: TcpStream, peer: SocketAddr) {
+    fn spawn_connection(&self, tcp: TcpStream, peer: SocketAddr, slot: PeerSlot) {
         let _ = tcp.set_nodelay(true);
         let acceptor = self.tls.clone();
         let state = self.state.clone();
         let builder = self.builder.clone();
         let watcher = self.graceful.watcher();
+        let handshake = state.timeouts.tls_handshake;
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let _slot = slot; // counted against its peer until the connection ends
+            let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     state.metrics.handshake_failed(&e);

@@ -11,6 +11,8 @@
 //! | `drain_intake_messages_already_held_total` | counter | dedupe hits: messages acknowledged again without storing (`already_held`, a repeated request) |
 //! | `drain_intake_refusals_total{reason}` | counter | refusals, by `reason` (below) |
 //! | `drain_intake_transfer_duration_seconds` | histogram | time from a `POST /v1/transfer` reaching the handler to its answer (every answer, refusals included) |
+//! | `drain_intake_connections_over_peer_limit_total` | counter | connections closed at accept because their peer address already had `max_connections_per_peer` open |
+//! | `drain_intake_header_timeouts_total` | counter | connections closed because a request header did not arrive within `header_read_timeout` |
 //! | `drain_intake_accepting` | gauge | 1 while intake takes messages, 0 while this instance is being drained or stopping |
 //! | `drain_events_pending` | gauge | events in the queue not yet delivered to every endpoint |
 //! | `drain_events_delivered_total` | counter | events delivered, counted once per endpoint that took them |
@@ -19,12 +21,14 @@
 //! `reason` of `drain_intake_refusals_total`: a whole request refused, on any endpoint, counts
 //! one: `forbidden` (403, peer not in `accept_drain_from`), `too_large` (413), `bad_request`
 //! (400: malformed body or headers), `unavailable` (503: draining, shutting down, or a query
-//! that must be asked again), `not_found` (404), `error` (500: storing failed). A message
-//! rejected inside an accepted transfer counts one: `hash_mismatch`, `malformed` (not a valid
-//! spool file), `id_conflict` (a different message with that id is held here), `transient`
-//! (could not check the copy held; the sender retries), `other`. A TLS handshake refused for
-//! the client's certificate (`--client-ca`: none presented, or not issued by that CA) counts
-//! one `client_certificate`, classified by the typed rustls error. Every reason is exported from
+//! that must be asked again), `not_found` (404), `error` (500: storing failed), `body_timeout`
+//! (408: the body made no progress for `body_idle_timeout`). A message rejected inside an
+//! accepted transfer counts one: `hash_mismatch`, `malformed` (not a valid spool file),
+//! `id_conflict` (a different message with that id is held here), `transient` (could not check
+//! the copy held; the sender retries), `fenced` (a query or finish of its run came while the
+//! transfer was arriving), `other`. A TLS handshake refused for the client's certificate
+//! (`--client-ca`: none presented, or not issued by that CA) counts one `client_certificate`,
+//! classified by the typed rustls error. Every reason is exported from
 //! the start, at 0. Refusals are classified by the answer's status and the result's
 //! [`RejectCode`], never by the human reason text.
 //!
@@ -72,10 +76,12 @@ pub enum Refusal {
     Transient,
     Other,
     ClientCertificate,
+    BodyTimeout,
+    Fenced,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; 14] = [
         Refusal::Forbidden,
         Refusal::TooLarge,
         Refusal::BadRequest,
@@ -88,6 +94,8 @@ impl Refusal {
         Refusal::Transient,
         Refusal::Other,
         Refusal::ClientCertificate,
+        Refusal::BodyTimeout,
+        Refusal::Fenced,
     ];
 
     pub fn label(self) -> &'static str {
@@ -104,6 +112,8 @@ impl Refusal {
             Refusal::Transient => "transient",
             Refusal::Other => "other",
             Refusal::ClientCertificate => "client_certificate",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::Fenced => "fenced",
         }
     }
 
@@ -112,6 +122,7 @@ impl Refusal {
         match status.as_u16() {
             200..=299 => None,
             403 => Some(Refusal::Forbidden),
+            408 => Some(Refusal::BodyTimeout),
             413 => Some(Refusal::TooLarge),
             400 => Some(Refusal::BadRequest),
             503 => Some(Refusal::Unavailable),
@@ -123,6 +134,9 @@ impl Refusal {
 
     /// A message rejected inside a transfer, from its result's code.
     pub fn of_rejection(r: &ItemResult) -> Refusal {
+        if r.code == Some(RejectCode::Fenced) {
+            return Refusal::Fenced;
+        }
         if r.outcome == Outcome::RejectedTransient {
             return Refusal::Transient;
         }
@@ -174,6 +188,8 @@ pub struct Metrics {
     already_held: Counter,
     refusals: Arc<Refusals>,
     transfer_seconds: Histogram,
+    over_peer_limit: Counter,
+    header_timeouts: Counter,
 }
 
 impl Metrics {
@@ -217,6 +233,7 @@ impl Metrics {
             "Time to answer a transfer request",
             transfer_seconds.clone(),
         );
+        let (over_peer_limit, header_timeouts) = register_slow_peers(&mut registry);
         Metrics {
             registry,
             stored_messages,
@@ -224,7 +241,19 @@ impl Metrics {
             already_held,
             refusals,
             transfer_seconds,
+            over_peer_limit,
+            header_timeouts,
         }
+    }
+
+    /// A connection closed at accept: its peer address already had the most allowed open.
+    pub fn over_peer_limit(&self) {
+        self.over_peer_limit.inc();
+    }
+
+    /// A connection closed because a request header did not arrive in time.
+    pub fn header_timeout(&self) {
+        self.header_timeouts.inc();
     }
 
     pub fn refused(&self, reason: Refusal) {
@@ -277,6 +306,23 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The counters of connections closed for slow or too many peers.
+fn register_slow_peers(registry: &mut Registry) -> (Counter, Counter) {
+    let over_peer_limit = Counter::default();
+    registry.register(
+        "drain_intake_connections_over_peer_limit",
+        "Connections closed at accept: their peer address had max_connections_per_peer open",
+        over_peer_limit.clone(),
+    );
+    let header_timeouts = Counter::default();
+    registry.register(
+        "drain_intake_header_timeouts",
+        "Connections closed: a request header did not arrive within header_read_timeout",
+        header_timeouts.clone(),
+    );
+    (over_peer_limit, header_timeouts)
 }
 
 /// The values read when scraped rather than counted: whether intake accepts, the event
@@ -499,6 +545,12 @@ mod tests {
         // A float, as the crate writes it ("0.0"; the hand-written encoder wrote "0").
         want += "drain_intake_transfer_duration_seconds_sum 0.0\n\
                  drain_intake_transfer_duration_seconds_count 0\n\
+                 # HELP drain_intake_connections_over_peer_limit_total Connections closed at accept: their peer address had max_connections_per_peer open.\n\
+                 # TYPE drain_intake_connections_over_peer_limit_total counter\n\
+                 drain_intake_connections_over_peer_limit_total 0\n\
+                 # HELP drain_intake_header_timeouts_total Connections closed: a request header did not arrive within header_read_timeout.\n\
+                 # TYPE drain_intake_header_timeouts_total counter\n\
+                 drain_intake_header_timeouts_total 0\n\
                  # HELP drain_intake_accepting 1 while intake takes messages, 0 while draining or stopping.\n\
                  # TYPE drain_intake_accepting gauge\n\
                  drain_intake_accepting 0\n\

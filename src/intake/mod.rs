@@ -12,11 +12,14 @@
 //! - `tasks`: control socket, event processor, metrics listener, dedupe expiry;
 //! - `listener`: accept loop, TLS handshake, graceful shutdown;
 //! - `connection`: HTTP on one connection, routing to the endpoints;
-//! - `handler`: the endpoints and the [`handler::State`] they share; `reply`: answers;
-//! - `store` (with `inflight`): durability and dedupe; `access`: who may drain;
+//! - `handler`: the endpoints and the [`handler::State`] they share; `reply`: answers; `body`:
+//!   reading a body within its own size and idle limits; `peers`: connections per address;
+//! - `store` (with `inflight`: transfers in progress and the query fence, and `claims`):
+//!   durability and dedupe; `access`: who may drain;
 //!   `metrics`: counting and the Prometheus exposition; `config`: the settings.
 
 pub mod access;
+mod body;
 mod claims;
 pub mod config;
 mod connection;
@@ -25,6 +28,7 @@ mod inflight;
 mod listener;
 pub mod metrics;
 mod options;
+mod peers;
 mod reply;
 pub mod store;
 mod tasks;
@@ -39,7 +43,7 @@ use crate::events::EventQueue;
 use crate::events::processor::{self, Endpoint};
 
 pub use access::{Access, NetList};
-pub use options::ServeOptions;
+pub use options::{ServeOptions, Timeouts};
 pub use store::Store;
 
 use handler::State;
@@ -176,13 +180,19 @@ fn open_state(
         event_stats,
         events.dir().to_path_buf(),
     ));
+    let peers = Arc::new(peers::Peers::new(
+        opts.max_connections_per_peer,
+        opts.access.trusted_proxies.clone(),
+        metrics.clone(),
+    ));
     Ok(State {
         store,
         access: opts.access.clone(),
         max_request_bytes: opts.max_request_bytes,
         accepting,
         metrics,
-        bodies: Arc::new(tokio::sync::Semaphore::new(2 * opts.workers.max(1))),
+        timeouts: opts.timeouts,
+        peers,
     })
 }
 

@@ -29,4 +29,24 @@ pub struct ServeOptions {
     pub wait_after_drain: bool,
     /// Where to serve Prometheus metrics (plain HTTP, `GET /metrics`); none: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long a peer may take at each step of a request.
+    pub timeouts: Timeouts,
+    /// Most connections open at once from one peer address (trusted proxies exempt); more are
+    /// closed at accept.
+    pub max_connections_per_peer: usize,
+}
+
+/// How long a slow or stalled peer is waited for, at each step. None of these waits holds
+/// anything another request needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The TLS handshake, from the TCP accept.
+    pub tls_handshake: Duration,
+    /// HTTP/1: a request's header, from its first byte or the end of the previous request
+    /// (so also how long an idle kept-alive connection stays open). HTTP/2: the keep-alive
+    /// ping interval, and how long its answer may take.
+    pub header_read: Duration,
+    /// The longest a request body may go without a byte arriving; then it is aborted (408),
+    /// nothing stored.
+    pub body_idle: Duration,
 }

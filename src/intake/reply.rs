@@ -3,8 +3,8 @@
 //!
 //! Used by `handler` (the endpoints) and `connection` (unknown routes). Invariant: every
 //! non-2xx answer has an [`ErrorResponse`] body; every refusal of a drain request carries its
-//! code (403 `not_allowed`, 413 `too_large`, 400 `bad_request`, 503 `not_accepting`, 500
-//! `transient`).
+//! code (403 `not_allowed`, 408 `timeout`, 413 `too_large`, 400 `bad_request`, 503
+//! `not_accepting`, 500 `transient`).
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -50,6 +50,15 @@ impl Reject {
         Reject::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             Some(RejectCode::TooLarge),
+            message,
+        )
+    }
+
+    /// 408: the body made no progress for the body idle timeout; nothing stored.
+    pub fn timeout(message: String) -> Reject {
+        Reject::new(
+            StatusCode::REQUEST_TIMEOUT,
+            Some(RejectCode::Timeout),
             message,
         )
     }
@@ -131,6 +140,7 @@ mod tests {
                 Some(RejectCode::NotAccepting),
             ),
             (Reject::failed("x".into()), 500, Some(RejectCode::Transient)),
+            (Reject::timeout("x".into()), 408, Some(RejectCode::Timeout)),
             (Reject::not_found("x".into()), 404, None),
         ];
         for (reject, status, code) in cases {

@@ -12,6 +12,8 @@
 //!
 //! Dedupe keys are scoped to the sender's instance id and run id, so a message that comes back
 //! in a later run (A->B, B->A, A->B) is stored again rather than mistaken for a duplicate.
+//! A query or finish of a run fences that run's transfers still arriving (`inflight`): what it
+//! fenced is refused (code `fenced`) at step 1, never stored.
 //!
 //! Called by `handler` (transfer, query, finish) and by `serve`'s dedupe expiry; it calls the
 //! spool, the event queue (one `message.received` event per message, durable before the
@@ -27,7 +29,7 @@ use tokio::sync::Semaphore;
 
 use super::claims::{Claim, ClaimSet, Claims};
 use super::inflight::InFlight;
-pub use super::inflight::TransferGuard;
+pub use super::inflight::{Arriving, Fence, Storing};
 use crate::base::{ContentHash, MessageId, QueueKind, Timestamp};
 use crate::events::{Event, EventQueue};
 use crate::groupcommit::Committer;
@@ -193,14 +195,15 @@ impl Store {
         }
     }
 
-    /// Registers a transfer request as in progress.
-    pub fn begin_transfer(&self) -> TransferGuard {
-        self.inflight.begin()
+    /// Registers a transfer of (sender, run) whose body is about to be read.
+    pub fn arriving(&self, sender: &str, run: &str) -> Arriving {
+        self.inflight.arriving(sender, run)
     }
 
-    /// Waits until every transfer that began before this call has finished.
-    pub async fn wait_for_earlier_transfers(&self) {
-        self.inflight.wait_for_earlier().await
+    /// Fences `fence` in the transfers of (sender, run) still arriving (they will refuse those
+    /// messages) and waits for those already storing one of them (see `inflight`).
+    pub async fn fence(&self, sender: &str, run: &str, fence: &Fence) {
+        self.inflight.fence(sender, run, fence).await
     }
 
     fn db_err(&self, e: impl std::fmt::Display) -> StoreError {
@@ -284,7 +287,8 @@ impl Store {
     }
 
     /// Stores a transfer's frames; one result per frame, in order. Returns only when every
-    /// `stored` / `already_held` message is durable.
+    /// `stored` / `already_held` message is durable. A frame `guard`'s fence covers is refused
+    /// (`rejected_transient`, code `fenced`), never stored.
     /// The work runs in its own task holding `guard`, so it completes (and queries wait for
     /// it) even if the client goes away.
     pub async fn transfer(
@@ -292,11 +296,12 @@ impl Store {
         sender: &str,
         run: &str,
         frames: Vec<Frame>,
-        guard: TransferGuard,
+        guard: Storing,
     ) -> Result<Vec<ItemResult>, StoreError> {
         let this = self.clone();
         let (s, r) = (sender.to_string(), run.to_string());
         tokio::spawn(async move {
+            let fence = guard.fence().clone();
             let _guard = guard;
             let permits = frames.len().clamp(1, this.worker_count) as u32;
             let _permit = this
@@ -305,7 +310,7 @@ impl Store {
                 .acquire_many_owned(permits)
                 .await
                 .map_err(|e| StoreError::Worker(e.to_string()))?;
-            this.blocking_then_record(move |st| st.store_frames(&s, &r, frames))
+            this.blocking_then_record(move |st| st.store_frames(&s, &r, frames, &fence))
                 .await
         })
         .await
@@ -317,6 +322,7 @@ impl Store {
         sender: &str,
         run: &str,
         frames: Vec<Frame>,
+        fence: &Fence,
     ) -> Result<(Vec<ItemResult>, Vec<DedupeEntry>), StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let dedupe = txn.open_table(DEDUPE).map_err(|e| self.db_err(e))?;
@@ -329,6 +335,10 @@ impl Store {
         let mut claims = ClaimSet::new(self.claims.clone());
         for frame in frames {
             let hash = frame.hash;
+            if fence.covers(&hash.0) {
+                results.push(fenced(hash));
+                continue;
+            }
             let msg = match check_frame(frame) {
                 Ok(m) => m,
                 Err(rejected) => {
@@ -481,6 +491,22 @@ fn id_conflict(hash: ContentHash, id: MessageId) -> ItemResult {
         Some(format!(
             "{REASON_ID_CONFLICT}: a different message with id {id} is held here"
         )),
+    )
+}
+
+/// A query or finish of this run came while the transfer was arriving: not stored, so that its
+/// "not held" answer stays true.
+fn fenced(hash: ContentHash) -> ItemResult {
+    item(
+        hash,
+        None,
+        Outcome::RejectedTransient,
+        Some(RejectCode::Fenced),
+        Some(
+            "fenced: a query or finish of this run came while this transfer was still \
+             arriving, so it was not stored; send it again"
+                .into(),
+        ),
     )
 }
 

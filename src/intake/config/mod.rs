@@ -27,6 +27,10 @@
 //! | `wait_after_drain` | boolean | `--wait-after-drain` | `false` |
 //! | `metrics_listen` | string `"ADDR:PORT"` | `--metrics-listen` | none: no metrics listener |
 //! | `client_ca` | string, a path (PEM CA certificates) | `--client-ca` | none: no client certificate required |
+//! | `tls_handshake_timeout` | string, a duration, 100ms to 1h | `--tls-handshake-timeout` | `"10s"` |
+//! | `header_read_timeout` | string, a duration, 100ms to 1h | `--header-read-timeout` | `"30s"` |
+//! | `body_idle_timeout` | string, a duration, 100ms to 1h | `--body-idle-timeout` | `"30s"` |
+//! | `max_connections_per_peer` | integer, 1 to 65536 | `--max-connections-per-peer` | `64` |
 //!
 //! An array key also takes one string (comma-separated for the IP/CIDR lists, as the flags do).
 //!
@@ -61,8 +65,8 @@ pub use setting::{ConfigError, Setting, Source};
 use setting::{or_default, pick, required};
 use table::settings;
 pub use values::{
-    MAX_REQUEST_SIZE, MAX_RETENTION, MAX_WORKERS, check_endpoint, check_integer, integer_range,
-    parse_duration, parse_listen,
+    MAX_REQUEST_SIZE, MAX_RETENTION, MAX_WORKERS, check_duration, check_endpoint, check_integer,
+    duration_range, integer_range, parse_duration, parse_listen,
 };
 
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -70,6 +74,10 @@ pub const DEFAULT_LISTEN: SocketAddr =
 pub const DEFAULT_WORKERS: usize = 8;
 pub const DEFAULT_MAX_REQUEST_SIZE: usize = 256 << 20;
 pub const DEFAULT_DEDUPE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 64;
 
 settings! {
     /// Address and port the intake listens on.
@@ -96,6 +104,14 @@ settings! {
     metrics_listen: SocketAddr, "--metrics-listen", optional("no metrics listener");
     /// Senders must present a client certificate issued by a CA in this file (PEM).
     client_ca: PathBuf, "--client-ca", optional("no client certificate required");
+    /// Longest a TLS handshake may take.
+    tls_handshake_timeout: Duration, "--tls-handshake-timeout", default(DEFAULT_TLS_HANDSHAKE_TIMEOUT);
+    /// Longest wait for a request's header (HTTP/1), or for a ping's answer (HTTP/2).
+    header_read_timeout: Duration, "--header-read-timeout", default(DEFAULT_HEADER_READ_TIMEOUT);
+    /// Longest a request body may go without a byte arriving.
+    body_idle_timeout: Duration, "--body-idle-timeout", default(DEFAULT_BODY_IDLE_TIMEOUT);
+    /// Most connections open at once from one peer address.
+    max_connections_per_peer: usize, "--max-connections-per-peer", default(DEFAULT_MAX_CONNECTIONS_PER_PEER);
 }
 
 /// The flag that overrides `key` ("" for no such key).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{ConfigError, Layer, Settings};
 use crate::intake::access::Access;
-use crate::intake::options::ServeOptions;
+use crate::intake::options::{ServeOptions, Timeouts};
 
 impl Settings {
     /// Combines the flags given with the config file (if any). The certificate and key are
@@ -80,6 +80,12 @@ impl Settings {
             event_endpoints: self.event_endpoints.value,
             wait_after_drain: self.wait_after_drain.value,
             metrics_listen: self.metrics_listen.value,
+            timeouts: Timeouts {
+                tls_handshake: self.tls_handshake_timeout.value,
+                header_read: self.header_read_timeout.value,
+                body_idle: self.body_idle_timeout.value,
+            },
+            max_connections_per_peer: self.max_connections_per_peer.value,
         }
     }
 }

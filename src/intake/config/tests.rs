@@ -21,6 +21,10 @@ max_request_size = 1_048_576
 dedupe_retention = "36h"
 wait_after_drain = true
 metrics_listen = "127.0.0.1:9100"
+tls_handshake_timeout = "5s"
+header_read_timeout = "1m"
+body_idle_timeout = "500ms"
+max_connections_per_peer = 8
 "#,
     )
     .unwrap();
@@ -34,6 +38,10 @@ metrics_listen = "127.0.0.1:9100"
     assert_eq!(l.dedupe_retention, Some(Duration::from_secs(36 * 3600)));
     assert_eq!(l.wait_after_drain, Some(true));
     assert_eq!(l.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+    assert_eq!(l.tls_handshake_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(l.header_read_timeout, Some(Duration::from_secs(60)));
+    assert_eq!(l.body_idle_timeout, Some(Duration::from_millis(500)));
+    assert_eq!(l.max_connections_per_peer, Some(8));
 }
 
 #[test]

@@ -28,6 +28,7 @@ pub fn integer_range(key: &str) -> (u64, u64) {
     match key {
         "incoming_drain_workers" => (1, MAX_WORKERS as u64),
         "max_request_size" => (1024, MAX_REQUEST_SIZE as u64),
+        "max_connections_per_peer" => (1, 65536),
         _ => (1, u64::from(u32::MAX)),
     }
 }
@@ -38,6 +39,31 @@ pub const MAX_WORKERS: usize = 4096;
 pub const MAX_REQUEST_SIZE: usize = 4 << 30;
 /// Longest dedupe retention (ten years).
 pub const MAX_RETENTION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// The range of each duration setting, by key: the timeouts from 100 ms (shorter would cut
+/// healthy peers) to an hour; the dedupe retention up to [`MAX_RETENTION`].
+pub fn duration_range(key: &str) -> (Duration, Duration) {
+    match key {
+        "tls_handshake_timeout" | "header_read_timeout" | "body_idle_timeout" => {
+            (Duration::from_millis(100), Duration::from_secs(3600))
+        }
+        _ => (Duration::ZERO, MAX_RETENTION),
+    }
+}
+
+/// Checks a duration setting against [`duration_range`].
+pub fn check_duration(key: &str, d: Duration) -> Result<Duration, String> {
+    let (min, max) = duration_range(key);
+    if d < min || d > max {
+        return Err(format!(
+            "{} is out of range ({} to {})",
+            humantime::format_duration(d),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
 
 /// Checks an integer setting against [`integer_range`]; `name` is the key or the flag.
 pub fn check_integer(key: &str, name: &str, n: usize) -> Result<usize, String> {
@@ -55,8 +81,8 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// Parses a duration such as `7d`, `36h`, `90m`, of at most [`MAX_RETENTION`] (the only
-/// duration setting is the dedupe retention).
+/// Parses a duration such as `7d`, `36h`, `90m`, `500ms`, of at most [`MAX_RETENTION`] (each
+/// setting's own range is [`duration_range`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| {
         format!("invalid duration {s:?} ({e}; expected for example \"7d\" or \"36h\")")
@@ -160,7 +186,9 @@ impl ConfigValue for Vec<String> {
 
 impl ConfigValue for Duration {
     fn read(r: &mut Reader<'_>, key: &str, v: &Value<'_>, _: &Path) -> Option<Self> {
-        r.parsed(key, v, parse_duration)
+        r.parsed(key, v, |s| {
+            parse_duration(s).and_then(|d| check_duration(key, d))
+        })
     }
     fn to_toml(&self) -> String {
         quote(&humantime::format_duration(*self).to_string())

@@ -123,6 +123,12 @@ pub async fn serve(
     if let Ok(state) = Arc::try_unwrap(state) {
         state.store.close();
     }
+    if stop == Stop::Drain
+        && let Some(by) = control.drainer()
+    {
+        // Whoever finds the lock taken from now on reads the drain that takes it next.
+        lock.hand_over(&by);
+    }
     drop(lock);
     tracing::info!("drain serve: stopped");
     if stop == Stop::Drain && opts.wait_after_drain {

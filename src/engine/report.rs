@@ -50,6 +50,9 @@ pub struct Report {
     /// Moved to the fallback path (exit 13), and where.
     pub fallback: Count,
     pub fallback_path: Option<String>,
+    /// Moves into the fallback path that an interrupted attempt began and this one completed
+    /// (or found done); they do not make the exit code 13.
+    pub fallback_completed: u64,
 }
 
 /// Keep the reason part of a failure short and stable so counts group well.
@@ -115,6 +118,13 @@ impl Report {
                 "  -> fallback path {p}: {} messages, {} (drain it later: drain --data-dir {p} <DESTINATION>...)",
                 self.fallback.messages,
                 human_bytes(self.fallback.bytes)
+            );
+        }
+        if self.fallback_completed > 0 {
+            let _ = writeln!(
+                s,
+                "  completed {} moves into the fallback path that an interrupted attempt began",
+                self.fallback_completed
             );
         }
         for (q, c) in &self.by_queue {

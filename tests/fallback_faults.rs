@@ -161,5 +161,5 @@ fn a_copy_the_fallback_path_refuses_is_named_alone() {
     );
     assert_eq!(report["fallback"]["messages"], originals.len() as u64 - 1);
     let left: Vec<String> = spool_ls(&src).into_iter().map(|e| e.id).collect();
-    assert_eq!(left, [victim.id.clone()]);
+    assert_eq!(left, std::slice::from_ref(&victim.id));
 }

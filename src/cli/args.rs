@@ -245,7 +245,7 @@ impl InspectArgs {
 #[command(after_help = "\
 Settings come from --config FILE (TOML, keys named after GreenArrow's directives: listen, tls_cert,
 tls_key, accept_drain_from, http_trusted_proxy_ips, incoming_drain_workers, event_endpoints,
-max_request_size, dedupe_retention, wait_after_drain, metrics_listen) and from these flags; a flag
+event_timeout, max_request_size, dedupe_retention, wait_after_drain, metrics_listen) and from these flags; a flag
 given wins over the file, and a list flag given replaces the file's list.
 
 Examples:
@@ -290,6 +290,11 @@ pub struct ServeArgs {
     /// Where the event processor POSTs events, as a JSON array (repeatable).
     #[arg(long = "event-endpoint", value_name = "URL")]
     pub event_endpoints: Vec<String>,
+    /// How long one POST to an event endpoint may take before it counts as failed and is
+    /// retried (default 30s; 1s to 1h). Each endpoint is delivered to on its own, so a slow
+    /// one never holds up the others.
+    #[arg(long, value_parser = config::parse_event_timeout, value_name = "DURATION")]
+    pub event_timeout: Option<std::time::Duration>,
     /// After a drain of this instance stopped it, stay alive (serving nothing, holding
     /// nothing) until SIGTERM/SIGINT: for a container's main process, which must outlive the
     /// preStop hook that drains it.
@@ -348,6 +353,7 @@ impl ServeArgs {
                 self.incoming_drain_workers,
             )?,
             event_endpoints: endpoints,
+            event_timeout: self.event_timeout,
             max_request_size: in_range(
                 "max_request_size",
                 "--max-request-size",

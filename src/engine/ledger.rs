@@ -130,7 +130,18 @@ pub(crate) async fn reassigned(
             reason: why.to_string(),
         })
         .collect();
-    Ok(run.journal.commit(ops).await?)
+    run.journal.commit(ops).await?;
+    let mut r = run.state.report();
+    for id in ids(items) {
+        r.possible_duplicates.push(Problem {
+            what: id.to_string(),
+            reason: format!(
+                "reassigned away from {from}, unreachable past --reassign-after ({why}); it may \
+                 hold it too"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Commits `acked(dest)` for `ids`, each with its note.

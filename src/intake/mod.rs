@@ -95,6 +95,7 @@ pub async fn serve(
         queue: events,
         endpoints,
         stats: event_stats,
+        timeout: opts.event_timeout,
     };
     let metrics = state.metrics.clone();
     let mut tasks = Tasks::start(

@@ -67,6 +67,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The range of each duration setting, by key.
+pub fn duration_range(key: &str) -> (Duration, Duration) {
+    match key {
+        "event_timeout" => (Duration::from_secs(1), Duration::from_secs(3600)),
+        _ => (Duration::ZERO, MAX_RETENTION),
+    }
+}
+
+/// Parses `--event-timeout` / `event_timeout`: a duration from 1s to 1h.
+pub fn parse_event_timeout(s: &str) -> Result<Duration, String> {
+    parse_duration_for("event_timeout", s)
+}
+
+/// Parses a duration and checks it against [`duration_range`] of `key`.
+fn parse_duration_for(key: &str, s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    let (min, max) = duration_range(key);
+    if d < min || d > max {
+        return Err(format!(
+            "duration {s:?} is out of range ({} to {})",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
 /// Checks an event endpoint URL (the event processor's own check).
 pub fn check_endpoint(s: &str) -> Result<String, String> {
     Endpoint::new(s).map(|e| e.url)
@@ -160,7 +187,7 @@ impl ConfigValue for Vec<String> {
 
 impl ConfigValue for Duration {
     fn read(r: &mut Reader<'_>, key: &str, v: &Value<'_>, _: &Path) -> Option<Self> {
-        r.parsed(key, v, parse_duration)
+        r.parsed(key, v, |s| parse_duration_for(key, s))
     }
     fn to_toml(&self) -> String {
         quote(&humantime::format_duration(*self).to_string())

@@ -6,7 +6,15 @@
 //! <data-dir>/journal.redb    the sender's journal (see `journal`)
 //! <data-dir>/intake.redb     the receiver's dedupe store (see `intake`)
 //! <data-dir>/serve.addr      written by `drain serve` once it accepts connections
+//! <data-dir>/lock            the exclusive lock (flock) and its holder: `pid N (ROLE, since T)`
+//! <data-dir>/control.sock    `drain serve`'s control socket (see `control`)
+//! <data-dir>/events/         the event queue (see `events`)
 //! ```
+//!
+//! Invariant of the lock's holder text: it never names a dead process as the holder. The new
+//! holder writes its name just after taking the lock; a reader finding a gone pid reads again
+//! for a moment, and a serve stopped for a drain writes that drain's name before it releases
+//! the lock, so a race for the lock names the real next holder.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -197,5 +205,57 @@ fn read_holder(path: &Path) -> Holder {
             return Holder { pid: None, text };
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(tag: &str) -> PathBuf {
+        let id = MessageId::random()
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        std::env::temp_dir().join(format!("drain-instance-{tag}-{id}"))
+    }
+
+    #[test]
+    fn a_taken_lock_names_its_live_holder() {
+        let dir = temp("live");
+        let inst = Instance::open(&dir).unwrap();
+        let _held = inst.try_lock("drain serve").unwrap();
+        let Err(LockError::Held { holder, .. }) = inst.try_lock("drain") else {
+            panic!("taken twice");
+        };
+        assert_eq!(holder.pid, Some(std::process::id()));
+        assert!(
+            holder
+                .text
+                .starts_with(&format!("pid {} (drain serve, since ", std::process::id()))
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_handed_over_lock_names_the_next_holder_and_never_a_dead_pid() {
+        let dir = temp("handover");
+        let inst = Instance::open(&dir).unwrap();
+        let held = inst.try_lock("drain serve").unwrap();
+        held.hand_over(&format!("pid {} (drain)", std::process::id()));
+        let Err(LockError::Held { holder, .. }) = inst.try_lock("drain") else {
+            panic!("taken twice");
+        };
+        assert_eq!(holder.text, format!("pid {} (drain)", std::process::id()));
+        // A holder text naming a process that is gone (pid_max is below 2^22 + 1).
+        held.hand_over("pid 4194305 (drain serve, since then)");
+        let Err(LockError::Held { holder, .. }) = inst.try_lock("drain") else {
+            panic!("taken twice");
+        };
+        assert_eq!(holder.pid, None);
+        assert_eq!(
+            holder.text,
+            "another process (the lock file still names pid 4194305, which is no longer running)"
+        );
+        let _ = fs::remove_dir_all(dir);
     }
 }

@@ -68,6 +68,21 @@ fn events_left_pending_are_in_the_report_and_in_inspect() {
     );
 }
 
+/// The serve's metrics (a plain `GET /metrics`).
+fn metrics(s: &Server) -> String {
+    use std::io::{Read, Write};
+    let addr = std::fs::read_to_string(s.data_dir.join("metrics.addr")).unwrap();
+    let mut c = std::net::TcpStream::connect(addr.trim()).unwrap();
+    write!(
+        c,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// An endpoint that accepts connections and never answers.
 fn silent_endpoint(ip: &str) -> (TcpListener, String) {
     let l = TcpListener::bind(format!("{ip}:0")).unwrap();
@@ -89,6 +104,8 @@ fn a_refusing_endpoint_dead_letters_and_a_slow_one_holds_up_nobody() {
     }
     cfg.extra
         .extend(["--event-timeout".to_string(), "30s".to_string()]);
+    cfg.extra
+        .extend(["--metrics-listen".to_string(), "127.0.0.167:0".to_string()]);
     let serve = Server::start(&tmp, "serve", cfg);
     let started = Instant::now();
     let ids = [
@@ -117,6 +134,11 @@ fn a_refusing_endpoint_dead_letters_and_a_slow_one_holds_up_nobody() {
         dead.display()
     );
     assert!(log.contains(&want), "{log}");
+    let scraped = metrics(&serve);
+    assert!(
+        scraped.contains("\ndrain_event_permanent_failures_total 2\n"),
+        "{scraped}"
+    );
     let doc = inspect_json(&serve.data_dir, &[]);
     let ev = &doc["events"];
     assert_eq!(

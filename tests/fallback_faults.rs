@@ -48,70 +48,134 @@ fn kill_during_move(src: &Path, fb: &Path, args: &[&str], logs: &Path) -> bool {
     last_run_count(&inspect_json(src, &[]), "sent") > 0
 }
 
+/// A drain SIGKILLed while a message was in doubt with its fallback path: its source, the
+/// fallback directory, the (stopped) destination, the drain's arguments and the originals.
+struct Killed {
+    tmp: TempDir,
+    dest: Server,
+    src: std::path::PathBuf,
+    fb: std::path::PathBuf,
+    args: Vec<String>,
+    originals: BTreeMap<String, (String, String)>,
+}
+
+impl Killed {
+    fn new(tag: &str, ip: &str) -> Killed {
+        let tmp = TempDir::new(tag);
+        let mut dest = Server::start(&tmp, "dest", ServeConfig::on(ip));
+        let ca = ca_bundle(&tmp, &[&dest]).display().to_string();
+        dest.kill(); // refuses connections: the fallback path gets used
+        let src = tmp.sub("src");
+        let originals = fill(&src, 400);
+        let fb = tmp.path().join("fb");
+        let args: Vec<String> = [
+            "--ca-cert",
+            &ca,
+            "--no-wait-on-events",
+            "--fallback-path",
+            &fb.display().to_string(),
+            "--automatic-fallback-after",
+            "2s",
+            "--batch-size",
+            "1",
+            "--concurrency",
+            "1",
+            "--json",
+            &dest.dest(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let logs = tmp.path().join("killed");
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut tries = 0;
+        while !kill_during_move(&src, &fb, &argv, &logs) {
+            tries += 1;
+            assert!(tries < 20, "no kill landed while a message was in doubt");
+        }
+        Killed {
+            tmp,
+            dest,
+            src,
+            fb,
+            args,
+            originals,
+        }
+    }
+
+    /// Runs `drain ARGS...` to its end; checks it was not blocked by the run's own lock, and
+    /// that its exit code is 13 exactly when it moved messages itself (completed moves do not
+    /// count); returns its report.
+    fn finish(&self, args: &[&str]) -> serde_json::Value {
+        let ran = run_logged(
+            &self.src,
+            args,
+            &self.tmp.path().join("rerun"),
+            Duration::from_secs(120),
+        );
+        assert!(!ran.stderr.contains("in use by"), "{}", ran.stderr);
+        let report: serde_json::Value = serde_json::from_str(&ran.stdout).expect("report");
+        let moved_now = report["fallback"]["messages"].as_u64().unwrap();
+        let want = if moved_now > 0 { 13 } else { 0 };
+        assert_eq!(ran.code, want, "{}\n{}", ran.stdout, ran.stderr);
+        assert!(
+            report["fallback_completed"].as_u64().unwrap() > 0,
+            "{report}"
+        );
+        report
+    }
+
+    /// Every message in the fallback directory or on the destination, exactly once; the
+    /// source empty and its run settled.
+    fn census(&self) {
+        let mut all: BTreeMap<String, String> = BTreeMap::new();
+        for e in spool_ls(&self.fb).into_iter().chain(self.dest.ls()) {
+            assert!(all.insert(e.id.clone(), e.hash).is_none(), "{} twice", e.id);
+        }
+        let want: BTreeMap<String, String> = self
+            .originals
+            .iter()
+            .map(|(id, (_, h))| (id.clone(), h.clone()))
+            .collect();
+        assert_eq!(all, want);
+        assert!(spool_ls(&self.src).is_empty());
+        let o = drain(&self.src, &["resume"]);
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("nothing to resume"),
+            "{}",
+            show(&o)
+        );
+    }
+}
+
 #[test]
 fn a_drain_killed_during_the_fallback_move_is_finished_by_the_same_command() {
-    let tmp = TempDir::new("fbkill");
-    let mut dest = Server::start(&tmp, "dest", ServeConfig::on("127.0.0.151"));
-    let ca = ca_bundle(&tmp, &[&dest]).display().to_string();
-    dest.kill(); // refuses connections: the fallback path gets used
-    let src = tmp.sub("src");
-    let originals = fill(&src, 400);
-    let fb = tmp.path().join("fb");
-    let (fbs, d) = (fb.display().to_string(), dest.dest());
-    let args = [
-        "--ca-cert",
-        &ca,
-        "--no-wait-on-events",
+    let mut k = Killed::new("fbkill", "127.0.0.151");
+    k.dest.restart();
+    let args: Vec<&str> = k.args.iter().map(String::as_str).collect();
+    k.finish(&args);
+    k.census();
+}
+
+#[test]
+fn a_drain_killed_during_the_fallback_move_is_finished_by_resume_with_the_fallback_path() {
+    let k = Killed::new("fbresume", "127.0.0.153");
+    // The destination is still down: the rest goes to the fallback path too.
+    let fb = k.fb.display().to_string();
+    let report = k.finish(&[
+        "resume",
         "--fallback-path",
-        &fbs,
+        &fb,
         "--automatic-fallback-after",
-        "2s",
-        "--batch-size",
-        "1",
-        "--concurrency",
-        "1",
+        "1s",
         "--json",
-        &d,
-    ];
-    let logs = tmp.path().join("killed");
-    let mut tries = 0;
-    while !kill_during_move(&src, &fb, &args, &logs) {
-        tries += 1;
-        assert!(tries < 20, "no kill landed while a message was in doubt");
-    }
-    dest.restart();
-    let ran = run_logged(
-        &src,
-        &args,
-        &tmp.path().join("rerun"),
-        Duration::from_secs(120),
+    ]);
+    assert_eq!(
+        report["fallback_path"],
+        k.fb.canonicalize().unwrap().display().to_string()
     );
-    assert!(!ran.stderr.contains("in use by"), "{}", ran.stderr);
-    let report: serde_json::Value = serde_json::from_str(&ran.stdout).expect("report");
-    let moved_now = report["fallback"]["messages"].as_u64().unwrap();
-    let want = if moved_now > 0 { 13 } else { 0 };
-    assert_eq!(ran.code, want, "{}\n{}", ran.stdout, ran.stderr);
-    assert!(
-        report["fallback_completed"].as_u64().unwrap() > 0,
-        "{report}"
-    );
-    // Every message in the fallback directory or on the destination, exactly once.
-    let mut all: BTreeMap<String, String> = BTreeMap::new();
-    for e in spool_ls(&fb).into_iter().chain(dest.ls()) {
-        assert!(all.insert(e.id.clone(), e.hash).is_none(), "{} twice", e.id);
-    }
-    let want: BTreeMap<String, String> = originals
-        .iter()
-        .map(|(id, (_, h))| (id.clone(), h.clone()))
-        .collect();
-    assert_eq!(all, want);
-    assert!(spool_ls(&src).is_empty());
-    let o = drain(&src, &["resume"]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("nothing to resume"),
-        "{}",
-        show(&o)
-    );
+    assert_eq!(spool_ls(&k.fb).len(), k.originals.len());
+    k.census();
 }
 
 #[test]

@@ -147,6 +147,8 @@ impl Worker {
                             "event processor: cannot record delivery to {}: {e}",
                             self.ep.url
                         );
+                        // The disk refuses: do not re-send in a tight loop.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                     self.stats.delivered.inc_by(sent.len() as u64);
@@ -155,7 +157,9 @@ impl Worker {
                 }
                 Outcome::Refused(why) => {
                     fails = 0;
-                    self.dead_letter(&sent, why);
+                    if !self.dead_letter(&sent, why) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
                 Outcome::Retry(why) => {
                     self.stats.failures.inc();
@@ -228,7 +232,8 @@ impl Worker {
     }
 
     /// A permanent failure: the batch goes to the dead-letter directory for this endpoint.
-    fn dead_letter(&self, sent: &[String], why: String) {
+    /// False when that could not be recorded (the batch is tried again).
+    fn dead_letter(&self, sent: &[String], why: String) -> bool {
         let note = DeadNote {
             endpoint: self.ep.url.clone(),
             reason: why,
@@ -242,7 +247,7 @@ impl Worker {
                 sent.len(),
                 note.reason
             );
-            return;
+            return false;
         }
         self.stats.permanent.inc_by(sent.len() as u64);
         tracing::error!(
@@ -254,6 +259,7 @@ impl Worker {
             self.queue.dead_letter_dir().display()
         );
         remove_done(&self.queue, &self.keys, sent);
+        true
     }
 }
 

@@ -5,7 +5,9 @@
 //! Shutdown: the first signal cancels the run's token (take nothing new, finish requests in
 //! flight, exit 42); a second signal, or requests still in flight after [`SHUTDOWN_GRACE`],
 //! end the process at once with 42. Every journal record is durable before it is acted on, so
-//! that is as safe as SIGKILL: `drain resume` settles what was in flight.
+//! that is as safe as SIGKILL: `drain resume` settles what was in flight. Signals are handled
+//! from the start: one during the wait for the serve's events ends the wait, gives intake back
+//! and exits 42 with nothing moved ([`Ended::NotStarted`]).
 //!
 //! The top of the engine: uses `engine::run`, `options` and `report`; called by the CLI
 //! (`drain`, `drain resume`) and the demo.

@@ -192,14 +192,17 @@ fn a_destination_that_is_draining_answers_503_and_is_skipped() {
         .enable_all()
         .build()
         .unwrap();
-    let a = rt
-        .block_on(drain::control::request(
+    // Intake stays stopped for as long as this connection is open.
+    let hold = rt
+        .block_on(drain::control::begin_drain(
             &busy.data_dir,
-            &drain::control::Request::BeginDrain {
-                by: "a test".into(),
-            },
+            "a test",
+            std::process::id(),
+            std::time::Duration::from_secs(10),
         ))
+        .unwrap()
         .unwrap();
+    let a = &hold.answer;
     assert!(a.ok && !a.accepting);
     let src = tmp.sub("src");
     let originals = fill(&src, 60);

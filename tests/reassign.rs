@@ -111,6 +111,7 @@ fn reassign_after_releases_pinned_messages_flagged_as_possible_duplicates() {
     check_report_everything_on_b(&s, &stdout, &ctx);
     let (a_ids, b_ids) = check_census_every_message_on_b(&s, &cut, &ctx);
     let flagged = check_journal_flags_the_duplicates(&s, &a_ids, &b_ids);
+    check_report_lists_the_duplicates(&s, &stdout, &flagged);
     let all = s.originals.len();
     eprintln!(
         "reassign: {} messages, {} stored by A and reassigned to B (flagged), {} straight to B, \
@@ -172,6 +173,29 @@ fn check_report_everything_on_b(s: &Setup, stdout: &str, ctx: &str) {
         report["delivered"].get(&proxy_dest).is_none(),
         "nothing can be acknowledged by the proxy: {report}"
     );
+}
+
+/// The final report lists every flagged message (not only the log), naming where from.
+fn check_report_lists_the_duplicates(s: &Setup, stdout: &str, flagged: &BTreeSet<String>) {
+    let report: serde_json::Value = serde_json::from_str(stdout).unwrap();
+    let listed = report["possible_duplicates"].as_array().unwrap();
+    let ids: BTreeSet<String> = listed
+        .iter()
+        .map(|p| p["what"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(&ids, flagged, "{report}");
+    assert_eq!(listed.len(), flagged.len(), "each listed once: {report}");
+    let from = format!(
+        "reassigned away from {}, unreachable past --reassign-after (",
+        s.proxy_dest()
+    );
+    for p in listed {
+        let reason = p["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with(&from) && reason.ends_with("); it may hold it too"),
+            "{reason}"
+        );
+    }
 }
 
 /// Census: every message on B; the ones A stored are on A too; the source is empty. Returns

@@ -181,7 +181,7 @@ drain --data-dir /var/lib/mail --ca-cert /etc/drain/ca.pem 10.0.0.2 10.0.0.3   #
     /// Audit the journal: runs, states, destinations, anomalies, one message's history.
     Inspect(InspectArgs),
     /// Run this instance: accept drains from other instances over HTTPS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Put a message into this instance's spool; list it; print one back.
     #[command(subcommand)]
     Spool(SpoolCommand),
@@ -273,7 +273,7 @@ impl InspectArgs {
 #[command(after_help = "\
 Settings come from --config FILE (TOML, keys named after GreenArrow's directives: listen, tls_cert,
 tls_key, accept_drain_from, http_trusted_proxy_ips, incoming_drain_workers, event_endpoints,
-max_request_size, dedupe_retention, wait_after_drain, metrics_listen, client_ca,
+event_timeout, max_request_size, dedupe_retention, wait_after_drain, metrics_listen, client_ca,
 tls_handshake_timeout, header_read_timeout, body_idle_timeout, max_connections_per_peer) and from
 these flags; a flag
 given wins over the file, and a list flag given replaces the file's list.
@@ -320,6 +320,11 @@ pub struct ServeArgs {
     /// Where the event processor POSTs events, as a JSON array (repeatable).
     #[arg(long = "event-endpoint", value_name = "URL")]
     pub event_endpoints: Vec<String>,
+    /// How long one POST to an event endpoint may take before it counts as failed and is
+    /// retried (default 30s; 1s to 1h). Each endpoint is delivered to on its own, so a slow
+    /// one never holds up the others.
+    #[arg(long, value_parser = config::parse_event_timeout, value_name = "DURATION")]
+    pub event_timeout: Option<std::time::Duration>,
     /// After a drain of this instance stopped it, stay alive (serving nothing, holding
     /// nothing) until SIGTERM/SIGINT: for a container's main process, which must outlive the
     /// preStop hook that drains it.
@@ -407,6 +412,7 @@ impl ServeArgs {
                 self.incoming_drain_workers,
             )?,
             event_endpoints: endpoints,
+            event_timeout: self.event_timeout,
             max_request_size: in_range(
                 "max_request_size",
                 "--max-request-size",

@@ -35,31 +35,63 @@ pub(crate) async fn move_items(
         return Ok(());
     }
     ledger::sent(run, &fb.name, &items).await?;
-    copy_and_remove(run, fb, items).await
+    copy_and_remove(run, fb, items, Move::New).await
 }
 
-/// Writes the copies durably, journals `acked`, removes the local files.
-async fn copy_and_remove(run: &Run, fb: &FallbackDir, items: Vec<Item>) -> anyhow::Result<()> {
-    let msgs: Vec<_> = items.iter().map(|i| i.msg.clone()).collect();
-    if let Err(e) = fb.store(msgs).await? {
-        let reason = format!("writing to the fallback path failed: {e}");
-        tracing::error!("{reason}");
-        ledger::not_delivered(run, &fb.name, ledger::ids(&items), &reason).await?;
-        for i in &items {
-            ledger::give_up(run, i, &reason);
-        }
+/// What a copy into the fallback path completes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Move {
+    /// A move of this invocation (counted as moved: exit 13).
+    New,
+    /// A move an interrupted attempt began (counted apart: the rest decides the exit code).
+    Completed,
+}
+
+/// Writes the copies durably, journals `acked`, removes the local files. A copy that fails is
+/// reported with its own file's error; the others are moved.
+async fn copy_and_remove(
+    run: &Run,
+    fb: &FallbackDir,
+    items: Vec<Item>,
+    how: Move,
+) -> anyhow::Result<()> {
+    if items.is_empty() {
         return Ok(());
     }
-    ledger::moved_to_fallback(run, fb, items).await
+    let msgs: Vec<_> = items.iter().map(|i| i.msg.clone()).collect();
+    let results = fb.store(msgs).await?;
+    let mut moved = Vec::new();
+    let mut failed = Vec::new();
+    for (item, r) in items.into_iter().zip(results) {
+        match r {
+            Ok(()) => moved.push(item),
+            Err(e) => failed.push((item, format!("writing to the fallback path failed: {e}"))),
+        }
+    }
+    for (item, reason) in &failed {
+        tracing::error!(id = %item.id(), "{reason}");
+        ledger::not_delivered(run, &fb.name, std::iter::once(item.id()), reason).await?;
+        ledger::give_up(run, item, reason);
+    }
+    ledger::moved_to_fallback(run, fb, moved, how == Move::Completed).await
 }
 
-/// Settles messages an interrupted attempt left `sent` to the fallback path `dir`.
+/// Settles messages an interrupted attempt left `sent` to the fallback path `dir`: a copy
+/// found there is acknowledged, a missing one written (completing the move). The run's own
+/// fallback directory (already locked by this run) is used when it is the same directory.
 pub(crate) async fn settle(
     run: &Run,
     dir: &str,
     list: &[(MessageId, MessageRecord)],
 ) -> anyhow::Result<()> {
-    let fb = FallbackDir::open(Path::new(dir), Instant::now())?;
+    let opened;
+    let fb = match run.fallback.as_ref().filter(|f| f.is(Path::new(dir))) {
+        Some(own) => own,
+        None => {
+            opened = FallbackDir::open(Path::new(dir), Instant::now())?;
+            &opened
+        }
+    };
     for chunk in list.chunks(256) {
         let mut copy = Vec::new();
         let mut there = Vec::new();
@@ -85,8 +117,9 @@ pub(crate) async fn settle(
                 }
             }
         }
+        run.state.report().fallback_completed += there.len() as u64;
         ledger::acked_entries(run, &fb.name, there, "found in the fallback path").await?;
-        copy_and_remove(run, &fb, copy).await?;
+        copy_and_remove(run, fb, copy, Move::Completed).await?;
     }
     Ok(())
 }

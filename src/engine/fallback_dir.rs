@@ -45,11 +45,17 @@ impl FallbackDir {
         })
     }
 
-    /// Writes copies durably (fsync) into the directory's spool. The outer error is the
-    /// copying task failing (the run ends); the inner one the directory refusing the copies.
-    pub async fn store(&self, msgs: Vec<Message>) -> anyhow::Result<Result<(), SpoolError>> {
+    /// Writes copies durably (fsync) into the directory's spool, each with its own outcome
+    /// (in `msgs`' order): a copy the directory refuses names its own file. The error is the
+    /// copying task failing (the run ends).
+    pub async fn store(&self, msgs: Vec<Message>) -> anyhow::Result<Vec<Result<(), SpoolError>>> {
         let spool = self.spool.clone();
-        Ok(tokio::task::spawn_blocking(move || spool.store_many(&msgs)).await?)
+        Ok(tokio::task::spawn_blocking(move || spool.store_each(&msgs)).await?)
+    }
+
+    /// True when `dir` names this directory (however it is spelled).
+    pub fn is(&self, dir: &Path) -> bool {
+        dir.canonicalize().is_ok_and(|d| d == self.dir)
     }
 
     /// True when the directory holds message `id` with content `hash`.

@@ -130,7 +130,18 @@ pub(crate) async fn reassigned(
             reason: why.to_string(),
         })
         .collect();
-    Ok(run.journal.commit(ops).await?)
+    run.journal.commit(ops).await?;
+    let mut r = run.state.report();
+    for id in ids(items) {
+        r.possible_duplicates.push(Problem {
+            what: id.to_string(),
+            reason: format!(
+                "reassigned away from {from}, unreachable past --reassign-after ({why}); it may \
+                 hold it too"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Commits `acked(dest)` for `ids`, each with its note.
@@ -189,19 +200,28 @@ pub(crate) async fn acked_entries(
 }
 
 /// `acked(fallback:DIR)` for copies written durably into the fallback directory, then the
-/// local copies removed.
+/// local copies removed. `completed`: the moves an interrupted attempt began (counted apart
+/// from this invocation's).
 pub(crate) async fn moved_to_fallback(
     run: &Run,
     fb: &FallbackDir,
     items: Vec<Item>,
+    completed: bool,
 ) -> anyhow::Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
     let note = "moved to the fallback path";
     commit_acked(run, &fb.name, ids(&items).map(|id| (id, note.to_string()))).await?;
     {
         let mut r = run.state.report();
         r.fallback_path = Some(fb.dir.display().to_string());
         for i in &items {
-            r.fallback.add(i.size());
+            if completed {
+                r.fallback_completed += 1;
+            } else {
+                r.fallback.add(i.size());
+            }
         }
     }
     remove_local(run, items.into_iter().map(|i| i.entry).collect()).await

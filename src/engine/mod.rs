@@ -118,7 +118,8 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
     progress.abort();
     let _ = progress.await;
 
-    let report = lifecycle::finish(&run, record, opts.mode).await?;
+    let mut report = lifecycle::finish(&run, record, opts.mode).await?;
+    report.events = crate::events::EventCounts::of(&opts.data_dir);
     // Close the journal cleanly (every task holding the run has ended).
     drop(run);
     journal.close();

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::failure::Failure;
 use super::options::Mode;
+use crate::events::EventCounts;
 
 use crate::base::units::{Count, human_bytes};
 
@@ -59,6 +60,15 @@ pub struct Report {
     /// Moved to the fallback path (exit 13), and where.
     pub fallback: Count,
     pub fallback_path: Option<String>,
+    /// Moves into the fallback path that an interrupted attempt began and this one completed
+    /// (or found done); they do not make the exit code 13.
+    pub fallback_completed: u64,
+    /// Messages sent elsewhere after `--reassign-after` while the destination they were sent
+    /// to may hold them: flagged possible duplicates (`what`: the id).
+    pub possible_duplicates: Vec<Problem>,
+    /// The instance's events when the run ended: a drain does not move them, `drain serve`
+    /// delivers them; pending ones are lost if the instance is retired now.
+    pub events: EventCounts,
 }
 
 /// Failed attempts of one kind with one destination.
@@ -153,6 +163,13 @@ impl Report {
                 human_bytes(self.fallback.bytes)
             );
         }
+        if self.fallback_completed > 0 {
+            let _ = writeln!(
+                s,
+                "  completed {} moves into the fallback path that an interrupted attempt began",
+                self.fallback_completed
+            );
+        }
         for (q, c) in &self.by_queue {
             let _ = writeln!(
                 s,
@@ -171,6 +188,7 @@ impl Report {
             }
         }
         self.write_problems(&mut s);
+        self.write_events(&mut s);
         if self.in_doubt > 0 {
             let _ = writeln!(
                 s,
@@ -181,9 +199,33 @@ impl Report {
         s
     }
 
-    /// The lists of what did not move, at most 50 lines each.
+    /// Events left behind: never silent, whatever the exit code.
+    fn write_events(&self, s: &mut String) {
+        let e = &self.events;
+        if e.pending > 0 {
+            let _ = writeln!(
+                s,
+                "  {} events are still pending in {}, not delivered to every endpoint: `drain \
+                 serve` with --event-endpoint delivers them; retiring this instance now loses them",
+                e.pending, e.dir
+            );
+        }
+        if e.dead_letter > 0 {
+            let _ = writeln!(
+                s,
+                "  {} events an endpoint refused for good are kept in {}/dead-letter",
+                e.dead_letter, e.dir
+            );
+        }
+    }
+
+    /// The lists of what did not move (or moved with a flag), at most 50 lines each.
     fn write_problems(&self, s: &mut String) {
         let lists = [
+            (
+                "reassigned after --reassign-after (possible duplicates)",
+                &self.possible_duplicates,
+            ),
             ("could not be read (left in place)", &self.unreadable),
             ("could not be delivered (left in place)", &self.undelivered),
             (

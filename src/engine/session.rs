@@ -5,7 +5,9 @@
 //! Shutdown: the first signal cancels the run's token (take nothing new, finish requests in
 //! flight, exit 42); a second signal, or requests still in flight after [`SHUTDOWN_GRACE`],
 //! end the process at once with 42. Every journal record is durable before it is acted on, so
-//! that is as safe as SIGKILL: `drain resume` settles what was in flight.
+//! that is as safe as SIGKILL: `drain resume` settles what was in flight. Signals are handled
+//! from the start: one during the wait for the serve's events ends the wait, gives intake back
+//! and exits 42 with nothing moved ([`Ended::NotStarted`]).
 //!
 //! The top of the engine: uses `engine::run`, `options` and `report`; called by the CLI
 //! (`drain`, `drain resume`) and the demo.
@@ -29,8 +31,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub enum Ended {
     /// The run ended (its report carries the exit code).
     Ran(Box<Report>),
-    /// `--max-event-wait` expired with events pending; nothing moved (exit 10).
-    EventsPending(String),
+    /// The drain never began (events pending, a signal during the event wait, a serve that
+    /// does not answer): nothing moved. The message and the exit code.
+    NotStarted { message: String, code: i32 },
 }
 
 impl Ended {
@@ -43,9 +46,9 @@ impl Ended {
                 let _ = std::io::stdout().write_all(text.as_bytes());
                 Ok(report.exit_code)
             }
-            Ended::EventsPending(msg) => {
-                let _ = writeln!(std::io::stderr(), "drain: {msg}");
-                Ok(10)
+            Ended::NotStarted { message, code } => {
+                let _ = writeln!(std::io::stderr(), "drain: {message}");
+                Ok(*code)
             }
         }
     }
@@ -60,20 +63,38 @@ pub fn drain(opts: DrainOptions, events: Option<EventWait>) -> anyhow::Result<En
         .build()
         .context("cannot start the async runtime")?;
     let inst = Instance::open(&opts.data_dir)?;
+    // Signals are handled from the start: a SIGTERM while waiting for events ends the wait
+    // cleanly (exit 42), as it ends a run.
+    let stop = CancellationToken::new();
+    rt.spawn(stop_on_signals(stop.clone()));
     // The instance's exclusive lock, held for the whole run.
     let _lock = match events {
-        Some(wait) => match rt.block_on(crate::control::prepare(&inst, wait)) {
+        Some(wait) => match rt.block_on(crate::control::prepare(&inst, wait, &stop)) {
             Ok(lock) => lock,
-            Err(PrepareError::EventsPending(msg)) => return Ok(Ended::EventsPending(msg)),
+            Err(
+                e @ (PrepareError::EventsPending(_)
+                | PrepareError::Stopped(_)
+                | PrepareError::Unresponsive(_)
+                | PrepareError::AlreadyDraining { .. }),
+            ) => {
+                return Ok(Ended::NotStarted {
+                    code: e.exit_code(),
+                    message: e.to_string(),
+                });
+            }
             Err(e) => return Err(e.into()),
         },
         None => inst.try_lock("drain resume")?,
     };
-    let report = rt.block_on(async {
-        let stop = CancellationToken::new();
-        tokio::spawn(stop_on_signals(stop.clone()));
-        super::run(opts, stop).await
-    })?;
+    if stop.is_cancelled() {
+        return Ok(Ended::NotStarted {
+            code: 42,
+            message: "stopped by signal before the drain began; nothing moved (the instance's \
+                      `drain serve` was already stopped: start it again, or re-run the drain)"
+                .to_string(),
+        });
+    }
+    let report = rt.block_on(super::run(opts, stop))?;
     Ok(Ended::Ran(Box::new(report)))
 }
 

@@ -6,8 +6,21 @@
 //! `<name>` is `<20-digit unix nanoseconds>-<16 hex digits>`, so listing in name order is
 //! (roughly) time order. Per-endpoint delivery is recorded by an empty marker file
 //! `<name>.<endpoint-key>.ack`, created durably after the endpoint answered 2xx; an event is
-//! removed once every configured endpoint has its marker. So an acknowledged event is never
-//! sent again to that endpoint, and no event is removed before every endpoint took it.
+//! removed once every configured endpoint is done with it. So an acknowledged event is never
+//! sent again to that endpoint, and no event is removed before every endpoint took it (or
+//! refused it for good, below).
+//!
+//! **Permanent failures (the dead-letter directory).** An endpoint answering a 4xx other than
+//! 408 (timeout) and 429 (too many requests) refuses that batch for good: retrying the same
+//! POST cannot change the answer. Each event of the batch is then, durably and in this order,
+//! copied to `<data-dir>/events/dead-letter/<name>.json` (the event itself, unchanged), given a
+//! note `dead-letter/<name>.<endpoint-key>.why` (JSON: `endpoint`, `reason` with the HTTP
+//! status, `at`), and marked `<name>.<endpoint-key>.dead` in the queue, which counts as "done"
+//! for that endpoint only (the other endpoints still get the event). Dead-lettered events are
+//! never deleted by `drain`: they are counted (`drain_event_permanent_failures_total`,
+//! `drain inspect`'s `events.dead_letter`, the drain report) and named in `drain inspect`. To
+//! retry one after fixing the endpoint, move `dead-letter/<name>.json` back into `events/` and
+//! remove its `.dead` marker; endpoints may see it again (drop repeats by `id`).
 //!
 //! Event JSON (one object; the processor POSTs a JSON array of them):
 //!
@@ -23,8 +36,8 @@
 //! | `run` | 32 hex, optional | `message.received`: the sending run |
 //!
 //! Written by `intake::store` (before a transfer is answered) and `drain spool add`; read by
-//! the `processor` and by the metrics (`drain_events_pending`); a drain waits for it to be
-//! empty (`control::prepare`).
+//! the `processor`, by the metrics (`drain_events_pending`), by `drain inspect` and by the drain
+//! report ([`EventCounts`]); a drain waits for it to be empty (`control::prepare`).
 
 pub mod processor;
 
@@ -89,6 +102,14 @@ impl EventQueue {
         Ok(EventQueue { dir })
     }
 
+    /// The queue of `data_dir` for reading only: creates nothing (a missing directory reads
+    /// as no events).
+    pub fn read_only(data_dir: &Path) -> EventQueue {
+        EventQueue {
+            dir: data_dir.join("events"),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -143,8 +164,85 @@ impl EventQueue {
         self.dir.join(format!("{name}.{key}.ack"))
     }
 
+    fn dead_marker(&self, name: &str, key: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{key}.dead"))
+    }
+
     pub fn is_acked(&self, name: &str, key: &str) -> bool {
         self.marker(name, key).exists()
+    }
+
+    /// Endpoint `key` is done with the event: it took it, or refused it for good.
+    pub fn is_done(&self, name: &str, key: &str) -> bool {
+        self.is_acked(name, key) || self.dead_marker(name, key).exists()
+    }
+
+    /// The dead-letter directory (see the module's documentation).
+    pub fn dead_letter_dir(&self) -> PathBuf {
+        self.dir.join(DEAD_LETTER)
+    }
+
+    /// Records durably that endpoint `key` refused these events for good: each is copied into
+    /// the dead-letter directory with a note, then marked done for that endpoint.
+    pub fn mark_dead(&self, names: &[String], key: &str, note: &DeadNote) -> Result<(), FileError> {
+        let dead = self.dead_letter_dir();
+        if !dead.is_dir() {
+            fs::create_dir_all(&dead).map_err(|e| FileError::new(&dead, e))?;
+            sync_dir(&self.dir)?;
+        }
+        let note_bytes = serde_json::to_vec(note)
+            .map_err(|e| FileError::new(&dead, std::io::Error::other(e)))?;
+        for n in names {
+            let from = self.dir.join(format!("{n}.json"));
+            let bytes = fs::read(&from).map_err(|e| FileError::new(&from, e))?;
+            let copy = dead.join(format!("{n}.json"));
+            durable::write_then_rename(&dead.join(format!(".{n}.tmp")), &copy, &bytes)?;
+            let why = dead.join(format!("{n}.{key}.why"));
+            durable::write_then_rename(&dead.join(format!(".{n}.{key}.tmp")), &why, &note_bytes)?;
+        }
+        sync_dir(&dead)?;
+        for n in names {
+            let p = self.dead_marker(n, key);
+            fs::File::create(&p).map_err(|e| FileError::new(&p, e))?;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// The events in the dead-letter directory, in name order, each with its notes.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, FileError> {
+        let dead = self.dead_letter_dir();
+        let mut out: std::collections::BTreeMap<String, Vec<DeadNote>> = Default::default();
+        let rd = match fs::read_dir(&dead) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(FileError::new(&dead, e)),
+        };
+        for de in rd {
+            let de = de.map_err(|e| FileError::new(&dead, e))?;
+            let file = de.file_name().to_string_lossy().into_owned();
+            if file.starts_with('.') {
+                continue;
+            }
+            if let Some(name) = file.strip_suffix(".json") {
+                out.entry(name.to_string()).or_default();
+            } else if let Some(rest) = file.strip_suffix(".why")
+                && let Some((name, _key)) = rest.rsplit_once('.')
+            {
+                let note = fs::read(de.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_else(|| DeadNote {
+                        endpoint: String::new(),
+                        reason: format!("unreadable note {}", de.path().display()),
+                        at: None,
+                    });
+                out.entry(name.to_string()).or_default().push(note);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(id, notes)| DeadLetter { id, notes })
+            .collect())
     }
 
     /// Records durably that endpoint `key` took these events.
@@ -170,7 +268,51 @@ impl EventQueue {
         }
         for k in keys {
             let _ = fs::remove_file(self.marker(name, k));
+            let _ = fs::remove_file(self.dead_marker(name, k));
         }
         Ok(())
+    }
+}
+
+/// The dead-letter directory's name inside `events/`.
+const DEAD_LETTER: &str = "dead-letter";
+
+/// Why an endpoint refused an event for good.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeadNote {
+    pub endpoint: String,
+    /// The HTTP status and what the endpoint said.
+    pub reason: String,
+    #[serde(default)]
+    pub at: Option<Timestamp>,
+}
+
+/// An event in the dead-letter directory, with why each endpoint refused it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: String,
+    pub notes: Vec<DeadNote>,
+}
+
+/// What the operator is told about an instance's events (the drain report, `drain inspect`).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct EventCounts {
+    /// The events directory.
+    pub dir: String,
+    /// Events not yet delivered to every endpoint.
+    pub pending: u64,
+    /// Events some endpoint refused for good (in `dead-letter/`).
+    pub dead_letter: u64,
+}
+
+impl EventCounts {
+    /// Counts the events of `data_dir` without creating anything (none: zero).
+    pub fn of(data_dir: &Path) -> EventCounts {
+        let q = EventQueue::read_only(data_dir);
+        EventCounts {
+            dir: q.dir.display().to_string(),
+            pending: q.pending().map_or(0, |p| p.len() as u64),
+            dead_letter: q.dead_letters().map_or(0, |d| d.len() as u64),
+        }
     }
 }

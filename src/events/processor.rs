@@ -1,22 +1,32 @@
 //! The event processor: POSTs pending events, in batches, as a JSON array to every configured
-//! endpoint, retrying with backoff until a 2xx, and removes an event once every endpoint took
-//! it (see the module above for the on-disk markers that make this crash-safe).
+//! endpoint, retrying with backoff until a 2xx, and removes an event once every endpoint is
+//! done with it (see the module above for the on-disk markers that make this crash-safe, and
+//! for the dead-letter directory).
+//!
+//! Each endpoint has its own task, its own backoff and its own request timeout
+//! (`--event-timeout`), so a slow or failing endpoint never holds up the others. Answers: a 2xx
+//! delivers the batch; a 4xx other than 408/429 is a permanent failure for that batch (logged
+//! with the status, counted, dead-lettered for that endpoint); anything else (3xx, 408, 429,
+//! 5xx, no answer) is retried with backoff.
 //!
 //! Run as a task by `drain serve` (`intake`), which also reads its [`Stats`] for the metrics.
 //! Invariants: an event's delivery to an endpoint is recorded (marker, fsync) only after a 2xx,
-//! so a crash can repeat a delivery but never lose one; an endpoint that fails is retried with
-//! backoff without holding up the others.
+//! so a crash can repeat a delivery but never lose one; an event is never deleted unless every
+//! endpoint took it or it is kept in the dead-letter directory.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::{Event, EventQueue};
+use super::{DeadNote, Event, EventQueue};
+use crate::base::Timestamp;
 
 /// Most events in one POST.
 const BATCH: usize = 100;
+
+/// How long one POST may take when `--event-timeout` does not say.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One configured endpoint.
 #[derive(Clone, Debug)]
@@ -44,34 +54,31 @@ impl Endpoint {
 }
 
 /// Counters for the metrics (`drain_events_delivered_total`,
-/// `drain_event_delivery_failures_total`); shared with `intake::metrics`, which reads them.
+/// `drain_event_delivery_failures_total`, `drain_event_permanent_failures_total`); shared with
+/// `intake::metrics`, which reads them.
 #[derive(Default, Debug)]
 pub struct Stats {
     pub delivered: Counter,
     pub failures: Counter,
+    /// Events an endpoint refused for good (dead-lettered), once per endpoint.
+    pub permanent: Counter,
 }
 
-/// An endpoint that failed: not tried again before `next`.
-struct Backoff {
-    next: Instant,
-    fails: u32,
+/// How one POST ended.
+enum Outcome {
+    Delivered,
+    /// A 4xx other than 408/429: this batch will never be taken by this endpoint.
+    Refused(String),
+    Retry(String),
 }
 
-/// The processor's state between passes.
-struct Processor {
+/// Delivers events until the task is dropped: one task per endpoint.
+pub async fn run(
     queue: EventQueue,
     endpoints: Vec<Endpoint>,
-    /// The endpoints' keys, naming their ack markers.
-    keys: Vec<String>,
-    client: reqwest::Client,
     stats: Arc<Stats>,
-    backoff: HashMap<String, Backoff>,
-    /// Events acknowledged in the last pass, to remove once every endpoint has them.
-    cleanup: Vec<String>,
-}
-
-/// Delivers events until the task is dropped.
-pub async fn run(queue: EventQueue, endpoints: Vec<Endpoint>, stats: Arc<Stats>) {
+    timeout: Duration,
+) {
     if endpoints.is_empty() {
         return;
     }
@@ -81,7 +88,7 @@ pub async fn run(queue: EventQueue, endpoints: Vec<Endpoint>, stats: Arc<Stats>)
         // A followed 301/302/303 turns the POST into a GET without the events: never follow,
         // an event is removed only after a 2xx to the POST that carried it.
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
+        .timeout(timeout)
         .build()
     {
         Ok(c) => c,
@@ -90,61 +97,92 @@ pub async fn run(queue: EventQueue, endpoints: Vec<Endpoint>, stats: Arc<Stats>)
             return;
         }
     };
-    let mut p = Processor {
-        keys: endpoints.iter().map(|e| e.key.clone()).collect(),
-        // Events every endpoint took but a crash left behind are removed once, at start;
-        // after that only the events just acknowledged are checked.
-        cleanup: queue.pending().unwrap_or_default(),
-        queue,
-        endpoints,
-        client,
-        stats,
-        backoff: HashMap::new(),
-    };
-    loop {
-        if !p.pass().await {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+    let keys: Arc<Vec<String>> = Arc::new(endpoints.iter().map(|e| e.key.clone()).collect());
+    // Events every endpoint is done with but a crash left behind are removed once, at start.
+    remove_done(&queue, &keys, &queue.pending().unwrap_or_default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for ep in endpoints {
+        let w = Worker {
+            queue: queue.clone(),
+            ep,
+            keys: keys.clone(),
+            client: client.clone(),
+            stats: stats.clone(),
+        };
+        tasks.spawn(w.run());
     }
+    // Dropping the set (the task aborted) aborts every endpoint's task.
+    while tasks.join_next().await.is_some() {}
 }
 
-impl Processor {
-    /// One pass over the endpoints; false when there was nothing to send.
-    async fn pass(&mut self) -> bool {
-        remove_delivered(&self.queue, &self.keys, &self.cleanup);
-        self.cleanup.clear();
-        let names = match self.queue.pending() {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!("event processor: cannot list events: {e}");
-                Vec::new()
-            }
-        };
-        let mut busy = false;
-        for i in 0..self.endpoints.len() {
-            let ep = self.endpoints[i].clone();
-            if self
-                .backoff
-                .get(&ep.key)
-                .is_some_and(|b| Instant::now() < b.next)
-            {
-                continue;
-            }
-            let Some((events, sent)) = self.next_batch(&ep, &names) else {
+/// One endpoint's delivery loop.
+struct Worker {
+    queue: EventQueue,
+    ep: Endpoint,
+    keys: Arc<Vec<String>>,
+    client: reqwest::Client,
+    stats: Arc<Stats>,
+}
+
+impl Worker {
+    async fn run(self) {
+        let mut fails = 0u32;
+        loop {
+            let names = match self.queue.pending() {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!("event processor: cannot list events: {e}");
+                    Vec::new()
+                }
+            };
+            let Some((events, sent)) = self.next_batch(&names) else {
+                tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             };
-            busy = true;
-            self.deliver(&ep, &events, sent).await;
+            match self.post(&events).await {
+                Outcome::Delivered => {
+                    fails = 0;
+                    if let Err(e) = self.queue.mark_acked(&sent, &self.ep.key) {
+                        tracing::error!(
+                            "event processor: cannot record delivery to {}: {e}",
+                            self.ep.url
+                        );
+                        // The disk refuses: do not re-send in a tight loop.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    self.stats.delivered.inc_by(sent.len() as u64);
+                    tracing::debug!(endpoint = %self.ep.url, events = sent.len(), "events delivered");
+                    remove_done(&self.queue, &self.keys, &sent);
+                }
+                Outcome::Refused(why) => {
+                    fails = 0;
+                    if !self.dead_letter(&sent, why) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Outcome::Retry(why) => {
+                    self.stats.failures.inc();
+                    fails += 1;
+                    let wait = crate::base::backoff(fails);
+                    tracing::warn!(
+                        endpoint = %self.ep.url,
+                        "delivering {} events to {} failed ({why}); retrying in {wait:?}",
+                        sent.len(),
+                        self.ep.url
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
-        busy
     }
 
-    /// The next events (at most [`BATCH`]) `ep` has not taken, read; unreadable ones are
-    /// quarantined. `None` when there is nothing to send.
-    fn next_batch(&self, ep: &Endpoint, names: &[String]) -> Option<(Vec<Event>, Vec<String>)> {
+    /// The next events (at most [`BATCH`]) this endpoint is not done with, read; unreadable
+    /// ones are quarantined. `None` when there is nothing to send.
+    fn next_batch(&self, names: &[String]) -> Option<(Vec<Event>, Vec<String>)> {
         let todo = names
             .iter()
-            .filter(|n| !self.queue.is_acked(n, &ep.key))
+            .filter(|n| !self.queue.is_done(n, &self.ep.key))
             .take(BATCH);
         let mut events: Vec<Event> = Vec::new();
         let mut sent: Vec<String> = Vec::new();
@@ -160,52 +198,75 @@ impl Processor {
         (!events.is_empty()).then_some((events, sent))
     }
 
-    /// POSTs one batch; on a 2xx records the delivery durably, otherwise backs off.
-    async fn deliver(&mut self, ep: &Endpoint, events: &[Event], sent: Vec<String>) {
-        let why = match self.client.post(&ep.url).json(events).send().await {
-            Ok(r) if r.status().is_success() => {
-                if let Err(e) = self.queue.mark_acked(&sent, &ep.key) {
-                    tracing::error!("event processor: cannot record delivery to {}: {e}", ep.url);
-                    return;
-                }
-                self.stats.delivered.inc_by(sent.len() as u64);
-                tracing::debug!(endpoint = %ep.url, events = sent.len(), "events delivered");
-                self.cleanup.extend(sent);
-                self.backoff.remove(&ep.key);
-                return;
-            }
-            Ok(r) if r.status().is_redirection() => format!(
+    /// POSTs one batch and classifies the answer.
+    async fn post(&self, events: &[Event]) -> Outcome {
+        let r = match self.client.post(&self.ep.url).json(events).send().await {
+            Ok(r) => r,
+            Err(e) => return Outcome::Retry(crate::base::error_chain(&e)),
+        };
+        let status = r.status();
+        if status.is_success() {
+            return Outcome::Delivered;
+        }
+        if status.is_redirection() {
+            return Outcome::Retry(format!(
                 "HTTP {} redirecting to {:?}, not followed: point --event-endpoint at the final URL",
-                r.status().as_u16(),
+                status.as_u16(),
                 r.headers()
                     .get(reqwest::header::LOCATION)
                     .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
                     .unwrap_or_default()
-            ),
-            Ok(r) => format!("HTTP {}", r.status().as_u16()),
-            Err(e) => crate::base::error_chain(&e),
+            ));
+        }
+        let code = status.as_u16();
+        if status.is_client_error() && code != 408 && code != 429 {
+            let body = r.text().await.unwrap_or_default();
+            let said: String = body.trim().chars().take(200).collect();
+            return Outcome::Refused(if said.is_empty() {
+                format!("HTTP {code}")
+            } else {
+                format!("HTTP {code}: {said}")
+            });
+        }
+        Outcome::Retry(format!("HTTP {code}"))
+    }
+
+    /// A permanent failure: the batch goes to the dead-letter directory for this endpoint.
+    /// False when that could not be recorded (the batch is tried again).
+    fn dead_letter(&self, sent: &[String], why: String) -> bool {
+        let note = DeadNote {
+            endpoint: self.ep.url.clone(),
+            reason: why,
+            at: Some(Timestamp::now()),
         };
-        self.stats.failures.inc();
-        let b = self.backoff.entry(ep.key.clone()).or_insert(Backoff {
-            next: Instant::now(),
-            fails: 0,
-        });
-        b.fails += 1;
-        let wait = crate::base::backoff(b.fails);
-        b.next = Instant::now() + wait;
-        tracing::warn!(
-            endpoint = %ep.url,
-            "delivering {} events to {} failed ({why}); retrying in {wait:?}",
+        if let Err(e) = self.queue.mark_dead(sent, &self.ep.key, &note) {
+            tracing::error!(
+                "event processor: {} refused {} events for good ({}), and keeping them in the \
+                 dead-letter directory failed: {e}; retrying",
+                self.ep.url,
+                sent.len(),
+                note.reason
+            );
+            return false;
+        }
+        self.stats.permanent.inc_by(sent.len() as u64);
+        tracing::error!(
+            endpoint = %self.ep.url,
+            "{} refused {} events for good ({}); they are kept in {} and not sent to it again",
+            self.ep.url,
             sent.len(),
-            ep.url
+            note.reason,
+            self.queue.dead_letter_dir().display()
         );
+        remove_done(&self.queue, &self.keys, sent);
+        true
     }
 }
 
-/// Removes those of `names` that every endpoint has acknowledged.
-fn remove_delivered(queue: &EventQueue, keys: &[String], names: &[String]) {
+/// Removes those of `names` every endpoint is done with (took, or dead-lettered).
+fn remove_done(queue: &EventQueue, keys: &[String], names: &[String]) {
     for n in names {
-        if keys.iter().all(|k| queue.is_acked(n, k))
+        if keys.iter().all(|k| queue.is_done(n, k))
             && let Err(e) = queue.remove(n, keys)
         {
             tracing::error!("event processor: cannot remove delivered event {n}: {e}");

@@ -33,6 +33,10 @@
 //!   started_at string, ended_at string|null, destinations [string],
 //!   exit_code i32|null, resumed u32
 //! corrupt_runs  [Corrupt]: run records that do not decode; Corrupt = {key string, reason string}
+//! events        {dir string, pending u64, dead_letter Listing<{id string, notes [{endpoint
+//!               string, reason string, at string|null}]}>}: the instance's event queue (not
+//!               the journal's): events not yet delivered to every endpoint, and those an
+//!               endpoint refused for good (kept in `events/dead-letter/`)
 //! run           RunDetail|null: the last run, or --run SEQ:
 //!   seq, id, status, started_at, ended_at, exit_code, resumed, destinations   (as in Run)
 //!   by_state        StateCounts: {read, sent, acked, deleted, delivered, total: Count}
@@ -92,6 +96,7 @@ pub use history::{MessageHistory, Step};
 pub use summary::{Anomalies, DestCounts, Listing, RunDetail, StateCounts, Throughput};
 
 use crate::base::{MessageId, Timestamp};
+use crate::events::{DeadLetter, EventCounts, EventQueue};
 use crate::journal::{Reader, RunStatus};
 
 /// The `--json` schema version.
@@ -121,7 +126,36 @@ pub struct Summary {
     pub unclean: bool,
     pub runs: Vec<RunRow>,
     pub corrupt_runs: Vec<Corrupt>,
+    pub events: Events,
     pub run: Option<RunDetail>,
+}
+
+/// The instance's event queue, as `drain inspect` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Events {
+    pub dir: String,
+    pub pending: u64,
+    pub dead_letter: Listing<DeadLetter>,
+}
+
+impl Events {
+    /// Reads the event queue of `data_dir` (creating nothing), listing at most `cap` dead
+    /// letters.
+    fn read(data_dir: &Path, cap: usize) -> Events {
+        let counts = EventCounts::of(data_dir);
+        let mut dead_letter = Listing::default();
+        for d in EventQueue::read_only(data_dir)
+            .dead_letters()
+            .unwrap_or_default()
+        {
+            dead_letter.push(cap, || d);
+        }
+        Events {
+            dir: counts.dir,
+            pending: counts.pending,
+            dead_letter,
+        }
+    }
 }
 
 /// A run as `drain inspect` shows it: the run record without its options and final report
@@ -152,7 +186,12 @@ pub fn inspect(opts: &InspectOptions) -> anyhow::Result<String> {
 fn nothing(opts: &InspectOptions, path: &Path) -> String {
     let journal = path.display().to_string();
     if !opts.json {
-        return format!("no drain has run on this data directory ({journal} does not exist)\n");
+        let mut out =
+            format!("no drain has run on this data directory ({journal} does not exist)\n");
+        if opts.message.is_none() {
+            text::events(&mut out, &Events::read(&opts.data_dir, opts.limit));
+        }
+        return out;
     }
     let doc = match opts.message {
         Some(id) => serde_json::to_value(MessageHistory {
@@ -169,6 +208,7 @@ fn nothing(opts: &InspectOptions, path: &Path) -> String {
             unclean: false,
             runs: Vec::new(),
             corrupt_runs: Vec::new(),
+            events: Events::read(&opts.data_dir, JSON_LIST_CAP),
             run: None,
         }),
     };
@@ -185,7 +225,8 @@ fn render(opts: &InspectOptions, reader: &Reader) -> anyhow::Result<String> {
         });
     }
     let cap = if opts.json { JSON_LIST_CAP } else { opts.limit };
-    let s = summarize(reader, opts.run, cap)?;
+    let mut s = summarize(reader, opts.run, cap)?;
+    s.events = Events::read(&opts.data_dir, cap);
     Ok(if opts.json {
         format!("{}\n", serde_json::to_string(&s)?)
     } else {
@@ -235,6 +276,11 @@ fn summarize(reader: &Reader, run: Option<u64>, cap: usize) -> anyhow::Result<Su
         unclean: reader.mode() == OpenMode::Recovered,
         runs: runs.rows,
         corrupt_runs: runs.corrupt,
+        events: Events {
+            dir: String::new(),
+            pending: 0,
+            dead_letter: Listing::default(),
+        },
         run: detail,
     })
 }

@@ -88,7 +88,7 @@ impl<T> Default for Listing<T> {
 }
 
 impl<T> Listing<T> {
-    fn push(&mut self, cap: usize, item: impl FnOnce() -> T) {
+    pub(crate) fn push(&mut self, cap: usize, item: impl FnOnce() -> T) {
         self.count += 1;
         if self.items.len() < cap {
             self.items.push(item());

@@ -59,7 +59,29 @@ pub fn summary(s: &Summary, limit: usize) -> String {
         }
         Some(d) => run_detail(&mut o, d, s.unclean, limit),
     }
+    events(&mut o, &s.events);
     o
+}
+
+/// The instance's events: pending ones and dead letters, never left unsaid.
+pub fn events(o: &mut String, e: &super::Events) {
+    let _ = writeln!(
+        o,
+        "\nevents ({}): {} pending (not delivered to every endpoint), {} in the dead-letter \
+         directory",
+        e.dir, e.pending, e.dead_letter.count
+    );
+    for d in &e.dead_letter.items {
+        let why: Vec<String> = d
+            .notes
+            .iter()
+            .map(|n| format!("{}: {}", n.endpoint, n.reason))
+            .collect();
+        let _ = writeln!(o, "  dead letter {}: refused by {}", d.id, why.join("; "));
+    }
+    if e.dead_letter.truncated > 0 {
+        let _ = writeln!(o, "  ... and {} more", e.dead_letter.truncated);
+    }
 }
 
 /// Whether the run is `running` with no process holding the journal: its drain is gone.

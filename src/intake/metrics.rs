@@ -17,6 +17,7 @@
 //! | `drain_events_pending` | gauge | events in the queue not yet delivered to every endpoint |
 //! | `drain_events_delivered_total` | counter | events delivered, counted once per endpoint that took them |
 //! | `drain_event_delivery_failures_total` | counter | failed POSTs to an event endpoint (each is retried with backoff) |
+//! | `drain_event_permanent_failures_total` | counter | events an endpoint refused for good (4xx other than 408/429), kept in `events/dead-letter/`, once per endpoint |
 //!
 //! `reason` of `drain_intake_refusals_total`: a whole request refused, on any endpoint, counts
 //! one: `forbidden` (403, peer not in `accept_drain_from`), `too_large` (413), `bad_request`
@@ -385,6 +386,13 @@ impl Collector for AtScrape {
             None,
             failures.metric_type(),
         )?)?;
+        let permanent = ConstCounter::new(self.events.permanent.get());
+        permanent.encode(encoder.encode_descriptor(
+            "drain_event_permanent_failures",
+            "Events an endpoint refused for good (kept in the dead-letter directory).",
+            None,
+            permanent.metric_type(),
+        )?)?;
         Ok(())
     }
 }
@@ -563,6 +571,9 @@ mod tests {
                  # HELP drain_event_delivery_failures_total Failed POSTs to an event endpoint (retried).\n\
                  # TYPE drain_event_delivery_failures_total counter\n\
                  drain_event_delivery_failures_total 0\n\
+                 # HELP drain_event_permanent_failures_total Events an endpoint refused for good (kept in the dead-letter directory).\n\
+                 # TYPE drain_event_permanent_failures_total counter\n\
+                 drain_event_permanent_failures_total 0\n\
                  # HELP drain_intake_refusals_total Refused requests and rejected messages, by reason.\n\
                  # TYPE drain_intake_refusals_total counter\n";
         for r in Refusal::ALL {

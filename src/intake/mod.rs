@@ -126,6 +126,7 @@ pub async fn serve(
         queue: events,
         endpoints,
         stats: event_stats,
+        timeout: opts.event_timeout,
     };
     let metrics = state.metrics.clone();
     let mut tasks = Tasks::start(
@@ -153,6 +154,12 @@ pub async fn serve(
     // Close the dedupe store cleanly when no connection still holds it.
     if let Ok(state) = Arc::try_unwrap(state) {
         state.store.close();
+    }
+    if stop == Stop::Drain
+        && let Some(by) = control.drainer()
+    {
+        // Whoever finds the lock taken from now on reads the drain that takes it next.
+        lock.hand_over(&by);
     }
     drop(lock);
     tracing::info!("drain serve: stopped");

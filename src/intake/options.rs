@@ -24,6 +24,8 @@ pub struct ServeOptions {
     pub dedupe_retention: Duration,
     /// Where the event processor POSTs events.
     pub event_endpoints: Vec<String>,
+    /// How long one POST to an event endpoint may take.
+    pub event_timeout: Duration,
     /// After a drain stopped this serve, keep the process alive (holding nothing) until a
     /// signal: for a container whose main process must outlive its preStop hook.
     pub wait_after_drain: bool,

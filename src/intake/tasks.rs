@@ -28,6 +28,8 @@ pub struct EventDelivery {
     pub queue: EventQueue,
     pub endpoints: Vec<Endpoint>,
     pub stats: Arc<processor::Stats>,
+    /// How long one POST may take (`event_timeout`).
+    pub timeout: Duration,
 }
 
 /// Handles of the running side tasks.
@@ -57,7 +59,12 @@ impl Tasks {
                 }
             })
         };
-        let processor = tokio::spawn(processor::run(events.queue, events.endpoints, events.stats));
+        let processor = tokio::spawn(processor::run(
+            events.queue,
+            events.endpoints,
+            events.stats,
+            events.timeout,
+        ));
         let metrics = match metrics_listen {
             Some(addr) => Some(start_metrics(addr, data_dir, metrics).await?),
             None => None,

@@ -248,6 +248,40 @@ impl Spool {
         Ok(())
     }
 
+    /// Like [`Spool::store_many`], but each message has its own outcome: a file that cannot
+    /// be written fails alone (its error names it) and the others are still stored. A queue
+    /// directory whose fsync fails fails every message written into it.
+    pub fn store_each(&self, msgs: &[Message]) -> Vec<Result<(), SpoolError>> {
+        let mut results: Vec<Result<(), SpoolError>> = msgs
+            .iter()
+            .map(|m| {
+                let tmp = self.tmp_dir().join(format!(
+                    "{}.{}.tmp",
+                    m.header.id,
+                    MessageId::random().map_err(|e| SpoolError::io(self.tmp_dir(), e))?
+                ));
+                let dest = self.path_of(m.header.queue, m.header.id);
+                durable::write_then_rename(&tmp, &dest, &m.bytes)?;
+                Ok(())
+            })
+            .collect();
+        for q in QueueKind::ALL {
+            let written: Vec<usize> = (0..msgs.len())
+                .filter(|&i| msgs[i].header.queue == q && results[i].is_ok())
+                .collect();
+            if written.is_empty() {
+                continue;
+            }
+            if let Err(e) = sync_dir(&self.queue_dir(q)) {
+                for i in written {
+                    let why = std::io::Error::other(format!("stored, but {e}"));
+                    results[i] = Err(SpoolError::io(self.path_of(q, msgs[i].header.id), why));
+                }
+            }
+        }
+        results
+    }
+
     /// Removes temp files older than `age` left in `.tmp` by a crash mid-write (they never
     /// became messages). Called by whoever holds the instance lock; the age keeps it clear of
     /// a `spool add` writing right now. Returns how many were removed.

@@ -22,6 +22,7 @@
 //! | `http_trusted_proxy_ips` | array of IP/CIDR strings | `--trusted-proxy-ips` | `[]` |
 //! | `incoming_drain_workers` | integer, 1 to 4096 | `--incoming-drain-workers` | `8` |
 //! | `event_endpoints` | array of `http(s)://` URLs | `--event-endpoint` | `[]` |
+//! | `event_timeout` | string, a duration (`"30s"`), 1s to 1h | `--event-timeout` | `"30s"` |
 //! | `max_request_size` | integer, bytes, 1024 to 4 GiB | `--max-request-size` | `268435456` (256 MiB) |
 //! | `dedupe_retention` | string, a duration (`"7d"`, `"36h"`), at most `"3650d"` | `--dedupe-retention` | `"7d"` |
 //! | `wait_after_drain` | boolean | `--wait-after-drain` | `false` |
@@ -66,7 +67,7 @@ use setting::{or_default, pick, required};
 use table::settings;
 pub use values::{
     MAX_REQUEST_SIZE, MAX_RETENTION, MAX_WORKERS, check_duration, check_endpoint, check_integer,
-    duration_range, integer_range, parse_duration, parse_listen,
+    duration_range, integer_range, parse_duration, parse_event_timeout, parse_listen,
 };
 
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -78,6 +79,7 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 64;
+pub const DEFAULT_EVENT_TIMEOUT: Duration = crate::events::processor::DEFAULT_TIMEOUT;
 
 settings! {
     /// Address and port the intake listens on.
@@ -94,6 +96,8 @@ settings! {
     incoming_drain_workers: usize, "--incoming-drain-workers", default(DEFAULT_WORKERS);
     /// Where the event processor POSTs events.
     event_endpoints: Vec<String>, "--event-endpoint", default(Vec::new());
+    /// How long one POST to an event endpoint may take.
+    event_timeout: Duration, "--event-timeout", default(DEFAULT_EVENT_TIMEOUT);
     /// Largest transfer request accepted, in bytes.
     max_request_size: usize, "--max-request-size", default(DEFAULT_MAX_REQUEST_SIZE);
     /// How long dedupe keys of unfinished runs are kept.

@@ -78,6 +78,7 @@ impl Settings {
             max_request_bytes: self.max_request_size.value,
             dedupe_retention: self.dedupe_retention.value,
             event_endpoints: self.event_endpoints.value,
+            event_timeout: self.event_timeout.value,
             wait_after_drain: self.wait_after_drain.value,
             metrics_listen: self.metrics_listen.value,
             timeouts: Timeouts {

@@ -180,3 +180,19 @@ fn check_config_output_lists_every_setting_in_table_order() {
         "{text}"
     );
 }
+
+#[test]
+fn event_timeout_is_a_duration_from_one_second_to_one_hour() {
+    let l = parse("event_timeout = \"45s\"\n").unwrap();
+    assert_eq!(l.event_timeout, Some(std::time::Duration::from_secs(45)));
+    let e = parse("listen = \"0.0.0.0:443\"\nevent_timeout = \"0s\"\nevent_timeout_x = 1\n")
+        .unwrap_err();
+    assert_eq!(
+        e.0[0],
+        "serve.toml:2: event_timeout: duration \"0s\" is out of range (1s to 1h)"
+    );
+    assert_eq!(
+        super::parse_event_timeout("2h"),
+        Err("duration \"2h\" is out of range (1s to 1h)".to_string())
+    );
+}

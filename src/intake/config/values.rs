@@ -47,6 +47,7 @@ pub fn duration_range(key: &str) -> (Duration, Duration) {
         "tls_handshake_timeout" | "header_read_timeout" | "body_idle_timeout" => {
             (Duration::from_millis(100), Duration::from_secs(3600))
         }
+        "event_timeout" => (Duration::from_secs(1), Duration::from_secs(3600)),
         _ => (Duration::ZERO, MAX_RETENTION),
     }
 }
@@ -91,6 +92,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("duration {s:?} is out of range (at most 3650d)"));
     }
     Ok(d)
+}
+
+/// Parses `--event-timeout` / `event_timeout`: a duration from 1s to 1h.
+pub fn parse_event_timeout(s: &str) -> Result<Duration, String> {
+    parse_duration_for("event_timeout", s)
+}
+
+/// Parses a duration and checks it against [`duration_range`] of `key`.
+fn parse_duration_for(key: &str, s: &str) -> Result<Duration, String> {
+    parse_duration(s).and_then(|d| check_duration(key, d))
 }
 
 /// Checks an event endpoint URL (the event processor's own check).

@@ -88,14 +88,11 @@ fn check_caller(
     peer: SocketAddr,
     req: &Request<Incoming>,
 ) -> Result<Caller, Reject> {
-    let fwd = Forwarded {
-        x_forwarded_for: header(req, "x-forwarded-for")?,
-        client_ip: header(req, "client-ip")?,
-    };
+    let fwd = Forwarded::from_headers(req.headers());
     let client = state
         .access
         .client_addr(peer.ip(), &fwd)
-        .map_err(Reject::bad_request)?;
+        .map_err(|e| Reject::bad_forwarding(e.to_string()))?;
     if !state.access.allowed(client) {
         tracing::warn!(
             client = %client,
@@ -111,6 +108,17 @@ fn check_caller(
         sender: token(req, wire::HDR_SENDER)?,
         run: token(req, wire::HDR_RUN)?,
     })
+}
+
+/// `415` unless the body is of the endpoint's media type (`wire`'s table).
+fn check_content_type(req: &Request<Incoming>, expected: &str) -> Result<(), Reject> {
+    match header(req, "content-type")? {
+        Some(v) if wire::media_type_is(v, expected) => Ok(()),
+        got => Err(Reject::unsupported_type(format!(
+            "Content-Type {} is not accepted here: send {expected}",
+            got.map_or_else(|| "(none)".to_string(), |v| format!("{v:?}"))
+        ))),
+    }
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reject> {
@@ -141,7 +149,9 @@ pub(crate) async fn transfer(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Resp, Reject> {
-    let caller = match check_caller(state, peer, &req) {
+    let checked = check_caller(state, peer, &req)
+        .and_then(|c| check_content_type(&req, wire::BATCH_CONTENT_TYPE).map(|()| c));
+    let caller = match checked {
         Ok(c) => c,
         Err(r) => {
             discard_body(req).await;
@@ -217,7 +227,15 @@ pub(crate) async fn query(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Resp, Reject> {
-    let caller = check_caller(state, peer, &req)?;
+    let checked = check_caller(state, peer, &req)
+        .and_then(|c| check_content_type(&req, wire::QUERY_CONTENT_TYPE).map(|()| c));
+    let caller = match checked {
+        Ok(c) => c,
+        Err(r) => {
+            discard_body(req).await;
+            return Err(r);
+        }
+    };
     let body = read_body(req, MAX_QUERY_BYTES).await?;
     let q: QueryRequest = serde_json::from_slice(&body)
         .map_err(|e| Reject::bad_request(format!("malformed query: {e}")))?;

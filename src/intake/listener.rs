@@ -1,10 +1,15 @@
 //! The intake's listening socket: binds it (and announces the bound address in
-//! `<data-dir>/serve.addr`), accepts TCP connections, does each TLS handshake (bounded by a
-//! timeout) and hands the stream to `connection`; on shutdown it stops accepting and lets the
-//! requests in flight finish (up to [`GRACE`]).
+//! `<data-dir>/serve.addr`), accepts TCP connections, reads a PROXY protocol header when a
+//! trusted balancer sends one (`proxy_header`), does each TLS handshake (the two bounded
+//! together by a timeout) and hands the stream to `connection` with the client's address; on
+//! shutdown it stops accepting and lets the requests in flight finish (up to [`GRACE`]).
 //!
-//! Called by `intake::serve`. Invariant: `serve.addr` exists only while the socket is bound
-//! (written once it accepts, removed by `serve` after [`Listener::finish`]).
+//! Called by `intake::serve`. Invariants: `serve.addr` exists only while the socket is bound
+//! (written once it accepts, removed by `serve` after [`Listener::finish`]); a PROXY header is
+//! honoured only from a TCP peer in `--trusted-proxy-ips` (from anyone else it closes the
+//! connection), and once honoured its source address is the peer for everything after
+//! (access, logs); every connection closed before a request is counted in the metrics and
+//! logged at WARN, at most once per peer per [`WARN_INTERVAL`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,10 +27,15 @@ use tokio_rustls::TlsAcceptor;
 
 use super::connection;
 use super::handler::State;
+use super::metrics::ConnRefusal;
+use super::peer_warn::{PeerWarn, held_back_note};
+use super::proxy_header::{self, Start};
 use crate::control::ServeControl;
 
 /// Longest a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one warning per peer this often about its failed connections.
+pub const WARN_INTERVAL: Duration = Duration::from_secs(60);
 /// How long requests in flight may take to finish once shutdown began.
 pub const GRACE: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (e.g. out of file descriptors) before the next.
@@ -47,6 +57,7 @@ pub struct Listener {
     state: Arc<State>,
     builder: Builder<TokioExecutor>,
     graceful: GracefulShutdown,
+    warn: Arc<PeerWarn>,
 }
 
 impl Listener {
@@ -71,6 +82,7 @@ impl Listener {
             state,
             builder: Builder::new(TokioExecutor::new()),
             graceful: GracefulShutdown::new(),
+            warn: Arc::new(PeerWarn::new(WARN_INTERVAL)),
         })
     }
 
@@ -99,26 +111,39 @@ impl Listener {
         }
     }
 
-    /// Handshakes and serves one connection in its own task.
+    /// Reads the PROXY header if any, handshakes and serves one connection in its own task.
     fn spawn_connection(&self, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
         let acceptor = self.tls.clone();
         let state = self.state.clone();
         let builder = self.builder.clone();
         let watcher = self.graceful.watcher();
+        let warn = self.warn.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %peer, "TLS handshake failed: {e}");
-                    return;
+            let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let mut tcp = tcp;
+                let client = prelude(&mut tcp, peer, &state).await?;
+                match acceptor.accept(tcp).await {
+                    Ok(tls) => Ok((tls, client)),
+                    Err(e) => Err(Closed {
+                        why: ConnRefusal::TlsHandshake,
+                        client,
+                        what: format!("TLS handshake failed: {e}"),
+                    }),
                 }
-                Err(_) => {
-                    tracing::debug!(peer = %peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            connection::serve(tls, peer, state, builder, watcher).await;
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(Closed {
+                    why: ConnRefusal::Timeout,
+                    client: peer,
+                    what: format!("TLS handshake not done within {HANDSHAKE_TIMEOUT:?}"),
+                })
+            });
+            match opened {
+                Ok((tls, client)) => connection::serve(tls, client, state, builder, watcher).await,
+                Err(c) => c.report(peer, &state, &warn),
+            }
         });
     }
 
@@ -133,5 +158,73 @@ impl Listener {
         {
             tracing::warn!("requests still in flight after 30s; stopping anyway");
         }
+    }
+}
+
+/// A connection closed before any request: why, and whom it came from.
+struct Closed {
+    why: ConnRefusal,
+    /// The client as far as known: the PROXY header's source once read, else the TCP peer.
+    client: SocketAddr,
+    what: String,
+}
+
+impl Closed {
+    /// Counts it, and logs it unless this peer was logged less than [`WARN_INTERVAL`] ago.
+    fn report(&self, tcp_peer: SocketAddr, state: &State, warn: &PeerWarn) {
+        state.metrics.connection_refused(self.why);
+        let Some(held_back) = warn.admit(self.client.ip(), std::time::Instant::now()) else {
+            return;
+        };
+        let note = held_back_note(held_back);
+        if self.client == tcp_peer {
+            tracing::warn!(peer = %self.client, "connection from {}: {}{note}", self.client, self.what);
+        } else {
+            tracing::warn!(
+                peer = %self.client,
+                proxy = %tcp_peer,
+                "connection from {} (through {tcp_peer}): {}{note}",
+                self.client,
+                self.what
+            );
+        }
+    }
+}
+
+/// Before TLS: a PROXY header, if the first byte says one comes. From a trusted proxy it is
+/// read (exactly its bytes) and its source becomes the client; from anyone else it closes the
+/// connection. Returns the client's address.
+async fn prelude(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    state: &State,
+) -> Result<SocketAddr, Closed> {
+    let closed = |why, what: String| Closed {
+        why,
+        client: peer,
+        what,
+    };
+    // Up to a v2 signature's length, without consuming: TLS then starts from the first byte.
+    let mut first = [0u8; 12];
+    let n = tcp
+        .peek(&mut first)
+        .await
+        .map_err(|e| closed(ConnRefusal::TlsHandshake, format!("reading failed: {e}")))?;
+    if n == 0 || proxy_header::classify(first[0]) == Start::Other {
+        return Ok(peer);
+    }
+    if !state.access.trusted_proxies.contains(peer.ip()) {
+        if proxy_header::looks_like_proxy(&first[..n]) {
+            return Err(closed(
+                ConnRefusal::ProxyUntrusted,
+                "PROXY protocol header from a peer not in --trusted-proxy-ips; closed".into(),
+            ));
+        }
+        // Neither TLS nor PROXY: the handshake fails and says so.
+        return Ok(peer);
+    }
+    match proxy_header::read(tcp).await {
+        Ok(h) => Ok(h.addresses.map_or(peer, |a| a.source)),
+        Err(e) => Err(closed(ConnRefusal::ProxyInvalid, format!("{e}; closed"))),
     }
 }

@@ -10,7 +10,8 @@
 //! Layout (imports flow down this list, never up):
 //! - `serve` (here) assembles the rest: start-up checks, storage, side tasks, listener;
 //! - `tasks`: control socket, event processor, metrics listener, dedupe expiry;
-//! - `listener`: accept loop, TLS handshake, graceful shutdown;
+//! - `listener`: accept loop, PROXY header (`proxy_header`), TLS handshake, graceful
+//!   shutdown, rate-limited warnings about failed connections (`peer_warn`);
 //! - `connection`: HTTP on one connection, routing to the endpoints;
 //! - `handler`: the endpoints and the [`handler::State`] they share; `reply`: answers;
 //! - `store` (with `inflight`): durability and dedupe; `access`: who may drain;
@@ -25,6 +26,8 @@ mod inflight;
 mod listener;
 pub mod metrics;
 mod options;
+mod peer_warn;
+pub mod proxy_header;
 mod reply;
 pub mod store;
 mod tasks;

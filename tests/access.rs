@@ -1,0 +1,258 @@
+//! Who may drain into an instance, end to end with real processes: forwarding headers through
+//! a real TLS-terminating HAProxy (`examples/haproxy-http.cfg`), the PROXY protocol through a
+//! real passthrough HAProxy (`examples/haproxy-tcp.cfg`), PROXY headers from untrusted peers,
+//! ambiguous `Client-IP` lines and wrong content types.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+
+use common::haproxy::HaProxy;
+use common::*;
+use drain::base::QueueKind;
+use drain::wire::{self, ErrorResponse, RejectCode};
+
+const SENDER: &str = "00000000000000000000000000000abc";
+const RUN: &str = "11111111111111111111111111111111";
+
+/// A client from `bind` trusting the PEM certificate(s) in `ca`.
+fn client(ca: &std::path::Path, bind: &str) -> reqwest::Client {
+    drain::tls::install_provider();
+    let pem = std::fs::read(ca).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+        .local_address(bind.parse::<IpAddr>().unwrap())
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// POST a one-message transfer to `https://{addr}` with extra header lines: (status, body).
+fn transfer(c: &reqwest::Client, addr: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let m = message(QueueKind::BounceLite, 1, addr.as_bytes());
+    let mut r = c
+        .post(format!("https://{addr}{}", wire::TRANSFER_PATH))
+        .header(wire::HDR_SENDER, SENDER)
+        .header(wire::HDR_RUN, RUN)
+        .header("content-type", wire::BATCH_CONTENT_TYPE)
+        .body(batch(&[(&m, m.hash)]));
+    for (k, v) in headers {
+        r = r.header(*k, *v); // appends: a second line of the same header stays a line
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = r.send().await.expect("request");
+        let st = resp.status().as_u16();
+        (st, resp.text().await.unwrap_or_default())
+    })
+}
+
+fn code_of(text: &str) -> Option<RejectCode> {
+    serde_json::from_str::<ErrorResponse>(text)
+        .unwrap_or_else(|e| panic!("{e}: {text}"))
+        .code
+}
+
+/// (a) HAProxy `mode http` with `option forwardfor` adds its own X-Forwarded-For line: a
+/// client's forged line naming an allowed address does not get it in.
+#[test]
+fn forged_forwarded_for_through_haproxy_is_refused() {
+    let tmp = TempDir::new("acc-http");
+    let mut cfg = ServeConfig::on("127.0.0.2");
+    cfg.accept = "127.0.0.20/32";
+    cfg.trusted_proxies = Some("127.0.0.1");
+    let s = Server::start(&tmp, "a", cfg);
+    let (cert, key) =
+        drain::tls::write_self_signed(&["127.0.0.1".to_string()], tmp.path(), "lb").unwrap();
+    let both = tmp.path().join("lb-both.pem");
+    let pem = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
+    std::fs::write(&both, pem).unwrap();
+    let lb = HaProxy::start(
+        &tmp,
+        "haproxy-http.cfg",
+        "127.0.0.1",
+        &[
+            ("@CERT@", both.display().to_string()),
+            ("@BACKEND1@", s.dest()),
+        ],
+    );
+    let forged = [("x-forwarded-for", "127.0.0.20")];
+    let (st, text) = transfer(&client(&cert, "127.0.0.7"), &lb.dest(), &forged);
+    assert_eq!(
+        (st, code_of(&text)),
+        (403, Some(RejectCode::NotAllowed)),
+        "{text}"
+    );
+    assert!(text.contains("127.0.0.7"), "{text}");
+    assert!(s.ls().is_empty(), "nothing stored from the forger");
+    let (st, text) = transfer(&client(&cert, "127.0.0.20"), &lb.dest(), &[]);
+    assert_eq!(st, 200, "{text}\n{}", lb.log());
+    assert_eq!(s.ls().len(), 1);
+}
+
+/// (b) HAProxy `mode tcp` passthrough with `send-proxy-v2`: the backend allows the senders'
+/// addresses only, never the balancer's, and a real drain through it delivers everything.
+#[test]
+fn drain_through_a_passthrough_balancer_with_proxy_protocol_v2() {
+    let tmp = TempDir::new("acc-tcp");
+    let mut cfg = ServeConfig::on("127.0.0.2");
+    cfg.accept = "127.0.0.20/32";
+    cfg.trusted_proxies = Some("127.0.0.1");
+    // The senders dial the balancer: the certificate names its address too.
+    let s = Server::start_with_names(&tmp, "a", cfg, &["127.0.0.2", "127.0.0.1"]);
+    let lb = HaProxy::start(
+        &tmp,
+        "haproxy-tcp.cfg",
+        "127.0.0.1",
+        &[("@BACKEND1@", s.dest())],
+    );
+    let ca = ca_bundle(&tmp, &[&s]);
+    let ca = ca.to_str().unwrap();
+
+    let src = tmp.sub("src");
+    let expected = fill(&src, 30);
+    let o = drain(
+        &src,
+        &["--ca-cert", ca, "--bind-ip", "127.0.0.20", &lb.dest()],
+    );
+    assert_eq!(code(&o), 0, "{}\n{}\n{}", show(&o), s.log(), lb.log());
+    assert_census(&[&s], &src, &expected);
+
+    let other = tmp.sub("other");
+    fill(&other, 3);
+    let before = spool_ls(&other);
+    let o = drain(
+        &other,
+        &["--ca-cert", ca, "--bind-ip", "127.0.0.7", &lb.dest()],
+    );
+    assert_eq!(code(&o), 12, "{}", show(&o));
+    assert_eq!(spool_ls(&other), before);
+    assert_eq!(s.ls().len(), expected.len(), "nothing more stored");
+    assert!(
+        s.log().contains("refused drain from 127.0.0.7"),
+        "{}",
+        s.log()
+    );
+}
+
+/// (c) A PROXY header from a peer that is not a trusted proxy closes the connection, with a
+/// warning naming the peer, and is counted.
+#[test]
+fn proxy_header_from_an_untrusted_peer_closes_the_connection() {
+    let tmp = TempDir::new("acc-untrusted");
+    let mut cfg = ServeConfig::on("127.0.0.2");
+    cfg.accept = "127.0.0.20/32";
+    cfg.trusted_proxies = Some("127.0.0.9");
+    cfg.extra = vec!["--metrics-listen".into(), "127.0.0.2:0".into()];
+    let s = Server::start(&tmp, "a", cfg);
+    for header in [
+        &b"PROXY TCP4 127.0.0.20 127.0.0.2 5555 443\r\n"[..],
+        &drain::intake::proxy_header::V2_SIGNATURE[..],
+    ] {
+        // From 127.0.0.1, not a trusted proxy here.
+        let mut sock =
+            std::net::TcpStream::connect_timeout(&s.addr, std::time::Duration::from_secs(5))
+                .unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        sock.write_all(header).unwrap();
+        let mut buf = [0u8; 64];
+        let n = sock.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+    }
+    assert!(s.ls().is_empty());
+    let log = s.log();
+    assert!(
+        log.contains("connection from 127.0.0.1")
+            && log.contains("PROXY protocol header from a peer not in --trusted-proxy-ips"),
+        "{log}"
+    );
+    // Rate-limited: the second refusal of the same peer within a minute is not logged.
+    assert_eq!(
+        log.matches("PROXY protocol header from a peer").count(),
+        1,
+        "{log}"
+    );
+    let m = std::fs::read_to_string(s.data_dir.join("metrics.addr")).unwrap();
+    let text = http_get(m.trim(), "/metrics");
+    assert!(
+        text.contains("drain_intake_connections_refused_total{reason=\"proxy_untrusted\"} 2"),
+        "{text}"
+    );
+}
+
+/// A plain `GET` over TCP, the answer's body.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// (d) Two `Client-IP` lines from a trusted proxy are ambiguous: 400 `bad_forwarding`; a
+/// wrong `Content-Type` is 415 `unsupported_media_type`.
+#[test]
+fn repeated_client_ip_is_400_and_a_wrong_type_415() {
+    let tmp = TempDir::new("acc-cip");
+    let mut cfg = ServeConfig::on("127.0.0.2");
+    cfg.accept = "127.0.0.20/32";
+    cfg.trusted_proxies = Some("127.0.0.9");
+    let s = Server::start(&tmp, "a", cfg);
+    let proxy = client(&s.cert, "127.0.0.9");
+    let two = [("client-ip", "127.0.0.20"), ("client-ip", "127.0.0.7")];
+    let (st, text) = transfer(&proxy, &s.dest(), &two);
+    assert_eq!(
+        (st, code_of(&text)),
+        (400, Some(RejectCode::BadForwarding)),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 Client-IP header lines from proxy 127.0.0.9"),
+        "{text}"
+    );
+    let bad = [("x-forwarded-for", "127.0.0.20, not-an-ip")];
+    let (st, text) = transfer(&proxy, &s.dest(), &bad);
+    assert_eq!(st, 400, "{text}");
+    assert!(text.contains("\\\"not-an-ip\\\""), "{text}");
+    // The line HAProxy adds after a forged one decides.
+    let forged = [
+        ("x-forwarded-for", "127.0.0.20"),
+        ("x-forwarded-for", "127.0.0.7"),
+    ];
+    assert_eq!(transfer(&proxy, &s.dest(), &forged).0, 403);
+    assert!(s.ls().is_empty());
+
+    // An allowed client (through the proxy) sending a form instead of a batch.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (st, text) = rt.block_on(async {
+        let r = proxy
+            .post(format!("https://{}{}", s.dest(), wire::TRANSFER_PATH))
+            .header(wire::HDR_SENDER, SENDER)
+            .header(wire::HDR_RUN, RUN)
+            .header("client-ip", "127.0.0.20")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("a=b")
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(
+        (st, code_of(&text)),
+        (415, Some(RejectCode::UnsupportedMediaType)),
+        "{text}"
+    );
+    assert!(text.contains(wire::BATCH_CONTENT_TYPE), "{text}");
+}

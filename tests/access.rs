@@ -256,3 +256,53 @@ fn repeated_client_ip_is_400_and_a_wrong_type_415() {
     );
     assert!(text.contains(wire::BATCH_CONTENT_TYPE), "{text}");
 }
+
+/// A refusal before the body is read (403, 415, 413 over the limit), over HTTP/2 with a body
+/// larger than what the server discards: curl reads the answer, no "Stream error in the
+/// HTTP/2 framing layer".
+#[test]
+fn refusals_over_http2_end_the_stream_cleanly() {
+    let tmp = TempDir::new("acc-h2");
+    let mut cfg = ServeConfig::on("127.0.0.2");
+    cfg.accept = "127.0.0.20/32";
+    let s = Server::start(&tmp, "a", cfg);
+    let big = tmp.path().join("big");
+    std::fs::write(&big, vec![b'x'; 80 << 20]).unwrap();
+    let curl = |from: &str, path: &str, ctype: &str| {
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "--http2", "--cacert"])
+            .arg(&s.cert)
+            .args([
+                "--interface",
+                from,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .args(["-H", &format!("content-type: {ctype}")])
+            .args(["-H", &format!("{}: {SENDER}", wire::HDR_SENDER)])
+            .args(["-H", &format!("{}: {RUN}", wire::HDR_RUN)])
+            .arg("--data-binary")
+            .arg(format!("@{}", big.display()))
+            .arg(format!("https://{}{path}", s.dest()))
+            .output()
+            .expect("curl installed (tests/run.sh installs it)");
+        (
+            code(&o),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            show(&o),
+        )
+    };
+    let batch_type = wire::BATCH_CONTENT_TYPE;
+    for (from, path, ctype, want) in [
+        ("127.0.0.7", wire::TRANSFER_PATH, batch_type, "403 2"),
+        ("127.0.0.7", wire::QUERY_PATH, "application/json", "403 2"),
+        ("127.0.0.20", wire::TRANSFER_PATH, "text/plain", "415 2"),
+        ("127.0.0.20", wire::QUERY_PATH, "application/json", "413 2"),
+    ] {
+        let (rc, out, all) = curl(from, path, ctype);
+        assert_eq!((rc, out.as_str()), (0, want), "{from} {path}: {all}");
+    }
+    assert!(s.ls().is_empty());
+}

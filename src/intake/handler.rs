@@ -5,19 +5,19 @@
 //! Owns [`State`], what every connection shares. Called by `connection` (routing); calls
 //! `store` (durability), `access` (who may drain) and `metrics`. Invariants: a transfer is
 //! answered `200` only once `store` says every acknowledged message is durable; a refused
-//! request's body is read and dropped first, so the sender reads the refusal rather than a
-//! reset it would have to treat as "maybe stored".
+//! request's body is read and discarded (in the background, bounded: `body`), so the sender
+//! reads the refusal rather than a reset it would have to treat as "maybe stored".
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
 use super::access::{Access, Forwarded};
+use super::body::{self, BodyError};
 use super::metrics::Metrics;
 use super::reply::{Reject, Resp, json};
 use super::store::{Store, TransferGuard};
@@ -122,25 +122,21 @@ fn check_content_type(req: &Request<Incoming>, expected: &str) -> Result<(), Rej
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reject> {
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::too_large(format!(
+    match body::read(req.into_body(), limit).await {
+        Ok(b) => Ok(b),
+        Err(BodyError::TooLarge) => Err(Reject::too_large(format!(
             "request body exceeds {limit} bytes"
         ))),
-        Err(e) => Err(Reject::bad_request(format!(
+        Err(BodyError::Read(e)) => Err(Reject::bad_request(format!(
             "reading the request body failed: {e}"
         ))),
     }
 }
 
-/// Reads and drops a refused request's body (bounded), so the client reads our answer instead
-/// of a connection reset it would have to treat as "maybe stored".
-async fn discard_body(req: Request<Incoming>) {
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        Limited::new(req.into_body(), 64 << 20).collect(),
-    )
-    .await;
+/// Discards a refused request's body in the background (`body`), so the client reads our
+/// answer instead of a reset it would have to treat as "maybe stored".
+fn discard_body(req: Request<Incoming>) {
+    body::discard(req.into_body());
 }
 
 /// `POST /v1/transfer`.
@@ -154,14 +150,14 @@ pub(crate) async fn transfer(
     let caller = match checked {
         Ok(c) => c,
         Err(r) => {
-            discard_body(req).await;
+            discard_body(req);
             return Err(r);
         }
     };
     // From here until the messages are durable (or refused), queries wait for this request.
     let guard = state.store.begin_transfer();
     if !state.accepting.load(Ordering::Relaxed) {
-        discard_body(req).await;
+        discard_body(req);
         return Err(Reject::not_accepting(
             "this instance is not accepting messages (draining or shutting down)".into(),
         ));
@@ -232,7 +228,7 @@ pub(crate) async fn query(
     let caller = match checked {
         Ok(c) => c,
         Err(r) => {
-            discard_body(req).await;
+            discard_body(req);
             return Err(r);
         }
     };

@@ -14,10 +14,12 @@
 //!   shutdown, rate-limited warnings about failed connections (`peer_warn`);
 //! - `connection`: HTTP on one connection, routing to the endpoints;
 //! - `handler`: the endpoints and the [`handler::State`] they share; `reply`: answers;
-//! - `store` (with `inflight`): durability and dedupe; `access`: who may drain;
-//!   `metrics`: counting and the Prometheus exposition; `config`: the settings.
+//! - `store` (with `inflight`): durability and dedupe; `access`: who may drain; `body`:
+//!   reading request bodies, discarding refused ones; `metrics`: counting and the Prometheus
+//!   exposition; `config`: the settings.
 
 pub mod access;
+mod body;
 mod claims;
 pub mod config;
 mod connection;

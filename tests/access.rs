@@ -140,7 +140,8 @@ fn drain_through_a_passthrough_balancer_with_proxy_protocol_v2() {
 }
 
 /// (c) A PROXY header from a peer that is not a trusted proxy closes the connection, with a
-/// warning naming the peer, and is counted.
+/// warning naming the peer, and is counted; so is a failed TLS handshake; one line per peer
+/// per minute.
 #[test]
 fn proxy_header_from_an_untrusted_peer_closes_the_connection() {
     let tmp = TempDir::new("acc-untrusted");
@@ -164,8 +165,23 @@ fn proxy_header_from_an_untrusted_peer_closes_the_connection() {
         let n = sock.read(&mut buf).unwrap_or(0);
         assert_eq!(n, 0, "closed without an answer");
     }
+    // Not TLS at all (plain HTTP to the TLS port), twice from another peer.
+    for _ in 0..2 {
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "--interface", "127.0.0.6", "-m", "10"])
+            .arg(format!("http://{}/v1/health", s.dest()))
+            .output()
+            .expect("curl");
+        assert_ne!(code(&o), 0, "{}", show(&o));
+    }
     assert!(s.ls().is_empty());
     let log = s.log();
+    assert_eq!(
+        log.matches("connection from 127.0.0.6: TLS handshake failed")
+            .count(),
+        1,
+        "{log}"
+    );
     assert!(
         log.contains("connection from 127.0.0.1")
             && log.contains("PROXY protocol header from a peer not in --trusted-proxy-ips"),
@@ -179,10 +195,12 @@ fn proxy_header_from_an_untrusted_peer_closes_the_connection() {
     );
     let m = std::fs::read_to_string(s.data_dir.join("metrics.addr")).unwrap();
     let text = http_get(m.trim(), "/metrics");
-    assert!(
-        text.contains("drain_intake_connections_refused_total{reason=\"proxy_untrusted\"} 2"),
-        "{text}"
-    );
+    for line in [
+        "drain_intake_connections_refused_total{reason=\"proxy_untrusted\"} 2",
+        "drain_intake_connections_refused_total{reason=\"tls_handshake\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in {text}");
+    }
 }
 
 /// A plain `GET` over TCP, the answer's body.

@@ -177,15 +177,15 @@ impl Closed {
             return;
         };
         let note = held_back_note(held_back);
+        let (ip, what) = (self.client.ip(), &self.what);
         if self.client == tcp_peer {
-            tracing::warn!(peer = %self.client, "connection from {}: {}{note}", self.client, self.what);
+            tracing::warn!(peer = %self.client, "connection from {ip}: {what}{note}");
         } else {
             tracing::warn!(
                 peer = %self.client,
                 proxy = %tcp_peer,
-                "connection from {} (through {tcp_peer}): {}{note}",
-                self.client,
-                self.what
+                "connection from {ip} (through {}): {what}{note}",
+                tcp_peer.ip()
             );
         }
     }

@@ -324,3 +324,95 @@ fn refusals_over_http2_end_the_stream_cleanly() {
     }
     assert!(s.ls().is_empty());
 }
+
+/// One transfer over a connection from `bind` that starts with `header` (a PROXY header, or
+/// nothing), then TLS and HTTP/1.1: the answer's status.
+async fn transfer_after(s: &Server, bind: &str, header: &[u8]) -> u16 {
+    use http_body_util::{BodyExt, Full};
+    use tokio::io::AsyncWriteExt;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in drain::tls::load_certs(&s.cert).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{bind}:0").parse().unwrap()).unwrap();
+    let mut tcp = sock.connect(s.addr).await.unwrap();
+    tcp.write_all(header).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(s.addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS after the PROXY header");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let m = message(QueueKind::BounceLite, 1, header);
+    let req = hyper::Request::post(wire::TRANSFER_PATH)
+        .header("host", s.dest())
+        .header(wire::HDR_SENDER, SENDER)
+        .header(wire::HDR_RUN, RUN)
+        .header("content-type", wire::BATCH_CONTENT_TYPE)
+        .body(Full::new(bytes::Bytes::from(batch(&[(&m, m.hash)]))))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let st = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    st
+}
+
+/// PROXY v1 and v2 headers from a trusted peer (no balancer): the address they carry is the
+/// one `accept_drain_from` judges; v2 LOCAL and no header at all keep the peer's.
+#[test]
+fn proxy_headers_from_a_trusted_peer_carry_the_client() {
+    use drain::intake::proxy_header::{Addresses, ProxyHeader, Version};
+    let tmp = TempDir::new("acc-trusted");
+    let mut cfg = ServeConfig::on("127.0.0.2");
+    cfg.accept = "127.0.0.20/32, 127.0.0.9";
+    cfg.trusted_proxies = Some("127.0.0.8, 127.0.0.9");
+    let s = Server::start(&tmp, "a", cfg);
+    let header = |version, from: &str| {
+        ProxyHeader {
+            version,
+            addresses: Some(Addresses {
+                source: format!("{from}:40000").parse().unwrap(),
+                destination: s.addr,
+            }),
+        }
+        .encode()
+        .unwrap()
+    };
+    let local = ProxyHeader {
+        version: Version::V2,
+        addresses: None,
+    }
+    .encode()
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for v in [Version::V1, Version::V2] {
+            assert_eq!(
+                transfer_after(&s, "127.0.0.8", &header(v, "127.0.0.20")).await,
+                200
+            );
+            assert_eq!(
+                transfer_after(&s, "127.0.0.8", &header(v, "127.0.0.7")).await,
+                403
+            );
+        }
+        // LOCAL: the peer, 127.0.0.8, which is not allowed; 127.0.0.9 is.
+        assert_eq!(transfer_after(&s, "127.0.0.8", &local).await, 403);
+        assert_eq!(transfer_after(&s, "127.0.0.9", &local).await, 200);
+        assert_eq!(transfer_after(&s, "127.0.0.9", b"").await, 200);
+    });
+    assert_eq!(s.ls().len(), 4);
+    let log = s.log();
+    assert!(log.contains("refused drain from 127.0.0.7"), "{log}");
+    assert!(log.contains("refused drain from 127.0.0.8"), "{log}");
+}

@@ -24,6 +24,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use super::connection;
 use super::handler::State;
@@ -120,27 +121,7 @@ impl Listener {
         let watcher = self.graceful.watcher();
         let warn = self.warn.clone();
         tokio::spawn(async move {
-            let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                let mut tcp = tcp;
-                let client = prelude(&mut tcp, peer, &state).await?;
-                match acceptor.accept(tcp).await {
-                    Ok(tls) => Ok((tls, client)),
-                    Err(e) => Err(Closed {
-                        why: ConnRefusal::TlsHandshake,
-                        client,
-                        what: format!("TLS handshake failed: {e}"),
-                    }),
-                }
-            })
-            .await
-            .unwrap_or_else(|_| {
-                Err(Closed {
-                    why: ConnRefusal::Timeout,
-                    client: peer,
-                    what: format!("TLS handshake not done within {HANDSHAKE_TIMEOUT:?}"),
-                })
-            });
-            match opened {
+            match open(tcp, peer, &acceptor, &state).await {
                 Ok((tls, client)) => connection::serve(tls, client, state, builder, watcher).await,
                 Err(c) => c.report(peer, &state, &warn),
             }
@@ -159,6 +140,36 @@ impl Listener {
             tracing::warn!("requests still in flight after 30s; stopping anyway");
         }
     }
+}
+
+/// The PROXY header if any, then the TLS handshake, within [`HANDSHAKE_TIMEOUT`] together:
+/// the TLS stream and the client's address.
+async fn open(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: &TlsAcceptor,
+    state: &State,
+) -> Result<(TlsStream<TcpStream>, SocketAddr), Closed> {
+    let opening = async {
+        let client = prelude(&mut tcp, peer, state).await?;
+        match acceptor.accept(tcp).await {
+            Ok(tls) => Ok((tls, client)),
+            Err(e) => Err(Closed {
+                why: ConnRefusal::TlsHandshake,
+                client,
+                what: format!("TLS handshake failed: {e}"),
+            }),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, opening)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Closed {
+                why: ConnRefusal::Timeout,
+                client: peer,
+                what: format!("TLS handshake not done within {HANDSHAKE_TIMEOUT:?}"),
+            })
+        })
 }
 
 /// A connection closed before any request: why, and whom it came from.

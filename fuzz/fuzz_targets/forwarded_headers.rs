@@ -44,8 +44,11 @@ fuzz_target!(|data: &[u8]| {
 /// Every address written in the header text, however it is spelled (`A::04` is `a::4`, with
 /// or without a port or brackets): the oracle the parser's answer is checked against.
 fn written(text: &str) -> Vec<IpAddr> {
-    text.split([',', '\n', ' ', '\t'])
-        .map(|t| t.strip_prefix("c:").unwrap_or(t))
+    // Split on every whitespace the parser trims (`str::trim`: form feed too).
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        // A token may be a `Client-IP` line's start, or an address that begins with `c:`.
+        .flat_map(|t| [Some(t), t.strip_prefix("c:")])
+        .flatten()
         .map(str::trim)
         .filter_map(|t| {
             let t = t.trim_matches('"');

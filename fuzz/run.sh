@@ -28,6 +28,7 @@ dict_of() {
     destination) echo fuzz/dict/destination.dict ;;
     settings_file) echo fuzz/dict/settings.dict ;;
     forwarded_headers) echo fuzz/dict/destination.dict ;;
+    proxy_header) echo fuzz/dict/proxy_header.dict ;;
     *) echo fuzz/dict/json.dict ;;
   esac
 }

@@ -51,6 +51,8 @@
 //! | status | code | meaning for the sender |
 //! | --- | --- | --- |
 //! | `400` | `bad_request` | malformed body or headers: nothing stored |
+//! | `400` | `bad_forwarding` | a trusted proxy's `X-Forwarded-For` / `Client-IP` is invalid or ambiguous (several `Client-IP` lines) |
+//! | `415` | `unsupported_media_type` | the `Content-Type` is missing or not the endpoint's (transfer: `application/vnd.drain.batch.v1`, query: `application/json`) |
 //! | `403` | `not_allowed` | this sender may not drain here: permanent for this destination |
 //! | `408` | `timeout` | the body made no progress for the server's `body_idle_timeout`: nothing stored |
 //! | `413` | `too_large` | the request is over the server's limit: send fewer messages per request |
@@ -62,7 +64,7 @@
 //!
 //! ## `POST /v1/query`: which of these does the server hold for this run?
 //!
-//! JSON [`QueryRequest`] `{"messages": [{"id": "<32 hex>", "hash": "<64 hex>"}, ...]}` (at most
+//! JSON [`QueryRequest`] (`Content-Type: application/json`) `{"messages": [{"id": "<32 hex>", "hash": "<64 hex>"}, ...]}` (at most
 //! [`MAX_QUERY`], else `413`); answer `200` [`QueryResponse`] `{"version": 1, "held": [hash,
 //! ...]}`: the messages the server holds for the `Drain-Sender` and `Drain-Run` of the request,
 //! either recorded in its dedupe store or present in its spool with that id and hash (a server
@@ -105,6 +107,17 @@ pub const FINISH_PATH: &str = "/v1/finish";
 pub const HDR_SENDER: &str = "drain-sender";
 pub const HDR_RUN: &str = "drain-run";
 pub const BATCH_CONTENT_TYPE: &str = "application/vnd.drain.batch.v1";
+/// The `Content-Type` of a `POST /v1/query` body.
+pub const QUERY_CONTENT_TYPE: &str = "application/json";
+
+/// Whether a `Content-Type` value names `expected` (parameters such as `; charset=utf-8`
+/// and the case of the type are ignored).
+pub fn media_type_is(value: &str, expected: &str) -> bool {
+    value
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(expected))
+}
 pub const VERSION: u32 = 1;
 /// Most frames in one transfer request.
 pub const MAX_FRAMES: usize = 4096;
@@ -205,6 +218,11 @@ pub enum RejectCode {
     NotAllowed,
     /// The request or its headers are malformed (`400`).
     BadRequest,
+    /// A trusted proxy's forwarding headers are invalid or ambiguous (`400`): an address that
+    /// is not one, or several `Client-IP` lines.
+    BadForwarding,
+    /// The request's `Content-Type` is not the endpoint's (`415`).
+    UnsupportedMediaType,
     /// The server is not taking messages right now: draining itself, shutting down (`503`).
     NotAccepting,
     /// A temporary failure on the server; the same request may succeed later.
@@ -231,6 +249,8 @@ impl RejectCode {
             RejectCode::TooLarge => "too_large",
             RejectCode::NotAllowed => "not_allowed",
             RejectCode::BadRequest => "bad_request",
+            RejectCode::BadForwarding => "bad_forwarding",
+            RejectCode::UnsupportedMediaType => "unsupported_media_type",
             RejectCode::NotAccepting => "not_accepting",
             RejectCode::Transient => "transient",
             RejectCode::Timeout => "timeout",
@@ -320,6 +340,27 @@ pub fn valid_token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_types_ignore_parameters_and_case() {
+        assert!(media_type_is("application/json", QUERY_CONTENT_TYPE));
+        assert!(media_type_is(
+            " Application/JSON; charset=utf-8",
+            QUERY_CONTENT_TYPE
+        ));
+        assert!(media_type_is(BATCH_CONTENT_TYPE, BATCH_CONTENT_TYPE));
+        assert!(!media_type_is(
+            "application/x-www-form-urlencoded",
+            QUERY_CONTENT_TYPE
+        ));
+        assert!(!media_type_is("", BATCH_CONTENT_TYPE));
+        assert_eq!(
+            RejectCode::UnsupportedMediaType.as_str(),
+            "unsupported_media_type"
+        );
+        let c: RejectCode = serde_json::from_str("\"bad_forwarding\"").unwrap();
+        assert_eq!(c, RejectCode::BadForwarding);
+    }
 
     #[test]
     fn frames_round_trip_and_truncation_is_detected() {

@@ -37,6 +37,19 @@ async fn post(
         .header(wire::HDR_SENDER, SENDER)
         .header(wire::HDR_RUN, run)
         .body(body);
+    // The sender's types; a test that means to send another passes its own.
+    let media = match path {
+        wire::TRANSFER_PATH => Some(wire::BATCH_CONTENT_TYPE),
+        wire::QUERY_PATH => Some(wire::QUERY_CONTENT_TYPE),
+        _ => None,
+    };
+    if let Some(t) = media.filter(|_| {
+        !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    }) {
+        r = r.header("content-type", t);
+    }
     for (k, v) in headers {
         r = r.header(*k, *v);
     }

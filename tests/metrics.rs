@@ -80,6 +80,7 @@ fn transfer(server: &Server, bind: &str, body: Vec<u8>) -> (u16, String) {
             .post(format!("https://{}{}", server.addr, wire::TRANSFER_PATH))
             .header(wire::HDR_SENDER, "00000000000000000000000000000abc")
             .header(wire::HDR_RUN, "22222222222222222222222222222222")
+            .header("content-type", wire::BATCH_CONTENT_TYPE)
             .body(body)
             .send()
             .await

@@ -3,7 +3,8 @@
 #
 #   bash tests/run.sh [CARGO TEST ARGS...]
 #
-# Installs what the tests need when it is missing (fuse3 for the power-loss file system in
+# Installs what the tests need when it is missing (haproxy, nginx and curl for the access
+# tests behind real balancers; fuse3 for the power-loss file system in
 # tests/powerloss; as root, from Debian's packages), then runs every test of the workspace:
 # the drain crate (unit tests, real `drain serve` processes with real TLS on 127.0.0.x, the
 # kill harness) and the power-loss crate (its file system's semantics, then the power-loss
@@ -23,6 +24,9 @@ need() { # need COMMAND DEBIAN-PACKAGE
   fi
 }
 need fusermount3 fuse3
+need haproxy haproxy
+need nginx nginx
+need curl curl
 if [ ! -e /dev/fuse ]; then
   echo "!!! /dev/fuse is missing: the power-loss tests SKIP (they cannot mount) !!!"
 fi

@@ -303,8 +303,10 @@ pub struct ServeArgs {
     /// Nothing is accepted unless listed.
     #[arg(long = "accept-drain-from", value_name = "IP|CIDR")]
     pub accept_drain_from: Vec<String>,
-    /// Proxies whose X-Forwarded-For / Client-IP headers are honoured (IP or CIDR, repeatable
-    /// or comma-separated).
+    /// Proxies and balancers whose word on the sender's address is taken (IP or CIDR,
+    /// repeatable or comma-separated): their PROXY protocol header (v1/v2, before TLS) and
+    /// X-Forwarded-For / Client-IP headers. A PROXY header from any other peer closes the
+    /// connection; their forwarding headers are ignored.
     #[arg(
         long = "trusted-proxy-ips",
         visible_alias = "http-trusted-proxy-ips",

@@ -5,19 +5,18 @@
 //! Owns [`State`], what every connection shares. Called by `connection` (routing); calls
 //! `store` (durability), `access` (who may drain), `body` (reading bodies) and `metrics`.
 //! Invariants: a transfer is answered `200` only once `store` says every acknowledged message
-//! is durable; a refused request's body is read and dropped first (except one declaring more
-//! than the limit: 413 at once), so the sender reads the refusal rather than a reset it would
-//! have to treat as "maybe stored". A body is read whole, within its own limits, before the
-//! transfer takes anything shared (a storing worker): a slow or stalled peer delays only
-//! itself. A query or finish of a run never waits for a body still arriving: it fences it
-//! (see `inflight`).
+//! is durable; a refused request's body is read and discarded (in the background, bounded:
+//! `body`), so the sender reads the refusal rather than a reset it would have to treat as
+//! "maybe stored"; one declaring more than the limit gets 413 at once. A body is read whole,
+//! within its own limits, before the transfer takes anything shared (a storing worker): a slow
+//! or stalled peer delays only itself. A query or finish of a run never waits for a body still
+//! arriving: it fences it (see `inflight`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
@@ -99,14 +98,11 @@ fn check_caller(
     peer: SocketAddr,
     req: &Request<Incoming>,
 ) -> Result<Caller, Reject> {
-    let fwd = Forwarded {
-        x_forwarded_for: header(req, "x-forwarded-for")?,
-        client_ip: header(req, "client-ip")?,
-    };
+    let fwd = Forwarded::from_headers(req.headers());
     let client = state
         .access
         .client_addr(peer.ip(), &fwd)
-        .map_err(Reject::bad_request)?;
+        .map_err(|e| Reject::bad_forwarding(e.to_string()))?;
     if !state.access.allowed(client) {
         tracing::warn!(
             client = %client,
@@ -122,6 +118,17 @@ fn check_caller(
         sender: token(req, wire::HDR_SENDER)?,
         run: token(req, wire::HDR_RUN)?,
     })
+}
+
+/// `415` unless the body is of the endpoint's media type (`wire`'s table).
+fn check_content_type(req: &Request<Incoming>, expected: &str) -> Result<(), Reject> {
+    match header(req, "content-type")? {
+        Some(v) if wire::media_type_is(v, expected) => Ok(()),
+        got => Err(Reject::unsupported_type(format!(
+            "Content-Type {} is not accepted here: send {expected}",
+            got.map_or_else(|| "(none)".to_string(), |v| format!("{v:?}"))
+        ))),
+    }
 }
 
 /// Reads a request's body within its own limits; a body that stopped arriving is logged (WARN,
@@ -145,14 +152,10 @@ async fn read_body(
         })
 }
 
-/// Reads and drops a refused request's body (bounded), so the client reads our answer instead
-/// of a connection reset it would have to treat as "maybe stored".
-async fn discard_body(req: Request<Incoming>) {
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        Limited::new(req.into_body(), 64 << 20).collect(),
-    )
-    .await;
+/// Discards a refused request's body in the background (`body`), so the client reads our
+/// answer instead of a reset it would have to treat as "maybe stored".
+fn discard_body(req: Request<Incoming>) {
+    body::discard(req.into_body());
 }
 
 /// `POST /v1/transfer`.
@@ -164,21 +167,24 @@ pub(crate) async fn transfer(
     let limit = state.max_request_bytes;
     // Refused before a byte of the body is read: waiting for it could take forever.
     if body::declared_over(req.body(), limit) {
+        discard_body(req);
         return Err(Reject::too_large(format!(
             "request body declares more than {limit} bytes (Content-Length)"
         )));
     }
-    let caller = match check_caller(state, peer, &req) {
+    let checked = check_caller(state, peer, &req)
+        .and_then(|c| check_content_type(&req, wire::BATCH_CONTENT_TYPE).map(|()| c));
+    let caller = match checked {
         Ok(c) => c,
         Err(r) => {
-            discard_body(req).await;
+            discard_body(req);
             return Err(r);
         }
     };
     // From here until its body is decoded, a query of this run fences this transfer.
     let arriving = state.store.arriving(&caller.sender, &caller.run);
     if !state.accepting.load(Ordering::Relaxed) {
-        discard_body(req).await;
+        discard_body(req);
         return Err(Reject::not_accepting(
             "this instance is not accepting messages (draining or shutting down)".into(),
         ));
@@ -242,7 +248,15 @@ pub(crate) async fn query(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Resp, Reject> {
-    let caller = check_caller(state, peer, &req)?;
+    let checked = check_caller(state, peer, &req)
+        .and_then(|c| check_content_type(&req, wire::QUERY_CONTENT_TYPE).map(|()| c));
+    let caller = match checked {
+        Ok(c) => c,
+        Err(r) => {
+            discard_body(req);
+            return Err(r);
+        }
+    };
     let body = read_body(state, peer, req, MAX_QUERY_BYTES).await?;
     let q: QueryRequest = serde_json::from_slice(&body)
         .map_err(|e| Reject::bad_request(format!("malformed query: {e}")))?;

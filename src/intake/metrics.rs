@@ -10,6 +10,7 @@
 //! | `drain_intake_bytes_stored_total` | counter | their size in bytes: the spool files, the `size` of `drain spool ls --json` |
 //! | `drain_intake_messages_already_held_total` | counter | dedupe hits: messages acknowledged again without storing (`already_held`, a repeated request) |
 //! | `drain_intake_refusals_total{reason}` | counter | refusals, by `reason` (below) |
+//! | `drain_intake_connections_refused_total{reason}` | counter | connections closed before any request: `tls_handshake` (the handshake failed), `timeout` (handshake or PROXY header not done in time), `proxy_untrusted` (a PROXY header from a peer not in `--trusted-proxy-ips`), `proxy_invalid` (a malformed PROXY header from a trusted proxy) |
 //! | `drain_intake_transfer_duration_seconds` | histogram | time from a `POST /v1/transfer` reaching the handler to its answer (every answer, refusals included) |
 //! | `drain_intake_connections_over_peer_limit_total` | counter | connections closed at accept because their peer address already had `max_connections_per_peer` open |
 //! | `drain_intake_header_timeouts_total` | counter | connections closed because a request header did not arrive within `header_read_timeout` |
@@ -21,15 +22,16 @@
 //!
 //! `reason` of `drain_intake_refusals_total`: a whole request refused, on any endpoint, counts
 //! one: `forbidden` (403, peer not in `accept_drain_from`), `too_large` (413), `bad_request`
-//! (400: malformed body or headers), `unavailable` (503: draining, shutting down, or a query
-//! that must be asked again), `not_found` (404), `error` (500: storing failed), `body_timeout`
-//! (408: the body made no progress for `body_idle_timeout`). A message rejected inside an
-//! accepted transfer counts one: `hash_mismatch`, `malformed` (not a valid spool file),
-//! `id_conflict` (a different message with that id is held here), `transient` (could not check
-//! the copy held; the sender retries), `fenced` (a query or finish of its run came while the
-//! transfer was arriving), `other`. A TLS handshake refused for the client's certificate
-//! (`--client-ca`: none presented, or not issued by that CA) counts one `client_certificate`,
-//! classified by the typed rustls error. Every reason is exported from
+//! (400: malformed body or headers, forwarding headers included), `unsupported_media_type`
+//! (415: not the endpoint's `Content-Type`), `unavailable` (503: draining, shutting down, or a
+//! query that must be asked again), `not_found` (404), `error` (500: storing failed),
+//! `body_timeout` (408: the body made no progress for `body_idle_timeout`). A message rejected
+//! inside an accepted transfer counts one: `hash_mismatch`, `malformed` (not a valid spool
+//! file), `id_conflict` (a different message with that id is held here), `transient` (could
+//! not check the copy held; the sender retries), `fenced` (a query or finish of its run came
+//! while the transfer was arriving), `other`. A TLS handshake refused for the client's
+//! certificate (`--client-ca`: none presented, or not issued by that CA) counts one
+//! `client_certificate`, classified by the typed rustls error. Every reason is exported from
 //! the start, at 0. Refusals are classified by the answer's status and the result's
 //! [`RejectCode`], never by the human reason text.
 //!
@@ -68,6 +70,7 @@ pub enum Refusal {
     Forbidden,
     TooLarge,
     BadRequest,
+    UnsupportedMediaType,
     Unavailable,
     NotFound,
     Error,
@@ -82,10 +85,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 14] = [
+    pub const ALL: [Refusal; 15] = [
         Refusal::Forbidden,
         Refusal::TooLarge,
         Refusal::BadRequest,
+        Refusal::UnsupportedMediaType,
         Refusal::Unavailable,
         Refusal::NotFound,
         Refusal::Error,
@@ -104,6 +108,7 @@ impl Refusal {
             Refusal::Forbidden => "forbidden",
             Refusal::TooLarge => "too_large",
             Refusal::BadRequest => "bad_request",
+            Refusal::UnsupportedMediaType => "unsupported_media_type",
             Refusal::Unavailable => "unavailable",
             Refusal::NotFound => "not_found",
             Refusal::Error => "error",
@@ -126,6 +131,7 @@ impl Refusal {
             408 => Some(Refusal::BodyTimeout),
             413 => Some(Refusal::TooLarge),
             400 => Some(Refusal::BadRequest),
+            415 => Some(Refusal::UnsupportedMediaType),
             503 => Some(Refusal::Unavailable),
             404 | 405 => Some(Refusal::NotFound),
             500 => Some(Refusal::Error),
@@ -176,6 +182,64 @@ impl Collector for Refusals {
     }
 }
 
+/// Why a connection was closed before any request: the `reason` label of
+/// `drain_intake_connections_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnRefusal {
+    /// The TLS handshake failed (not TLS, no common protocol, a bad certificate, ...).
+    TlsHandshake,
+    /// The TLS handshake (or the PROXY header before it) did not finish in time.
+    Timeout,
+    /// A PROXY protocol header from a peer not in `--trusted-proxy-ips`.
+    ProxyUntrusted,
+    /// A malformed or oversized PROXY protocol header from a trusted proxy.
+    ProxyInvalid,
+}
+
+impl ConnRefusal {
+    pub const ALL: [ConnRefusal; 4] = [
+        ConnRefusal::TlsHandshake,
+        ConnRefusal::Timeout,
+        ConnRefusal::ProxyUntrusted,
+        ConnRefusal::ProxyInvalid,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnRefusal::TlsHandshake => "tls_handshake",
+            ConnRefusal::Timeout => "timeout",
+            ConnRefusal::ProxyUntrusted => "proxy_untrusted",
+            ConnRefusal::ProxyInvalid => "proxy_invalid",
+        }
+    }
+}
+
+impl EncodeLabelValue for ConnRefusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.label())
+    }
+}
+
+/// `drain_intake_connections_refused_total`, one counter per reason in [`ConnRefusal::ALL`]
+/// order.
+#[derive(Debug, Default)]
+struct ConnRefusals([Counter; ConnRefusal::ALL.len()]);
+
+impl Collector for ConnRefusals {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "drain_intake_connections_refused",
+            "Connections closed before any request (TLS handshake, PROXY header), by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in ConnRefusal::ALL {
+            self.0[r as usize].encode(family.encode_family(&[("reason", r)])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Upper bounds (seconds) of the transfer latency histogram's buckets; `+Inf` follows.
 pub const LATENCY_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -188,6 +252,7 @@ pub struct Metrics {
     stored_bytes: Counter,
     already_held: Counter,
     refusals: Arc<Refusals>,
+    conn_refusals: Arc<ConnRefusals>,
     transfer_seconds: Histogram,
     over_peer_limit: Counter,
     header_timeouts: Counter,
@@ -228,6 +293,8 @@ impl Metrics {
         // Every reason is exported from the start, at 0.
         let refusals = Arc::new(Refusals::default());
         registry.register_collector(Box::new(refusals.clone()));
+        let conn_refusals = Arc::new(ConnRefusals::default());
+        registry.register_collector(Box::new(conn_refusals.clone()));
         let transfer_seconds = Histogram::new(LATENCY_BUCKETS);
         registry.register(
             "drain_intake_transfer_duration_seconds",
@@ -241,6 +308,7 @@ impl Metrics {
             stored_bytes,
             already_held,
             refusals,
+            conn_refusals,
             transfer_seconds,
             over_peer_limit,
             header_timeouts,
@@ -266,6 +334,11 @@ impl Metrics {
         if crate::tls::is_client_cert_failure(e) {
             self.refused(Refusal::ClientCertificate);
         }
+    }
+
+    /// Counts a connection closed before any request.
+    pub fn connection_refused(&self, reason: ConnRefusal) {
+        self.conn_refusals.0[reason as usize].inc();
     }
 
     /// Counts a whole request's answer (a refusal unless 2xx).
@@ -579,6 +652,14 @@ mod tests {
         for r in Refusal::ALL {
             want += &format!(
                 "drain_intake_refusals_total{{reason=\"{}\"}} 0\n",
+                r.label()
+            );
+        }
+        want += "# HELP drain_intake_connections_refused_total Connections closed before any request (TLS handshake, PROXY header), by reason.\n\
+                 # TYPE drain_intake_connections_refused_total counter\n";
+        for r in ConnRefusal::ALL {
+            want += &format!(
+                "drain_intake_connections_refused_total{{reason=\"{}\"}} 0\n",
                 r.label()
             );
         }

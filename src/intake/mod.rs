@@ -10,10 +10,13 @@
 //! Layout (imports flow down this list, never up):
 //! - `serve` (here) assembles the rest: start-up checks, storage, side tasks, listener;
 //! - `tasks`: control socket, event processor, metrics listener, dedupe expiry;
-//! - `listener`: accept loop, TLS handshake, graceful shutdown;
+//! - `listener`: accept loop, PROXY header (`proxy_header`), TLS handshake, graceful
+//!   shutdown, rate-limited warnings about failed connections (`peer_warn`);
 //! - `connection`: HTTP on one connection, routing to the endpoints;
 //! - `handler`: the endpoints and the [`handler::State`] they share; `reply`: answers; `body`:
-//!   reading a body within its own size and idle limits; `peers`: connections per address;
+//!   reading a body within its own size and idle limits, discarding refused ones; `peers`:
+//!   connections per address; `peer_warn`: rate-limited warnings per peer; `proxy_header`: the
+//!   PROXY protocol;
 //! - `store` (with `inflight`: transfers in progress and the query fence, and `claims`):
 //!   durability and dedupe; `access`: who may drain;
 //!   `metrics`: counting and the Prometheus exposition; `config`: the settings.
@@ -28,7 +31,9 @@ mod inflight;
 mod listener;
 pub mod metrics;
 mod options;
+mod peer_warn;
 mod peers;
+pub mod proxy_header;
 mod reply;
 pub mod store;
 mod tasks;

@@ -3,8 +3,8 @@
 //!
 //! Used by `handler` (the endpoints) and `connection` (unknown routes). Invariant: every
 //! non-2xx answer has an [`ErrorResponse`] body; every refusal of a drain request carries its
-//! code (403 `not_allowed`, 408 `timeout`, 413 `too_large`, 400 `bad_request`, 503
-//! `not_accepting`, 500 `transient`).
+//! code (403 `not_allowed`, 408 `timeout`, 413 `too_large`, 400 `bad_request` or
+//! `bad_forwarding`, 415 `unsupported_media_type`, 503 `not_accepting`, 500 `transient`).
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -41,6 +41,24 @@ impl Reject {
         Reject::new(
             StatusCode::BAD_REQUEST,
             Some(RejectCode::BadRequest),
+            message,
+        )
+    }
+
+    /// 400: a trusted proxy's forwarding headers are invalid or ambiguous.
+    pub fn bad_forwarding(message: String) -> Reject {
+        Reject::new(
+            StatusCode::BAD_REQUEST,
+            Some(RejectCode::BadForwarding),
+            message,
+        )
+    }
+
+    /// 415: the body is not of the endpoint's media type.
+    pub fn unsupported_type(message: String) -> Reject {
+        Reject::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some(RejectCode::UnsupportedMediaType),
             message,
         )
     }
@@ -138,6 +156,16 @@ mod tests {
                 Reject::not_accepting("x".into()),
                 503,
                 Some(RejectCode::NotAccepting),
+            ),
+            (
+                Reject::bad_forwarding("x".into()),
+                400,
+                Some(RejectCode::BadForwarding),
+            ),
+            (
+                Reject::unsupported_type("x".into()),
+                415,
+                Some(RejectCode::UnsupportedMediaType),
             ),
             (Reject::failed("x".into()), 500, Some(RejectCode::Transient)),
             (Reject::timeout("x".into()), 408, Some(RejectCode::Timeout)),

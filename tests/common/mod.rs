@@ -3,12 +3,14 @@
 //! `servers` (real `drain serve` destinations), `spool` (filling and listing spools), `process`
 //! (background drains, readiness by output, time limits), `inspect` (the journal through
 //! `drain inspect --json`), `census` (where every message ended up), `events` (an event
-//! endpoint) and `proxy` (a TLS-terminating proxy that drops answers). Each test crate uses
+//! endpoint), `proxy` (a TLS-terminating proxy that drops answers) and `haproxy` (a real HAProxy
+//! from `examples/`). Each test crate uses
 //! what it needs, hence `dead_code` allowed.
 #![allow(dead_code)]
 
 pub mod census;
 pub mod events;
+pub mod haproxy;
 pub mod inspect;
 pub mod process;
 pub mod proxy;

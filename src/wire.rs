@@ -234,6 +234,9 @@ pub enum RejectCode {
     /// while this transfer was still arriving: not stored, so that the query's "not held" stays
     /// true. Send it again.
     Fenced,
+    /// The server's disk has no room for the message: nothing of it was stored (`507` for a
+    /// whole request).
+    InsufficientStorage,
     /// A code from a newer peer that this build does not know.
     #[serde(other)]
     Unknown,
@@ -255,6 +258,7 @@ impl RejectCode {
             RejectCode::Transient => "transient",
             RejectCode::Timeout => "timeout",
             RejectCode::Fenced => "fenced",
+            RejectCode::InsufficientStorage => "insufficient_storage",
             RejectCode::Unknown => "unknown",
         }
     }

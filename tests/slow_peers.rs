@@ -276,6 +276,7 @@ fn a_query_fences_a_stalled_transfer_of_its_run_and_answers_at_once() {
             .post(format!("https://{}{}", s.addr, wire::TRANSFER_PATH))
             .header(wire::HDR_SENDER, SENDER)
             .header(wire::HDR_RUN, RUN)
+            .header("content-type", wire::BATCH_CONTENT_TYPE)
             .body(body.clone())
             .send()
             .await

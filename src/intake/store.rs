@@ -238,8 +238,10 @@ impl Store {
 
     /// Which of `asked` (id, hash) this instance holds for (sender, run): recorded in the
     /// dedupe table, or present in the spool with that hash (stored by a request whose
-    /// dedupe record was lost to a crash; the record is added now and the file's directory
-    /// fsynced, so the answer is durable).
+    /// dedupe record was lost to a crash; the file's directory is fsynced first, so the answer
+    /// is durable). A query otherwise writes nothing: the dedupe record and the intake event
+    /// such a copy may have lost are written best effort (a full disk does not fail a query;
+    /// the failure is logged, and the copy still answers for itself from the spool).
     pub async fn held(
         &self,
         sender: &str,
@@ -247,8 +249,20 @@ impl Store {
         asked: Vec<(MessageId, [u8; 32])>,
     ) -> Result<Vec<[u8; 32]>, StoreError> {
         let (s, r) = (sender.to_string(), run.to_string());
-        self.blocking_then_record(move |st| st.held_blocking(&s, &r, &asked))
-            .await
+        let this = self.clone();
+        let (held, entries) =
+            tokio::task::spawn_blocking(move || this.held_blocking(&s, &r, &asked))
+                .await
+                .map_err(|e| StoreError::Worker(e.to_string()))??;
+        if !entries.is_empty()
+            && let Err(e) = self.committer.submit(Write::Insert(entries)).await
+        {
+            tracing::warn!(
+                "recording dedupe keys of copies found held failed: {}",
+                self.db_err(e)
+            );
+        }
+        Ok(held)
     }
 
     #[allow(clippy::type_complexity)]
@@ -281,8 +295,10 @@ impl Store {
         for q in dirs {
             crate::spool::sync_dir(&self.spool.queue_dir(q))?;
         }
-        // Its intake event may have been lost with the dedupe record.
-        self.record_events(&entries)?;
+        // Its intake event may have been lost with the dedupe record (best effort: see `held`).
+        if let Err(e) = self.record_events(&entries) {
+            tracing::warn!("recording intake events of copies found held failed: {e}");
+        }
         Ok((held, entries))
     }
 
@@ -363,6 +379,7 @@ impl Store {
         }
         drop(dedupe);
         drop(txn);
+        let (to_store, entries) = self.room_for(to_store, entries, &mut results);
         self.make_durable(&to_store, held_dirs, &entries)?;
         drop(claims);
         Ok((results, entries))
@@ -435,6 +452,65 @@ impl Store {
                 Some(format!("cannot check the copy already held: {e}")),
             )),
         })
+    }
+
+    /// Keeps only the new messages the disk has room for (with a margin for the directory,
+    /// the events and the dedupe records); the others are answered `insufficient_storage`
+    /// before a byte of them is written: definitively not stored, so the sender may send them
+    /// elsewhere. Copies found held are not affected (they are here already).
+    fn room_for(
+        &self,
+        to_store: Vec<Message>,
+        entries: Vec<DedupeEntry>,
+        results: &mut [ItemResult],
+    ) -> (Vec<Message>, Vec<DedupeEntry>) {
+        const MARGIN: u64 = 4 << 20;
+        if to_store.is_empty() {
+            return (to_store, entries);
+        }
+        let dir = self.spool.queue_dir(to_store[0].header.queue);
+        let Ok(mut free) = crate::base::durable::available_bytes(&dir) else {
+            return (to_store, entries);
+        };
+        free = free.saturating_sub(MARGIN);
+        let mut keep = Vec::with_capacity(to_store.len());
+        let mut refused = HashSet::new();
+        for m in to_store {
+            let need = m.bytes.len() as u64 * 2;
+            if need <= free {
+                free -= need;
+                keep.push(m);
+            } else {
+                refused.insert(m.hash.0);
+            }
+        }
+        if refused.is_empty() {
+            return (keep, entries);
+        }
+        tracing::warn!(
+            "the disk holding {} is full: {} messages refused (507), nothing of them written",
+            dir.display(),
+            refused.len()
+        );
+        for r in results.iter_mut() {
+            if r.outcome == Outcome::Stored && refused.contains(&r.hash.0) {
+                *r = item(
+                    r.hash,
+                    None,
+                    Outcome::RejectedTransient,
+                    Some(RejectCode::InsufficientStorage),
+                    Some(format!(
+                        "no room on this instance's disk ({}); nothing stored",
+                        dir.display()
+                    )),
+                );
+            }
+        }
+        let entries = entries
+            .into_iter()
+            .filter(|e| !refused.contains(&e.hash))
+            .collect();
+        (keep, entries)
     }
 
     /// Writes the new messages durably, fsyncs the directories of copies found held (they

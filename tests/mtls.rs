@@ -311,3 +311,53 @@ fn check_config_names_a_bad_client_ca() {
         assert!(err.contains(what), "{what:?} not in\n{err}");
     }
 }
+
+/// `--check-config` (and the serve itself) refuse the serve's own certificate when it has
+/// expired or is not valid yet, naming the file and its dates (issue 9, point 11).
+#[test]
+fn check_config_refuses_an_expired_or_future_serving_certificate() {
+    let tmp = TempDir::new("cert-dates");
+    let (_, key) = drain::tls::write_self_signed(&["127.0.0.80".into()], tmp.path(), "k").unwrap();
+    let kp = KeyPair::from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    let cases = [
+        (
+            "expired",
+            time::macros::datetime!(2001-01-01 00:00 UTC),
+            time::macros::datetime!(2002-01-01 00:00 UTC),
+            "the serve's TLS certificate expired on 2002-01-01 00:00 UTC (valid from 2001-01-01 00:00 UTC)",
+        ),
+        (
+            "future",
+            time::macros::datetime!(2090-01-01 00:00 UTC),
+            time::macros::datetime!(2091-01-01 00:00 UTC),
+            "the serve's TLS certificate is not valid before 2090-01-01 00:00 UTC",
+        ),
+    ];
+    for (name, from, until, want) in cases {
+        let mut p = CertificateParams::new(vec!["127.0.0.80".to_string()]).unwrap();
+        p.not_before = from;
+        p.not_after = until;
+        let cert = write(
+            tmp.path().join(format!("{name}.pem")),
+            &p.self_signed(&kp).unwrap().pem(),
+        );
+        let o = drain_bare(&[
+            "serve",
+            "--listen",
+            "127.0.0.80:0",
+            "--accept-drain-from",
+            "127.0.0.1",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--check-config",
+        ]);
+        assert_eq!(code(&o), 1, "{name}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&cert.display().to_string()) && err.contains(want),
+            "{name}: {err}"
+        );
+    }
+}

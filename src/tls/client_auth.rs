@@ -35,7 +35,7 @@ pub fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsErro
     let now = time::OffsetDateTime::now_utc();
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs {
-        validity::check_current(ca, &cert, now)?;
+        validity::check_current(ca, &cert, now, "the CA certificate")?;
         roots.add(cert).map_err(|e| TlsError::Pem {
             path: ca.into(),
             reason: format!("not a usable CA certificate: {e}"),

@@ -74,6 +74,12 @@ pub fn server_config_mtls(
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     install_provider();
     let certs = load_certs(cert)?;
+    // An expired (or not yet valid) certificate would fail every handshake: refuse it at start
+    // and in --check-config, with its dates.
+    if let Some(leaf) = certs.first() {
+        let now = time::OffsetDateTime::now_utc();
+        validity::check_current(cert, leaf, now, "the serve's TLS certificate")?;
+    }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
         path: key.into(),
         reason: e.to_string(),

@@ -2,7 +2,8 @@
 //! expired (or not yet valid) when it is loaded rather than by every handshake failing.
 //!
 //! Reads only the path `Certificate > TBSCertificate > Validity` of RFC 5280; anything it
-//! cannot read is reported as unreadable, never guessed. Used by `client_auth`.
+//! cannot read is reported as unreadable, never guessed. Used by `client_auth` (CA files) and
+//! the server configuration (the serve's own certificate).
 
 use std::path::Path;
 
@@ -11,11 +12,13 @@ use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
 
 use super::TlsError;
 
-/// Checks that `cert` (from the file `path`) is valid at `now`.
+/// Checks that `cert` (from the file `path`; `what` names it in messages: "the CA
+/// certificate") is valid at `now`.
 pub fn check_current(
     path: &Path,
     cert: &CertificateDer<'_>,
     now: OffsetDateTime,
+    what: &str,
 ) -> Result<(), TlsError> {
     let bad = |reason: String| TlsError::Pem {
         path: path.into(),
@@ -24,12 +27,17 @@ pub fn check_current(
     let (from, until) =
         period(cert).ok_or_else(|| bad("cannot read the certificate's validity period".into()))?;
     if now > until {
-        return Err(bad(format!("the CA certificate expired on {}", day(until))));
+        return Err(bad(format!(
+            "{what} expired on {} (valid from {})",
+            day(until),
+            day(from)
+        )));
     }
     if now < from {
         return Err(bad(format!(
-            "the CA certificate is not valid before {}",
-            day(from)
+            "{what} is not valid before {} (valid until {}); check this machine's clock",
+            day(from),
+            day(until)
         )));
     }
     Ok(())
@@ -123,15 +131,19 @@ mod tests {
         let c = cert_valid(from, until);
         assert_eq!(period(&c), Some((from, until)));
         let p = Path::new("ca.pem");
-        assert!(check_current(p, &c, now).is_ok());
+        assert!(check_current(p, &c, now, "the CA certificate").is_ok());
         let old = cert_valid(now - 10 * day, now - day);
-        let e = check_current(p, &old, now).unwrap_err().to_string();
+        let e = check_current(p, &old, now, "the CA certificate")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("ca.pem: the CA certificate expired on"),
             "{e}"
         );
         let future = cert_valid(now + day, now + 10 * day);
-        let e = check_current(p, &future, now).unwrap_err().to_string();
+        let e = check_current(p, &future, now, "the CA certificate")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not valid before"), "{e}");
         assert_eq!(period(b"\x30\x03\x02\x01"), None);
     }

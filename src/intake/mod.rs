@@ -17,7 +17,8 @@
 //!   reading a body within its own size and idle limits, discarding refused ones; `peers`:
 //!   connections per address; `peer_warn`: rate-limited warnings per peer; `proxy_header`: the
 //!   PROXY protocol;
-//! - `store` (with `inflight`: transfers in progress and the query fence, and `claims`):
+//! - `store` (with `inflight`: transfers in progress and the query fence, `claims`, and
+//!   `verdicts`: the per-frame checks and results):
 //!   durability and dedupe; `access`: who may drain;
 //!   `metrics`: counting and the Prometheus exposition; `config`: the settings.
 
@@ -37,6 +38,7 @@ pub mod proxy_header;
 mod reply;
 pub mod store;
 mod tasks;
+mod verdicts;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

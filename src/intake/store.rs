@@ -30,17 +30,12 @@ use tokio::sync::Semaphore;
 use super::claims::{Claim, ClaimSet, Claims};
 use super::inflight::InFlight;
 pub use super::inflight::{Arriving, Fence, Storing};
+use super::verdicts::{check_frame, fenced, id_conflict, item, no_room};
 use crate::base::{ContentHash, MessageId, QueueKind, Timestamp};
 use crate::events::{Event, EventQueue};
 use crate::groupcommit::Committer;
 use crate::spool::{Message, Spool, SpoolError};
 use crate::wire::{Frame, ItemResult, Outcome, RejectCode};
-
-/// How the human reasons of rejected messages begin. Text only: senders and metrics act on
-/// the result's [`RejectCode`], never on these words.
-const REASON_HASH_MISMATCH: &str = "hash mismatch";
-const REASON_MALFORMED: &str = "malformed spool file";
-const REASON_ID_CONFLICT: &str = "id conflict";
 
 /// (sender instance id, sender run id, message hash) -> `DedupeRecord` JSON.
 const DEDUPE: TableDefinition<(&str, &str, [u8; 32]), &[u8]> = TableDefinition::new("dedupe");
@@ -494,16 +489,7 @@ impl Store {
         );
         for r in results.iter_mut() {
             if r.outcome == Outcome::Stored && refused.contains(&r.hash.0) {
-                *r = item(
-                    r.hash,
-                    None,
-                    Outcome::RejectedTransient,
-                    Some(RejectCode::InsufficientStorage),
-                    Some(format!(
-                        "no room on this instance's disk ({}); nothing stored",
-                        dir.display()
-                    )),
-                );
+                *r = no_room(r.hash, &dir);
             }
         }
         let entries = entries
@@ -555,78 +541,6 @@ enum Verdict {
     FoundHeld(ItemResult, DedupeEntry),
     /// New: to be stored.
     Store(Message, DedupeEntry),
-}
-
-/// A different message with the same id is held here, or being stored right now.
-fn id_conflict(hash: ContentHash, id: MessageId) -> ItemResult {
-    item(
-        hash,
-        Some(id),
-        Outcome::RejectedPermanent,
-        Some(RejectCode::IdConflict),
-        Some(format!(
-            "{REASON_ID_CONFLICT}: a different message with id {id} is held here"
-        )),
-    )
-}
-
-/// A query or finish of this run came while the transfer was arriving: not stored, so that its
-/// "not held" answer stays true.
-fn fenced(hash: ContentHash) -> ItemResult {
-    item(
-        hash,
-        None,
-        Outcome::RejectedTransient,
-        Some(RejectCode::Fenced),
-        Some(
-            "fenced: a query or finish of this run came while this transfer was still \
-             arriving, so it was not stored; send it again"
-                .into(),
-        ),
-    )
-}
-
-fn item(
-    hash: ContentHash,
-    id: Option<MessageId>,
-    outcome: Outcome,
-    code: Option<RejectCode>,
-    reason: Option<String>,
-) -> ItemResult {
-    ItemResult {
-        hash,
-        id,
-        outcome,
-        code,
-        reason,
-    }
-}
-
-/// Checks a frame on its own (nothing read from disk): its bytes hash to the hash sent and
-/// form a valid spool file. A failure is the frame's permanent rejection.
-fn check_frame(frame: Frame) -> Result<Message, ItemResult> {
-    let sent = frame.hash;
-    let actual = crate::spool::format::hash(&frame.file);
-    if actual != sent {
-        return Err(item(
-            sent,
-            None,
-            Outcome::RejectedPermanent,
-            Some(RejectCode::HashMismatch),
-            Some(format!(
-                "{REASON_HASH_MISMATCH}: the content hashes to {actual}"
-            )),
-        ));
-    }
-    Message::from_bytes(frame.file).map_err(|e| {
-        item(
-            sent,
-            None,
-            Outcome::RejectedPermanent,
-            Some(RejectCode::Malformed),
-            Some(format!("{REASON_MALFORMED}: {e}")),
-        )
-    })
 }
 
 impl Store {

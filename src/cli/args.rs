@@ -128,6 +128,14 @@ pub struct DrainArgs {
 }
 
 impl DrainArgs {
+    /// `--client-cert` and `--client-key` (clap requires both or neither).
+    pub fn client_identity(&self) -> Option<crate::tls::ClientIdentity> {
+        self.client_cert
+            .clone()
+            .zip(self.client_key.clone())
+            .map(|(cert, key)| crate::tls::ClientIdentity { cert, key })
+    }
+
     pub fn concurrency(&self) -> usize {
         self.concurrency
             .unwrap_or_else(crate::engine::default_concurrency)
@@ -147,11 +155,7 @@ impl DrainArgs {
             concurrency: self.concurrency(),
             bind_ip: self.bind_ip,
             ca_cert: self.ca_cert.clone(),
-            client_identity: self
-                .client_cert
-                .clone()
-                .zip(self.client_key.clone())
-                .map(|(cert, key)| crate::tls::ClientIdentity { cert, key }),
+            client_identity: self.client_identity(),
             max_in_flight_bytes: self.max_in_flight_bytes,
             batch_size: self.batch_size,
             mode,

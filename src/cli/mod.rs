@@ -71,6 +71,33 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// `drain serve`: validate the settings (`--check-config`), or serve until a signal.
+fn serve(
+    a: args::ServeArgs,
+    data_dir: Option<&std::path::Path>,
+    need_dir: impl Fn() -> anyhow::Result<std::path::PathBuf>,
+) -> anyhow::Result<i32> {
+    if a.check_config {
+        // Validates without serving: no data directory, lock or listener needed.
+        let settings = a.settings()?;
+        settings.check()?;
+        for w in settings.warnings(data_dir) {
+            let _ = writeln!(std::io::stderr(), "drain serve: warning: {w}");
+        }
+        let _ = std::io::stdout().write_all(settings.to_toml().as_bytes());
+        let _ = writeln!(std::io::stderr(), "drain serve: the settings are valid");
+        return Ok(0);
+    }
+    let opts = a.into_options(need_dir()?)?;
+    runtime()?.block_on(async {
+        crate::intake::serve(opts, async {
+            wait_for_signal().await;
+        })
+        .await
+    })?;
+    Ok(0)
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let data_dir = cli.data_dir.clone();
     let need_dir = || {
@@ -85,27 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         );
     }
     match cli.command {
-        Some(Command::Serve(a)) => {
-            if a.check_config {
-                // Validates without serving: no data directory, lock or listener needed.
-                let settings = a.settings()?;
-                settings.check()?;
-                for w in settings.warnings(data_dir.as_deref()) {
-                    let _ = writeln!(std::io::stderr(), "drain serve: warning: {w}");
-                }
-                let _ = std::io::stdout().write_all(settings.to_toml().as_bytes());
-                let _ = writeln!(std::io::stderr(), "drain serve: the settings are valid");
-                return Ok(0);
-            }
-            let opts = a.into_options(need_dir()?)?;
-            runtime()?.block_on(async {
-                crate::intake::serve(opts, async {
-                    wait_for_signal().await;
-                })
-                .await
-            })?;
-            Ok(0)
-        }
+        Some(Command::Serve(a)) => serve(*a, data_dir.as_deref(), need_dir),
         Some(Command::Spool(cmd)) => spool_cmd::run(&need_dir()?, cmd),
         Some(Command::Resume(a)) => {
             let dests = args::parse_destinations(&a.destinations)?;
@@ -123,12 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 data_dir: need_dir()?,
                 ca_cert: cli.drain.ca_cert.clone(),
                 bind_ip: cli.drain.bind_ip,
-                client_identity: cli
-                    .drain
-                    .client_cert
-                    .clone()
-                    .zip(cli.drain.client_key.clone())
-                    .map(|(cert, key)| crate::tls::ClientIdentity { cert, key }),
+                client_identity: cli.drain.client_identity(),
             };
             let out = crate::engine::recover::recover(opts)?;
             let _ = std::io::stdout().write_all(out.render(cli.json || a.json)?.as_bytes());

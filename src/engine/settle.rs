@@ -6,7 +6,11 @@
 //! `acked`, then removal), and return the rest as an outcome ([`Confirmed`]); the caller decides
 //! what happens next (re-send to the same destination, or route elsewhere). The one exception
 //! to "never elsewhere" is `--reassign-after`: when the destination stays unreachable that long
-//! (measured per destination), the messages are journaled `reassigned` (possible duplicates).
+//! (measured per instance), the messages are journaled `reassigned` (possible duplicates).
+//!
+//! Behind a load balancer, messages are pinned to the instance they were sent to (the items
+//! carry it, from the journal): the query names it (`Drain-Target-Instance`), and a `421` (another
+//! instance answered) means "ask again", soon ([`QUICK_RETRIES`] times), never "not held".
 //!
 //! Never sends and never calls back into routing. Uses `run`, `item`, `ledger` and `client`;
 //! called by `route` (after an ambiguous request) and `resume` (after an interruption).
@@ -18,6 +22,12 @@ use super::item::Item;
 use super::ledger;
 use super::run::Run;
 use crate::base::{ContentHash, backoff};
+
+/// Queries answered `421` (another instance behind the balancer) that are asked again almost
+/// at once, before the normal backoff applies.
+pub(crate) const QUICK_RETRIES: u32 = 12;
+/// The pause before asking again after a `421`.
+const QUICK_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// How confirming in-doubt messages with their destination ended.
 pub(crate) enum Confirmed {
@@ -52,18 +62,37 @@ pub(crate) async fn confirm(
 ) -> anyhow::Result<Confirmed> {
     let dest = run.set.dests[d].clone();
     let dname = dest.to_string();
+    // Journaled together, so pinned to the same instance.
+    let target = items.first().and_then(|i| i.instance.clone());
+    let target = target.as_deref();
     let mut attempt = 0u32;
+    let mut quick = 0u32;
+    let mut misdirected = false;
     loop {
-        let wait = first == FirstQuery::AfterBackoff || attempt > 0;
-        if wait && run.pause(backoff(attempt + 1)).await {
+        let wait = if misdirected && quick <= QUICK_RETRIES {
+            QUICK_PAUSE
+        } else {
+            backoff(attempt + 1)
+        };
+        let wait_now = first == FirstQuery::AfterBackoff || attempt > 0;
+        if wait_now && run.pause(wait).await {
             return Ok(Confirmed::Stopped);
         }
         if run.stopped() {
             return Ok(Confirmed::Stopped);
         }
-        attempt += 1;
+        if !misdirected || quick > QUICK_RETRIES {
+            attempt += 1;
+        }
         let asked: Vec<_> = items.iter().map(|i| (i.id(), i.hash)).collect();
-        match run.client.query(&dest, &asked).await {
+        let answer = run.client.query(&dest, target, &asked).await;
+        misdirected = matches!(answer, Err(QueryError::Misdirected(_)));
+        if misdirected {
+            quick += 1;
+        } else {
+            quick = 0;
+        }
+        match answer {
             Err(QueryError::Refused(e)) => {
                 run.state.trusted(d);
                 tracing::warn!(dest = %dname, "{dname} refuses this sender ({e}): it holds none of the {} messages", items.len());
@@ -76,14 +105,18 @@ pub(crate) async fn confirm(
                 }
                 return Ok(Confirmed::Refused(items));
             }
-            Err(QueryError::Unavailable(e)) => {
-                tracing::warn!(
-                    dest = %dname,
-                    "cannot confirm {} in-doubt messages with {dname} (attempt {attempt}): {e}",
-                    items.len()
-                );
-                run.state.note_failure(&dname, &e);
-                let since = run.state.unreachable_since(d);
+            Err(QueryError::Unavailable(e) | QueryError::Misdirected(e)) => {
+                if quick == 0 || quick > QUICK_RETRIES {
+                    tracing::warn!(
+                        dest = %dname,
+                        instance = target.unwrap_or("-"),
+                        "cannot confirm {} in-doubt messages with {dname}{} (attempt {attempt}): {e}",
+                        items.len(),
+                        target.map(|t| format!(" (instance {t})")).unwrap_or_default()
+                    );
+                    run.state.note_failure(&dname, &e);
+                }
+                let since = run.state.unreachable_since(d, target);
                 if let Some(after) = run.set.reassign_after
                     && since.elapsed() >= after
                 {
@@ -91,7 +124,7 @@ pub(crate) async fn confirm(
                 }
             }
             Ok(held) => {
-                run.state.reachable(d);
+                run.state.reachable(d, target);
                 run.state.trusted(d);
                 let held: HashSet<ContentHash> = held.into_iter().collect();
                 let (yes, no): (Vec<Item>, Vec<Item>) =

@@ -133,6 +133,29 @@ fn census_of(servers: &[Server], tmp: &TempDir, expected: &BTreeMap<String, (Str
     );
 }
 
+/// `inspect` names the instances behind the balancer: per instance, as many delivered as that
+/// backend holds, none in doubt; `--message` names the instance that holds a message.
+fn inspect_names_the_instances(servers: &[Server], tmp: &TempDir, lb: &HaProxy) {
+    let src = tmp.sub("src");
+    let summary = inspect_json(&src, &[]);
+    let instances = &summary["run"]["by_destination"][lb.dest()]["instances"];
+    for s in servers {
+        let i = &instances[instance_of(s)];
+        assert_eq!(
+            (i["delivered"].as_u64(), i["in_doubt"].as_u64()),
+            (Some(s.ls().len() as u64), Some(0)),
+            "{instances}"
+        );
+    }
+    let held = &servers[0].ls()[0].id;
+    let o = drain(&src, &["inspect", "--message", held]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("instance {}", instance_of(&servers[0]))),
+        "{text}"
+    );
+}
+
 /// (a) HAProxy `mode tcp` (passthrough, PROXY v2), round-robin over three backends.
 #[test]
 fn killed_drains_through_a_tcp_balancer_duplicate_nothing() {
@@ -153,6 +176,7 @@ fn killed_drains_through_a_tcp_balancer_duplicate_nothing() {
     let ca = ca_bundle(&tmp, &refs);
     let (expected, _, _) = drain_with_kills(&tmp, &lb, &ca, &mut rng);
     census_of(&servers, &tmp, &expected);
+    inspect_names_the_instances(&servers, &tmp, &lb);
 }
 
 /// (a) HAProxy `mode http` (TLS-terminating, `option forwardfor`), round-robin per request.
@@ -182,6 +206,7 @@ fn killed_drains_through_an_http_balancer_duplicate_nothing() {
     );
     let (expected, _, _) = drain_with_kills(&tmp, &lb, &cert, &mut rng);
     census_of(&servers, &tmp, &expected);
+    inspect_names_the_instances(&servers, &tmp, &lb);
 }
 
 /// A request to `s` at `path` with `body` and optional `Drain-Target-Instance`: (status,

@@ -336,3 +336,61 @@ fn a_request_for_another_instance_is_misdirected_and_stores_nothing() {
         "{headers}"
     );
 }
+
+/// A backend SIGKILLed and restarted (same address, same data) at random moments of a drain
+/// through the passthrough balancer: what it took stays pinned to it until it answers again,
+/// so nothing is lost or duplicated.
+#[test]
+fn backends_killed_behind_a_tcp_balancer_duplicate_nothing() {
+    let mut rng = Rng::from_env("DRAIN_BALANCER_SEED");
+    let tmp = TempDir::new("lb-backend-kill");
+    let mut servers = backends(
+        &tmp,
+        &["127.0.0.58", "127.0.0.59", "127.0.0.60"],
+        "127.0.0.1",
+    );
+    let lb = HaProxy::start(
+        &tmp,
+        "haproxy-tcp.cfg",
+        "127.0.0.1",
+        &server_lines(&servers),
+    );
+    let refs: Vec<&Server> = servers.iter().collect();
+    let ca = ca_bundle(&tmp, &refs).display().to_string();
+    let src = tmp.sub("src");
+    let expected = fill(&src, 300);
+    let log = tmp.path().join("drain.log");
+    let out = tmp.path().join("drain.out");
+    let dest = lb.dest();
+    let args = [
+        "--ca-cert",
+        &ca,
+        "--concurrency",
+        "12",
+        "--batch-size",
+        "3",
+        &dest,
+    ];
+    let mut child = spawn_logged(&src, &args, &out, &log);
+    let mut kills = 0;
+    let code = loop {
+        if let Some(code) = wait_up_to(&mut child, Duration::from_millis(20 + rng.below(150))) {
+            break code;
+        }
+        if kills < 3 {
+            let victim = rng.below(3) as usize;
+            servers[victim].kill();
+            kills += 1;
+            std::thread::sleep(Duration::from_millis(rng.below(100)));
+            servers[victim].restart();
+        }
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, 0, "{text}\n{}", lb.log());
+    eprintln!(
+        "{kills} backend kills; {} requests ended in doubt, {} confirmations by the instance",
+        text.matches("ended ambiguously").count(),
+        text.matches("confirms it holds").count()
+    );
+    census_of(&servers, &tmp, &expected);
+}

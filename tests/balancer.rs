@@ -131,6 +131,15 @@ fn census_of(servers: &[Server], tmp: &TempDir, expected: &BTreeMap<String, (Str
         counts.iter().filter(|c| **c > 0).count() >= 2,
         "the balancer spread the messages: {counts:?}"
     );
+    // The run's finish reached every instance, not just the one the balancer picked.
+    for s in servers {
+        assert!(
+            s.log()
+                .contains("drain run finished; its dedupe keys are dropped"),
+            "{}",
+            s.log()
+        );
+    }
 }
 
 /// `inspect` names the instances behind the balancer: per instance, as many delivered as that
@@ -205,6 +214,16 @@ fn killed_drains_through_an_http_balancer_duplicate_nothing() {
         .concat(),
     );
     let (expected, _, _) = drain_with_kills(&tmp, &lb, &cert, &mut rng);
+    let log = lb.log();
+    eprintln!(
+        "through the http balancer: {} transfers answered 200, {} answered 421 (misdirected)",
+        log.lines()
+            .filter(|l| l.contains(" 200 ") && l.contains("/v1/transfer"))
+            .count(),
+        log.lines()
+            .filter(|l| l.contains(" 421 ") && l.contains("/v1/transfer"))
+            .count()
+    );
     census_of(&servers, &tmp, &expected);
     inspect_names_the_instances(&servers, &tmp, &lb);
 }

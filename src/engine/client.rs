@@ -371,7 +371,7 @@ impl Client {
 }
 
 /// How many times a finish is sent again to reach an instance behind a balancer (`421`).
-const FINISH_TRIES: usize = 12;
+const FINISH_TRIES: usize = 30;
 
 impl Client {
     /// Tells the destination this run has finished, so it may drop its dedupe keys: every

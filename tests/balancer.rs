@@ -413,3 +413,145 @@ fn backends_killed_behind_a_tcp_balancer_duplicate_nothing() {
     );
     census_of(&servers, &tmp, &expected);
 }
+
+/// The ids of the messages in doubt with each instance behind `dest`, as `inspect` counts them.
+fn in_doubt_by_instance(src: &Path, dest: &str) -> BTreeMap<String, u64> {
+    let summary = inspect_json(src, &[]);
+    let mut out = BTreeMap::new();
+    if let Some(m) = summary["run"]["by_destination"][dest]["instances"].as_object() {
+        for (i, c) in m {
+            let n = c["in_doubt"].as_u64().unwrap_or(0);
+            if n > 0 {
+                out.insert(i.clone(), n);
+            }
+        }
+    }
+    out
+}
+
+/// An instance that disappears for good behind the balancer: its in-doubt messages stay pinned
+/// to it, the other instance keeps answering (`421` for them, never "not held"), and with
+/// `--reassign-after` they go to the other instance behind the same address, flagged as
+/// possible duplicates; nothing is lost and nothing else is duplicated.
+#[test]
+fn an_instance_gone_for_good_is_reassigned_per_instance() {
+    let mut rng = Rng::from_env("DRAIN_BALANCER_SEED");
+    let tmp = TempDir::new("lb-gone");
+    let mut servers = backends(
+        &tmp,
+        &["127.0.0.61", "127.0.0.62", "127.0.0.63"],
+        "127.0.0.1",
+    );
+    let (cert, key) =
+        drain::tls::write_self_signed(&["127.0.0.1".to_string()], tmp.path(), "lb").unwrap();
+    let both = tmp.path().join("lb-both.pem");
+    let pem = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
+    std::fs::write(&both, pem).unwrap();
+    let lb = HaProxy::start(
+        &tmp,
+        "haproxy-http.cfg",
+        "127.0.0.1",
+        &[
+            [("@CERT@", both.display().to_string())].as_slice(),
+            &server_lines(&servers),
+        ]
+        .concat(),
+    );
+    let src = tmp.sub("src");
+    let log = tmp.path().join("drain.log");
+    let out = tmp.path().join("drain.out");
+    let ca = cert.display().to_string();
+    let dest = lb.dest();
+    let mut expected = BTreeMap::new();
+    // Kill the drain until some messages are in doubt with one instance.
+    let mut pinned = BTreeMap::new();
+    for _ in 1..40 {
+        if spool_ls(&src).len() < 50 {
+            expected.extend(fill(&src, 150));
+        }
+        // Naming the destination continues the unfinished run, or starts one.
+        let args = [
+            "--ca-cert",
+            &ca,
+            "--concurrency",
+            "12",
+            "--batch-size",
+            "3",
+            &dest,
+        ];
+        let mut child = spawn_logged(&src, &args, &out, &log);
+        if wait_up_to(&mut child, Duration::from_millis(100 + rng.below(400))).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            pinned = in_doubt_by_instance(&src, &dest);
+            if !pinned.is_empty() {
+                break;
+            }
+        }
+    }
+    let (gone_id, n) = pinned.iter().next().expect("a kill left messages in doubt");
+    eprintln!("{n} messages in doubt with instance {gone_id}: it goes away for good");
+    let gone = servers
+        .iter()
+        .position(|s| instance_of(s) == *gone_id)
+        .unwrap();
+    servers[gone].kill();
+    let args = [
+        "--ca-cert",
+        &ca,
+        "--reassign-after",
+        "2s",
+        "--concurrency",
+        "12",
+        "--batch-size",
+        "3",
+        "resume",
+    ];
+    let mut child = spawn_logged(&src, &args, &out, &log);
+    let code = wait_up_to(&mut child, Duration::from_secs(120)).expect("resume hung");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!(
+            "(instance {gone_id}) stayed unreachable past --reassign-after"
+        )),
+        "{text}"
+    );
+    // Every message is on a backend; only the reassigned ones may be on two.
+    let mut on: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (k, s) in servers.iter().enumerate() {
+        for e in s.ls() {
+            on.entry(e.id).or_default().push(k);
+        }
+    }
+    let missing = expected.keys().filter(|id| !on.contains_key(*id)).count();
+    assert_eq!(missing, 0, "lost messages");
+    let twice: Vec<&String> = on
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(twice.len() as u64 <= *n, "{twice:?}");
+    assert!(spool_ls(&src).is_empty());
+    let summary = inspect_json(&src, &[]);
+    let instances = &summary["run"]["by_destination"][dest.as_str()]["instances"];
+    assert_eq!(
+        instances[gone_id]["in_doubt"].as_u64().unwrap_or(0),
+        0,
+        "{instances}"
+    );
+    let flagged: Vec<String> = summary["run"]["anomalies"]["possible_duplicates"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(flagged.len() as u64, *n, "{flagged:?}");
+    for id in &twice {
+        assert!(flagged.contains(id), "{id} on two backends, not flagged");
+    }
+    eprintln!(
+        "{} of the {n} reassigned messages are on two backends",
+        twice.len()
+    );
+}

@@ -94,6 +94,14 @@ impl Instances {
         }
     }
 
+    /// `instance` behind `dest` is given up on (`--reassign-after`): no longer picked as a
+    /// target (seen again if it answers again).
+    pub fn forget(&self, dest: &str, instance: &str) {
+        if let Some(set) = self.lock().get_mut(dest) {
+            set.remove(&instance.to_ascii_lowercase());
+        }
+    }
+
     /// Every instance seen behind `dest`.
     pub fn of(&self, dest: &str) -> Vec<String> {
         self.lock()

@@ -68,6 +68,10 @@ pub(crate) async fn confirm(
     let mut attempt = 0u32;
     let mut quick = 0u32;
     let mut misdirected = false;
+    // Another instance behind `d` answered while ours did not: only ours is unreachable.
+    let mut others_answer = false;
+    // Queries that did not reach our instance, in this call.
+    let mut misses = 0u32;
     loop {
         let wait = if misdirected && quick <= QUICK_RETRIES {
             QUICK_PAUSE
@@ -87,6 +91,7 @@ pub(crate) async fn confirm(
         let asked: Vec<_> = items.iter().map(|i| (i.id(), i.hash)).collect();
         let answer = run.client.query(&dest, target, &asked).await;
         misdirected = matches!(answer, Err(QueryError::Misdirected(_)));
+        others_answer |= misdirected;
         if misdirected {
             quick += 1;
         } else {
@@ -106,6 +111,11 @@ pub(crate) async fn confirm(
                 return Ok(Confirmed::Refused(items));
             }
             Err(QueryError::Unavailable(e) | QueryError::Misdirected(e)) => {
+                if misdirected {
+                    // Another instance behind `d` answered, definitively: `d` may take new
+                    // messages (each pinned to its own instance); only these wait for theirs.
+                    run.state.trusted(d);
+                }
                 if quick == 0 || quick > QUICK_RETRIES {
                     tracing::warn!(
                         dest = %dname,
@@ -116,11 +126,18 @@ pub(crate) async fn confirm(
                     );
                     run.state.note_failure(&dname, &e);
                 }
+                misses += 1;
                 let since = run.state.unreachable_since(d, target);
+                // With other instances answering, the time may have gone to the balancer
+                // (a dead backend it still tries): our instance must also have been missed
+                // more often than chance explains.
+                let enough = !others_answer || misses > QUICK_RETRIES + 1;
                 if let Some(after) = run.set.reassign_after
                     && since.elapsed() >= after
+                    && enough
                 {
-                    return reassign(run, d, items, &e.to_string()).await;
+                    let gone = if others_answer { target } else { None };
+                    return reassign(run, d, gone, items, &e.to_string()).await;
                 }
             }
             Ok(held) => {
@@ -146,20 +163,34 @@ pub(crate) async fn confirm(
     }
 }
 
-/// Releases messages pinned to an unreachable destination (`--reassign-after`).
-async fn reassign(run: &Run, d: usize, items: Vec<Item>, why: &str) -> anyhow::Result<Confirmed> {
+/// Releases messages pinned to an unreachable destination (`--reassign-after`). `gone`: only
+/// that instance behind `d` stayed unreachable while others answered; then `d` stays open to
+/// them (another instance takes them) and the instance is no longer picked as a target.
+async fn reassign(
+    run: &Run,
+    d: usize,
+    gone: Option<&str>,
+    items: Vec<Item>,
+    why: &str,
+) -> anyhow::Result<Confirmed> {
     let dname = run.set.name(d);
+    let what = gone.map_or_else(|| dname.clone(), |i| format!("{dname} (instance {i})"));
     tracing::error!(
         dest = %dname,
-        "{dname} stayed unreachable past --reassign-after: sending {} in-doubt messages elsewhere; \
+        "{what} stayed unreachable past --reassign-after: sending {} in-doubt messages elsewhere; \
          each is flagged as a possible duplicate in the journal",
         items.len()
     );
     ledger::reassigned(run, &dname, &items, why).await?;
     run.state.trusted(d);
     let mut items = items;
-    for i in &mut items {
-        i.exclude(d, &dname, "unreachable, reassigned");
+    match gone {
+        Some(i) => run.client.instances.forget(&dname, i),
+        None => {
+            for i in &mut items {
+                i.exclude(d, &dname, "unreachable, reassigned");
+            }
+        }
     }
     Ok(Confirmed::Reassigned(items))
 }

@@ -56,6 +56,7 @@
 //! | `403` | `not_allowed` | this sender may not drain here: permanent for this destination |
 //! | `408` | `timeout` | the body made no progress for the server's `body_idle_timeout`: nothing stored |
 //! | `413` | `too_large` | the request is over the server's limit: send fewer messages per request |
+//! | `421` | `misdirected` | `Drain-Target-Instance` names another instance: nothing stored (see below) |
 //! | `503` | `not_accepting` | draining itself or shutting down: nothing stored, try another |
 //! | other `5xx` | `transient` or none | the outcome is unknown |
 //!
@@ -94,6 +95,29 @@
 //! `{"version":1,"accepting":true}`; `accepting` is false while transfers get `503`.
 //!
 //! Any other path or method: `404` with an [`ErrorResponse`].
+//!
+//! ## Instances behind one address (additions within v1)
+//!
+//! A destination address may be a load balancer in front of several instances, and "not held"
+//! is only true of the instance that answers. So instances name themselves, and a sender can
+//! name the instance a request is meant for:
+//!
+//! | header | on | value |
+//! | --- | --- | --- |
+//! | `Drain-Instance` | every response of `drain serve` (every endpoint, errors and `404` included, `/v1/health` too) | the answering instance's id, 32 hex digits |
+//! | `Drain-Target-Instance` | a `POST` to `/v1/transfer`, `/v1/query` or `/v1/finish` (optional) | the id of the instance the request is meant for |
+//!
+//! A server whose own id differs from `Drain-Target-Instance` answers `421` with code
+//! `misdirected` before it reads the body (the body is discarded), storing nothing and
+//! answering nothing about any message: for a transfer that is a definitive "not stored", for a
+//! query "ask again" (never "not held"). A request without the header is served as before (an
+//! older sender); a response without `Drain-Instance` comes from an older server, which the
+//! sender then addresses without a target, as before.
+//!
+//! The sender fixes the target before a transfer leaves: it journals the target instance with
+//! the message's `sent` record (`journal-format.md`), then sends with `Drain-Target-Instance`.
+//! Whatever happens to the answer (a lost response included), only that instance can hold the
+//! message, and only its answer, through a query carrying the same target, settles it.
 
 use bytes::{Buf, Bytes};
 use serde::{Deserialize, Serialize};
@@ -106,6 +130,10 @@ pub const HEALTH_PATH: &str = "/v1/health";
 pub const FINISH_PATH: &str = "/v1/finish";
 pub const HDR_SENDER: &str = "drain-sender";
 pub const HDR_RUN: &str = "drain-run";
+/// On every response: the answering instance's id.
+pub const HDR_INSTANCE: &str = "drain-instance";
+/// On a request: the instance it is meant for; any other answers `421` `misdirected`.
+pub const HDR_TARGET_INSTANCE: &str = "drain-target-instance";
 pub const BATCH_CONTENT_TYPE: &str = "application/vnd.drain.batch.v1";
 /// The `Content-Type` of a `POST /v1/query` body.
 pub const QUERY_CONTENT_TYPE: &str = "application/json";
@@ -234,9 +262,11 @@ pub enum RejectCode {
     /// while this transfer was still arriving: not stored, so that the query's "not held" stays
     /// true. Send it again.
     Fenced,
-    /// The server's disk has no room for the message: nothing of it was stored (`507` for a
-    /// whole request).
+    /// The server's disk has no room for the message: nothing of it was stored.
     InsufficientStorage,
+    /// The request named another instance (`Drain-Target-Instance`) than the one it reached
+    /// (`421`, behind a load balancer): nothing stored, nothing answered; ask again.
+    Misdirected,
     /// A code from a newer peer that this build does not know.
     #[serde(other)]
     Unknown,
@@ -259,6 +289,7 @@ impl RejectCode {
             RejectCode::Timeout => "timeout",
             RejectCode::Fenced => "fenced",
             RejectCode::InsufficientStorage => "insufficient_storage",
+            RejectCode::Misdirected => "misdirected",
             RejectCode::Unknown => "unknown",
         }
     }

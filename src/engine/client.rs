@@ -12,12 +12,20 @@
 //! - [`Delivery::Ambiguous`]: it may have stored some (timeout, dropped connection, other 5xx,
 //!   unreadable answer): the messages stay pinned to it until it answers a query.
 //!
-//! Queries ([`Client::query`]) answer which messages a destination holds ([`QueryError`] when
-//! it cannot say). Never touches the journal. Uses no other engine module; called by `deliver`
+//! - [`Delivery::Misdirected`]: a `421`: the request reached another instance than the one it
+//!   named (behind a load balancer); nothing stored, definitively.
+//!
+//! Instances: every answer's `Drain-Instance` header is remembered per destination
+//! ([`Instances`]); [`Client::target`] picks the instance the next transfer to a destination is
+//! addressed to (learning one with `GET /v1/health` if none is known yet). Queries
+//! ([`Client::query`]) answer which messages a destination (and the named instance) holds
+//! ([`QueryError`] when it cannot say); [`Client::finish`] reaches every instance seen. Never touches the journal. Uses no other engine module; called by `deliver`
 //! (transfers), `settle` and `resume` (queries) and `lifecycle` (the run finished).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -43,6 +51,9 @@ pub enum QueryError {
     /// handshake): it holds nothing of ours.
     #[error("{0}")]
     Refused(Failure),
+    /// Another instance than the one named answered (`421`): ask again; never "not held".
+    #[error("{0}")]
+    Misdirected(Failure),
 }
 
 /// How a transfer request ended.
@@ -57,6 +68,58 @@ pub enum Delivery {
     },
     HandshakeRefused(HandshakeRefusal),
     Ambiguous(Failure),
+    /// `421`: another instance than the target answered; nothing stored.
+    Misdirected(Failure),
+}
+
+/// The instances seen behind each destination (by `Drain-Instance`), in this invocation and
+/// (remembered by `resume`) in earlier ones of the run.
+#[derive(Default)]
+pub struct Instances(Mutex<BTreeMap<String, BTreeSet<String>>>);
+
+impl Instances {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeSet<String>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers that `instance` answers behind `dest`.
+    pub fn seen(&self, dest: &str, instance: &str) {
+        if !wire::valid_token(instance) {
+            return;
+        }
+        let mut m = self.lock();
+        let set = m.entry(dest.to_string()).or_default();
+        if set.insert(instance.to_ascii_lowercase()) {
+            tracing::debug!(dest, instance, "instance seen behind {dest}");
+        }
+    }
+
+    /// `instance` behind `dest` is given up on (`--reassign-after`): no longer picked as a
+    /// target (seen again if it answers again).
+    pub fn forget(&self, dest: &str, instance: &str) {
+        if let Some(set) = self.lock().get_mut(dest) {
+            set.remove(&instance.to_ascii_lowercase());
+        }
+    }
+
+    /// Every instance seen behind `dest`.
+    pub fn of(&self, dest: &str) -> Vec<String> {
+        self.lock()
+            .get(dest)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// One of the instances seen behind `dest`, picked at random (so a sender never falls into
+    /// lockstep with a round-robin balancer, always naming the instance it just left).
+    fn pick(&self, dest: &str) -> Option<String> {
+        let all = self.of(dest);
+        if all.is_empty() {
+            return None;
+        }
+        let r = getrandom::u32().unwrap_or(0) as usize;
+        all.get(r % all.len()).cloned()
+    }
 }
 
 /// HTTPS client shared by every destination of a run (connections are pooled and reused).
@@ -67,6 +130,8 @@ pub struct Client {
     run: String,
     /// A client certificate is presented (how a handshake refusal is worded).
     presents_cert: bool,
+    /// The instances seen behind each destination.
+    pub instances: Arc<Instances>,
 }
 
 impl Client {
@@ -123,6 +188,7 @@ impl Client {
             sender: sender.to_string(),
             run: run.to_string(),
             presents_cert: identity.is_some(),
+            instances: Arc::default(),
         })
     }
 
@@ -132,15 +198,67 @@ impl Client {
         crate::tls::handshake_refusal(e, self.presents_cert)
     }
 
-    /// Sends one transfer request (a wire batch) and classifies how it ended.
-    pub async fn transfer(&self, dest: &Destination, body: Bytes, frames: usize) -> Delivery {
+    /// Remembers the instance that answered `resp`, if it names one.
+    fn learn(&self, dest: &Destination, resp: &reqwest::Response) {
+        if let Some(i) = resp
+            .headers()
+            .get(wire::HDR_INSTANCE)
+            .and_then(|v| v.to_str().ok())
+        {
+            self.instances.seen(&dest.to_string(), i.trim());
+        }
+    }
+
+    /// A `POST` to `path` at `dest` with our identity headers and, if given, the target instance.
+    fn post(
+        &self,
+        dest: &Destination,
+        path: &str,
+        target: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut b = self
+            .http
+            .post(dest.url(path))
+            .header(wire::HDR_SENDER, &self.sender)
+            .header(wire::HDR_RUN, &self.run);
+        if let Some(t) = target {
+            b = b.header(wire::HDR_TARGET_INSTANCE, t);
+        }
+        b
+    }
+
+    /// The instance the next transfer to `dest` is addressed to: one seen behind it (asking
+    /// `GET /v1/health` first if none is known yet). None: `dest` does not name its instances
+    /// (an older server) or cannot be reached; the transfer then goes without a target.
+    pub async fn target(&self, dest: &Destination) -> Option<String> {
+        if let Some(t) = self.instances.pick(&dest.to_string()) {
+            return Some(t);
+        }
+        let resp = self
+            .http
+            .get(dest.url(wire::HEALTH_PATH))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if let Ok(r) = resp {
+            self.learn(dest, &r);
+        }
+        self.instances.pick(&dest.to_string())
+    }
+
+    /// Sends one transfer request (a wire batch), addressed to `target` if given, and
+    /// classifies how it ended.
+    pub async fn transfer(
+        &self,
+        dest: &Destination,
+        target: Option<&str>,
+        body: Bytes,
+        frames: usize,
+    ) -> Delivery {
         // Generous: 60 s plus 1 s per MB, so slow links are not mistaken for dead ones.
         let timeout = Duration::from_secs(60 + body.len() as u64 / 1_000_000);
         let resp = self
-            .http
-            .post(dest.url(wire::TRANSFER_PATH))
-            .header(wire::HDR_SENDER, &self.sender)
-            .header(wire::HDR_RUN, &self.run)
+            .post(dest, wire::TRANSFER_PATH, target)
             .header(reqwest::header::CONTENT_TYPE, wire::BATCH_CONTENT_TYPE)
             .timeout(timeout)
             .body(body)
@@ -155,6 +273,7 @@ impl Client {
             }
             Err(e) => return Delivery::Ambiguous(Failure::from_http(&e)),
         };
+        self.learn(dest, &resp);
         let status = resp.status();
         if status == StatusCode::OK {
             return match resp.bytes().await {
@@ -172,13 +291,15 @@ impl Client {
             };
         }
         let reason = error_text(status, resp).await;
-        // 503 (not accepting), 507 (its disk is full) and 421 (another instance behind the same
-        // address) all mean: nothing was stored. Definitive, so never in doubt.
+        // 421: another instance behind the same address answered, before reading the body.
+        if status == StatusCode::MISDIRECTED_REQUEST {
+            return Delivery::Misdirected(reason);
+        }
+        // 503 (not accepting) and 507 (its disk is full) mean: nothing was stored. Definitive,
+        // so never in doubt.
         if matches!(
             status,
-            StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::INSUFFICIENT_STORAGE
-                | StatusCode::MISDIRECTED_REQUEST
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE
         ) {
             Delivery::NotDelivered(reason)
         } else if status.is_server_error() {
@@ -193,20 +314,24 @@ impl Client {
         }
     }
 
-    /// Asks which of `hashes` the destination holds for this run.
+    /// Asks which of `hashes` the destination (the `target` instance behind it, if given)
+    /// holds for this run.
     pub async fn query(
         &self,
         dest: &Destination,
+        target: Option<&str>,
         items: &[(crate::base::MessageId, ContentHash)],
     ) -> Result<Vec<ContentHash>, QueryError> {
         use QueryError::Unavailable;
         let mut held = Vec::new();
         for chunk in items.chunks(wire::MAX_QUERY) {
-            let resp = self
-                .http
-                .post(dest.url(wire::QUERY_PATH))
-                .header(wire::HDR_SENDER, &self.sender)
-                .header(wire::HDR_RUN, &self.run)
+            let mut req = self.post(dest, wire::QUERY_PATH, target);
+            if target.is_some() {
+                // A kept-alive connection through a TCP balancer always reaches the same
+                // instance: a fresh one per targeted query lets the next ask reach another.
+                req = req.header(reqwest::header::CONNECTION, "close");
+            }
+            let resp = req
                 .timeout(Duration::from_secs(60))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(
@@ -227,9 +352,13 @@ impl Client {
                     Some(r) => QueryError::Refused(refused(&r)),
                     None => Unavailable(Failure::from_http(&e)),
                 })?;
+            self.learn(dest, &resp);
             let status = resp.status();
             if status != StatusCode::OK {
                 let text = error_text(status, resp).await;
+                if status == StatusCode::MISDIRECTED_REQUEST {
+                    return Err(QueryError::Misdirected(text));
+                }
                 // Refused outright (not allowed, not a drain endpoint): the same check guards
                 // storing, so it cannot hold messages of ours. Anything else: ask again later.
                 return Err(match status.as_u16() {
@@ -249,14 +378,42 @@ impl Client {
     }
 }
 
+/// How many times a finish is sent again to reach an instance behind a balancer (`421`).
+const FINISH_TRIES: usize = 30;
+
 impl Client {
-    /// Tells the destination this run has finished, so it may drop its dedupe keys.
+    /// Tells the destination this run has finished, so it may drop its dedupe keys: every
+    /// instance seen behind it (each named as the target, sent again on `421` a bounded number
+    /// of times), or just the address if none is known.
     pub async fn finish(&self, dest: &Destination) -> Result<(), Failure> {
-        let resp = self
-            .http
-            .post(dest.url(wire::FINISH_PATH))
-            .header(wire::HDR_SENDER, &self.sender)
-            .header(wire::HDR_RUN, &self.run)
+        let instances = self.instances.of(&dest.to_string());
+        if instances.is_empty() {
+            return self.finish_one(dest, None).await;
+        }
+        let mut result = Ok(());
+        for i in &instances {
+            let mut last = Ok(());
+            for _ in 0..FINISH_TRIES {
+                last = self.finish_one(dest, Some(i)).await;
+                match &last {
+                    Err(f) if matches!(f.kind, FailureKind::Status(421, _)) => continue,
+                    _ => break,
+                }
+            }
+            if let Err(e) = last {
+                tracing::info!(dest = %dest, instance = %i, "could not tell instance {i} behind {dest} the run finished: {e}");
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    async fn finish_one(&self, dest: &Destination, target: Option<&str>) -> Result<(), Failure> {
+        let mut req = self.post(dest, wire::FINISH_PATH, target);
+        if target.is_some() {
+            req = req.header(reqwest::header::CONNECTION, "close");
+        }
+        let resp = req
             .timeout(Duration::from_secs(10))
             .send()
             .await
@@ -264,6 +421,7 @@ impl Client {
                 Some(r) => refused(&r),
                 None => Failure::from_http(&e),
             })?;
+        self.learn(dest, &resp);
         let status = resp.status();
         if status != StatusCode::OK {
             return Err(error_text(status, resp).await);

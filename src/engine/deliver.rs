@@ -40,6 +40,9 @@ pub(crate) struct Sorted {
     pub dest_failed: bool,
     /// The request was too large: send one message per request.
     pub split: bool,
+    /// Another instance than the target answered (`421`): not a failure of the destination;
+    /// send again at once, to an instance picked anew.
+    pub misdirected: bool,
 }
 
 /// How one request ended for its items.
@@ -49,14 +52,26 @@ pub(crate) enum Step {
     Ambiguous(Vec<Item>),
 }
 
-/// One request to `d` with items already journaled `sent` to it.
+/// One request to `d` with items already journaled `sent` to it (addressed to the instance
+/// they carry, the same for all: they were journaled together).
 pub(crate) async fn one_request(run: &Run, d: usize, items: Vec<Item>) -> anyhow::Result<Step> {
     let dest = run.set.dests[d].clone();
     let dname = dest.to_string();
     let body = encode(&items);
-    let delivery = run.client.transfer(&dest, body, items.len()).await;
+    let target = items.first().and_then(|i| i.instance.clone());
+    let delivery = run
+        .client
+        .transfer(&dest, target.as_deref(), body, items.len())
+        .await;
     let mut sorted = Sorted::default();
     match delivery {
+        Delivery::Misdirected(reason) => {
+            tracing::debug!(dest = %dname, "{dname}: another instance than {} answered: {reason}; sending again", target.as_deref().unwrap_or("?"));
+            let reason = reason.to_string();
+            ledger::not_delivered(run, &dname, ledger::ids(&items), &reason).await?;
+            sorted.misdirected = true;
+            sorted.retry = items;
+        }
         Delivery::NotDelivered(reason) => {
             tracing::warn!(dest = %dname, "{dname} did not take {} messages: {reason}; failing over", items.len());
             run.state.note_failure(&dname, &reason);
@@ -124,7 +139,7 @@ async fn refused(
     Ok(Sorted {
         retry,
         dest_failed: !permanent,
-        split: false,
+        ..Sorted::default()
     })
 }
 

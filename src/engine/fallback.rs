@@ -29,12 +29,12 @@ use crate::spool::Entry;
 pub(crate) async fn move_items(
     run: &Run,
     fb: &FallbackDir,
-    items: Vec<Item>,
+    mut items: Vec<Item>,
 ) -> anyhow::Result<()> {
     if items.is_empty() {
         return Ok(());
     }
-    ledger::sent(run, &fb.name, &items).await?;
+    ledger::sent(run, &fb.name, None, &mut items).await?;
     copy_and_remove(run, fb, items, Move::New).await
 }
 

@@ -59,6 +59,9 @@ pub(crate) struct Item {
     /// Indexes into the run's destinations that rejected it permanently.
     pub rejected: Vec<usize>,
     pub reasons: Vec<String>,
+    /// The instance behind its destination it is journaled `sent` to (`Drain-Target-Instance`):
+    /// set with the `sent` record, read back from the journal when settling.
+    pub instance: Option<String>,
     /// Held while the item lives (items built by `scan`; settling works on journaled ones).
     _claim: Option<Claim>,
 }
@@ -72,6 +75,7 @@ impl Item {
             hash,
             rejected,
             reasons: Vec::new(),
+            instance: None,
             _claim: None,
         }
     }

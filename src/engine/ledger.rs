@@ -40,17 +40,28 @@ pub(crate) async fn read(run: &Run, items: &[Item]) -> anyhow::Result<()> {
     Ok(run.journal.commit(ops).await?)
 }
 
-/// `read` -> `sent(dest)`, durably, before anything leaves (invariant 2).
-pub(crate) async fn sent(run: &Run, dest: &str, items: &[Item]) -> anyhow::Result<()> {
+/// `read` -> `sent(dest)` addressed to `instance` behind it, durably, before anything leaves
+/// (invariant 2); the items then carry the instance they are pinned to.
+pub(crate) async fn sent(
+    run: &Run,
+    dest: &str,
+    instance: Option<&str>,
+    items: &mut [Item],
+) -> anyhow::Result<()> {
     let ops = ids(items)
         .map(|id| Op::Sent {
             run: run.set.run_seq,
             id,
             dest: dest.to_string(),
             possible_duplicate: false,
+            instance: instance.map(String::from),
         })
         .collect();
-    Ok(run.journal.commit(ops).await?)
+    run.journal.commit(ops).await?;
+    for i in items {
+        i.instance = instance.map(String::from);
+    }
+    Ok(())
 }
 
 /// `sent` -> `read`: the destination certainly does not hold them.

@@ -280,13 +280,15 @@ async fn ask(
         if attempt > 0 {
             tokio::time::sleep(backoff(attempt)).await;
         }
-        match client.query(d, asked).await {
+        // No journal, so no instance is known: any instance behind `d` answers (a "held" is
+        // true of the one that answers; a "not held" only keeps the local copy).
+        match client.query(d, None, asked).await {
             Ok(held) => return Ok(held.into_iter().collect()),
             Err(QueryError::Refused(f)) => {
                 tracing::warn!(dest = %d, "{d} refuses this sender ({f}): it holds none of the run's messages");
                 return Ok(HashSet::new());
             }
-            Err(QueryError::Unavailable(f)) => {
+            Err(QueryError::Unavailable(f) | QueryError::Misdirected(f)) => {
                 tracing::warn!(dest = %d, "cannot ask {d} (attempt {}): {f}", attempt + 1);
                 last = f.to_string();
             }

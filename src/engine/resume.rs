@@ -5,7 +5,10 @@
 //! local copy removed (ledger); `sent` ones are read again (within the byte budget) and settled
 //! with the destination they were sent to (`settle`), then re-sent to it or routed anew
 //! (`route`), as the outcome says. Messages in doubt with the fallback path go to `fallback`.
-//! A `sent` message whose local file cannot be read is settled by a single query.
+//! A `sent` message whose local file cannot be read is settled by a single query. Messages in
+//! doubt are grouped by destination and the instance behind it they were sent to: only that
+//! instance's answer settles them. Every instance the run's records name is remembered, so the
+//! run's finish reaches it.
 //!
 //! Uses `run`, `item`, `ledger`, `client`, `settle`, `route`, `fallback` and `fallback_dir`;
 //! called by `engine::run` when it continues an unfinished run.
@@ -14,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::client::QueryError;
+use super::failure::{Failure, FailureKind};
 use super::fallback;
 use super::fallback_dir;
 use super::item::Item;
@@ -26,8 +30,9 @@ use crate::base::MessageId;
 use crate::journal::{MessageRecord, State};
 use crate::spool::{Entry, SpoolError};
 
-/// Messages in doubt, by the destination they were sent to (as the journal names it).
-type InDoubt = BTreeMap<String, Vec<(MessageId, MessageRecord)>>;
+/// Messages in doubt, by the destination they were sent to (as the journal names it) and the
+/// instance behind it they were addressed to.
+type InDoubt = BTreeMap<(String, Option<String>), Vec<(MessageId, MessageRecord)>>;
 
 /// Settles what an earlier attempt of this run left `sent` or `acked`, before anything new is
 /// sent.
@@ -35,9 +40,12 @@ pub(crate) async fn resume_in_doubt(run: &Arc<Run>) -> anyhow::Result<()> {
     let mut sent: InDoubt = BTreeMap::new();
     let mut acked = Vec::new();
     run.journal.for_each_message(run.set.run_seq, |id, rec| {
+        if let (Some(d), Some(i)) = (&rec.dest, &rec.instance) {
+            run.client.instances.seen(d, i);
+        }
         match rec.state {
             State::Sent => sent
-                .entry(rec.dest.clone().unwrap_or_default())
+                .entry((rec.dest.clone().unwrap_or_default(), rec.instance.clone()))
                 .or_default()
                 .push((id, rec)),
             State::Acked => acked.push(Entry {
@@ -58,7 +66,7 @@ pub(crate) async fn resume_in_doubt(run: &Arc<Run>) -> anyhow::Result<()> {
             ledger::remove_local(run, chunk.to_vec()).await?;
         }
     }
-    for (dname, list) in sent {
+    for ((dname, instance), list) in sent {
         if let Some(dir) = dname.strip_prefix(fallback_dir::PREFIX) {
             tracing::info!(
                 "{} messages are in doubt with the fallback path {dir}",
@@ -73,8 +81,12 @@ pub(crate) async fn resume_in_doubt(run: &Arc<Run>) -> anyhow::Result<()> {
             );
         };
         tracing::info!(
-            "{} messages are in doubt with {dname}: asking it (beside the new sends)",
-            list.len()
+            "{} messages are in doubt with {dname}{}: asking it (beside the new sends)",
+            list.len(),
+            instance
+                .as_deref()
+                .map(|i| format!(" (instance {i})"))
+                .unwrap_or_default()
         );
         // Each destination is settled by a task of its own, beside the scan: one that does not
         // answer holds up nothing else, and gets nothing new until it answers.
@@ -119,6 +131,7 @@ async fn read_pinned(
         match r {
             Ok(msg) => {
                 let mut item = Item::new(entry, msg, run.set.rejected_by(rec));
+                item.instance = rec.instance.clone();
                 if item.hash != rec.hash {
                     // The file changed since it was sent: ask about what was sent.
                     item.hash = rec.hash;
@@ -188,10 +201,24 @@ async fn lost_local(
     missing: bool,
 ) -> anyhow::Result<()> {
     let dname = run.set.name(d);
-    let held = run
-        .client
-        .query(&run.set.dests[d], &[(entry.id, rec.hash)])
-        .await;
+    let mut held = Err(QueryError::Misdirected(Failure::new(
+        FailureKind::Other,
+        "not asked",
+    )));
+    // A `421` (another instance behind a balancer answered) is asked again a few times.
+    for _ in 0..=settle::QUICK_RETRIES {
+        held = run
+            .client
+            .query(
+                &run.set.dests[d],
+                rec.instance.as_deref(),
+                &[(entry.id, rec.hash)],
+            )
+            .await;
+        if !matches!(held, Err(QueryError::Misdirected(_))) {
+            break;
+        }
+    }
     let id = entry.id;
     let why = match held {
         Ok(h) if h.contains(&rec.hash) => {

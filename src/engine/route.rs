@@ -26,6 +26,11 @@ use super::run::Run;
 use super::settle::{self, Confirmed, FirstQuery};
 use crate::base::backoff;
 
+/// Requests of one batch answered `421` in a row (another instance than the target, behind a
+/// balancer) before the destination counts as failed for the round (backoff): each is cheap
+/// (refused before the body is read), and the target is picked anew for each.
+const MAX_MISDIRECTED: u32 = 24;
+
 /// What the journal already records for a batch handed to [`process_batch`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Recorded {
@@ -51,6 +56,7 @@ pub(crate) async fn process_batch(
     let mut pending = items;
     let mut failed_round: HashSet<usize> = HashSet::new();
     let mut round = 0u32;
+    let mut misdirected = 0u32;
     let mut single = false;
     while !pending.is_empty() {
         if run.stopped() {
@@ -90,7 +96,8 @@ pub(crate) async fn process_batch(
         if single && sub.len() > 1 {
             rest.extend(sub.split_off(1));
         }
-        ledger::sent(run, &run.set.name(d), &sub).await?;
+        let target = run.client.target(&run.set.dests[d]).await;
+        ledger::sent(run, &run.set.name(d), target.as_deref(), &mut sub).await?;
         let sorted = match deliver::one_request(run, d, sub).await? {
             Step::Done(sorted) => sorted,
             Step::Ambiguous(pinned) => {
@@ -98,9 +105,18 @@ pub(crate) async fn process_batch(
                 Sorted::default()
             }
         };
-        if sorted.dest_failed {
+        if sorted.misdirected {
+            misdirected += 1;
+            if misdirected >= MAX_MISDIRECTED {
+                tracing::warn!(dest = %run.set.name(d), "{misdirected} requests in a row reached another instance than the one named; backing off");
+                misdirected = 0;
+                failed_round.insert(d);
+            }
+        } else if sorted.dest_failed {
+            misdirected = 0;
             failed_round.insert(d);
         } else {
+            misdirected = 0;
             round = 0;
         }
         single |= sorted.split;
@@ -162,7 +178,7 @@ pub(crate) async fn settle_then_send(
                 return Ok(Sorted {
                     retry,
                     dest_failed: true,
-                    split: false,
+                    ..Sorted::default()
                 });
             }
             // All confirmed held, or stopped with them still in doubt.

@@ -135,8 +135,9 @@ impl Default for Totals {
 pub(crate) struct RunState {
     rr: AtomicUsize,
     report: Mutex<Report>,
-    /// Since when each destination has failed to answer queries (for `--reassign-after`).
-    unreachable: Mutex<HashMap<usize, Instant>>,
+    /// Since when each instance (by destination and the instance named, None for a destination
+    /// that does not name its instances) has failed to answer queries (`--reassign-after`).
+    unreachable: Mutex<HashMap<(usize, Option<String>), Instant>>,
     /// The ids on their way (one file per id).
     pub claims: Arc<super::item::Claims>,
     /// Destinations with messages in doubt that have not answered a query since: no new
@@ -225,16 +226,16 @@ impl RunState {
         lock(&self.failed).len() as u64
     }
 
-    /// When destination `d` started failing to answer (now, if it just did).
-    pub fn unreachable_since(&self, d: usize) -> Instant {
+    /// When `instance` behind destination `d` started failing to answer (now, if it just did).
+    pub fn unreachable_since(&self, d: usize, instance: Option<&str>) -> Instant {
         *lock(&self.unreachable)
-            .entry(d)
+            .entry((d, instance.map(String::from)))
             .or_insert_with(Instant::now)
     }
 
-    /// Destination `d` answered.
-    pub fn reachable(&self, d: usize) {
-        lock(&self.unreachable).remove(&d);
+    /// `instance` behind destination `d` answered.
+    pub fn reachable(&self, d: usize, instance: Option<&str>) {
+        lock(&self.unreachable).remove(&(d, instance.map(String::from)));
     }
 
     /// A new starting point for a round-robin turn.

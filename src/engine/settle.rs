@@ -6,7 +6,11 @@
 //! `acked`, then removal), and return the rest as an outcome ([`Confirmed`]); the caller decides
 //! what happens next (re-send to the same destination, or route elsewhere). The one exception
 //! to "never elsewhere" is `--reassign-after`: when the destination stays unreachable that long
-//! (measured per destination), the messages are journaled `reassigned` (possible duplicates).
+//! (measured per instance), the messages are journaled `reassigned` (possible duplicates).
+//!
+//! Behind a load balancer, messages are pinned to the instance they were sent to (the items
+//! carry it, from the journal): the query names it (`Drain-Target-Instance`), and a `421` (another
+//! instance answered) means "ask again", soon ([`QUICK_RETRIES`] times), never "not held".
 //!
 //! Never sends and never calls back into routing. Uses `run`, `item`, `ledger` and `client`;
 //! called by `route` (after an ambiguous request) and `resume` (after an interruption).
@@ -18,6 +22,12 @@ use super::item::Item;
 use super::ledger;
 use super::run::Run;
 use crate::base::{ContentHash, backoff};
+
+/// Queries answered `421` (another instance behind the balancer) that are asked again almost
+/// at once, before the normal backoff applies.
+pub(crate) const QUICK_RETRIES: u32 = 12;
+/// The pause before asking again after a `421`.
+const QUICK_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// How confirming in-doubt messages with their destination ended.
 pub(crate) enum Confirmed {
@@ -52,18 +62,42 @@ pub(crate) async fn confirm(
 ) -> anyhow::Result<Confirmed> {
     let dest = run.set.dests[d].clone();
     let dname = dest.to_string();
+    // Journaled together, so pinned to the same instance.
+    let target = items.first().and_then(|i| i.instance.clone());
+    let target = target.as_deref();
     let mut attempt = 0u32;
+    let mut quick = 0u32;
+    let mut misdirected = false;
+    // Another instance behind `d` answered while ours did not: only ours is unreachable.
+    let mut others_answer = false;
+    // Queries that did not reach our instance, in this call.
+    let mut misses = 0u32;
     loop {
-        let wait = first == FirstQuery::AfterBackoff || attempt > 0;
-        if wait && run.pause(backoff(attempt + 1)).await {
+        let wait = if misdirected && quick <= QUICK_RETRIES {
+            QUICK_PAUSE
+        } else {
+            backoff(attempt + 1)
+        };
+        let wait_now = first == FirstQuery::AfterBackoff || attempt > 0;
+        if wait_now && run.pause(wait).await {
             return Ok(Confirmed::Stopped);
         }
         if run.stopped() {
             return Ok(Confirmed::Stopped);
         }
-        attempt += 1;
+        if !misdirected || quick > QUICK_RETRIES {
+            attempt += 1;
+        }
         let asked: Vec<_> = items.iter().map(|i| (i.id(), i.hash)).collect();
-        match run.client.query(&dest, &asked).await {
+        let answer = run.client.query(&dest, target, &asked).await;
+        misdirected = matches!(answer, Err(QueryError::Misdirected(_)));
+        others_answer |= misdirected;
+        if misdirected {
+            quick += 1;
+        } else {
+            quick = 0;
+        }
+        match answer {
             Err(QueryError::Refused(e)) => {
                 run.state.trusted(d);
                 tracing::warn!(dest = %dname, "{dname} refuses this sender ({e}): it holds none of the {} messages", items.len());
@@ -76,22 +110,38 @@ pub(crate) async fn confirm(
                 }
                 return Ok(Confirmed::Refused(items));
             }
-            Err(QueryError::Unavailable(e)) => {
-                tracing::warn!(
-                    dest = %dname,
-                    "cannot confirm {} in-doubt messages with {dname} (attempt {attempt}): {e}",
-                    items.len()
-                );
-                run.state.note_failure(&dname, &e);
-                let since = run.state.unreachable_since(d);
+            Err(QueryError::Unavailable(e) | QueryError::Misdirected(e)) => {
+                if misdirected {
+                    // Another instance behind `d` answered, definitively: `d` may take new
+                    // messages (each pinned to its own instance); only these wait for theirs.
+                    run.state.trusted(d);
+                }
+                if quick == 0 || quick > QUICK_RETRIES {
+                    tracing::warn!(
+                        dest = %dname,
+                        instance = target.unwrap_or("-"),
+                        "cannot confirm {} in-doubt messages with {dname}{} (attempt {attempt}): {e}",
+                        items.len(),
+                        target.map(|t| format!(" (instance {t})")).unwrap_or_default()
+                    );
+                    run.state.note_failure(&dname, &e);
+                }
+                misses += 1;
+                let since = run.state.unreachable_since(d, target);
+                // With other instances answering, the time may have gone to the balancer
+                // (a dead backend it still tries): our instance must also have been missed
+                // more often than chance explains.
+                let enough = !others_answer || misses > QUICK_RETRIES + 1;
                 if let Some(after) = run.set.reassign_after
                     && since.elapsed() >= after
+                    && enough
                 {
-                    return reassign(run, d, items, &e.to_string()).await;
+                    let gone = if others_answer { target } else { None };
+                    return reassign(run, d, gone, items, &e.to_string()).await;
                 }
             }
             Ok(held) => {
-                run.state.reachable(d);
+                run.state.reachable(d, target);
                 run.state.trusted(d);
                 let held: HashSet<ContentHash> = held.into_iter().collect();
                 let (yes, no): (Vec<Item>, Vec<Item>) =
@@ -113,20 +163,34 @@ pub(crate) async fn confirm(
     }
 }
 
-/// Releases messages pinned to an unreachable destination (`--reassign-after`).
-async fn reassign(run: &Run, d: usize, items: Vec<Item>, why: &str) -> anyhow::Result<Confirmed> {
+/// Releases messages pinned to an unreachable destination (`--reassign-after`). `gone`: only
+/// that instance behind `d` stayed unreachable while others answered; then `d` stays open to
+/// them (another instance takes them) and the instance is no longer picked as a target.
+async fn reassign(
+    run: &Run,
+    d: usize,
+    gone: Option<&str>,
+    items: Vec<Item>,
+    why: &str,
+) -> anyhow::Result<Confirmed> {
     let dname = run.set.name(d);
+    let what = gone.map_or_else(|| dname.clone(), |i| format!("{dname} (instance {i})"));
     tracing::error!(
         dest = %dname,
-        "{dname} stayed unreachable past --reassign-after: sending {} in-doubt messages elsewhere; \
+        "{what} stayed unreachable past --reassign-after: sending {} in-doubt messages elsewhere; \
          each is flagged as a possible duplicate in the journal",
         items.len()
     );
     ledger::reassigned(run, &dname, &items, why).await?;
     run.state.trusted(d);
     let mut items = items;
-    for i in &mut items {
-        i.exclude(d, &dname, "unreachable, reassigned");
+    match gone {
+        Some(i) => run.client.instances.forget(&dname, i),
+        None => {
+            for i in &mut items {
+                i.exclude(d, &dname, "unreachable, reassigned");
+            }
+        }
     }
     Ok(Confirmed::Reassigned(items))
 }

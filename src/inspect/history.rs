@@ -20,6 +20,9 @@ pub struct Step {
     pub state: State,
     pub at: Timestamp,
     pub dest: Option<String>,
+    /// The instance behind `dest` a `sent` was addressed to (omitted when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     pub note: Option<String>,
 }
 
@@ -35,6 +38,10 @@ pub struct InRun {
     pub size: u64,
     pub state: State,
     pub dest: Option<String>,
+    /// The instance behind `dest` that holds it or may hold it (its latest `sent` was
+    /// addressed to it); omitted when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     pub rejected_by: Vec<Rejection>,
     pub possible_duplicate: bool,
     pub remove_failed: Option<String>,
@@ -108,6 +115,7 @@ fn in_run(seq: u64, run: Option<&RunRow>, rec: MessageRecord) -> InRun {
         size: rec.size,
         state: rec.state,
         dest: rec.dest,
+        instance: rec.instance,
         rejected_by: rec
             .rejected_by
             .into_iter()
@@ -123,6 +131,7 @@ fn in_run(seq: u64, run: Option<&RunRow>, rec: MessageRecord) -> InRun {
                 state: t.state,
                 at: t.at,
                 dest: t.dest,
+                instance: t.instance,
                 note: t.note,
             })
             .collect(),

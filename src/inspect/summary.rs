@@ -59,6 +59,17 @@ pub struct DestCounts {
     pub acked: Count,
     pub deleted: Count,
     pub delivered: Count,
+    /// Behind a load balancer: the messages per instance (by id) they were sent to; omitted
+    /// for a destination that does not name its instances.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub instances: BTreeMap<String, InstanceCounts>,
+}
+
+/// One instance's messages behind a destination: in doubt with it, delivered to it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct InstanceCounts {
+    pub in_doubt: u64,
+    pub delivered: u64,
 }
 
 /// Delivered messages and bytes per second of the run's elapsed time.
@@ -348,6 +359,14 @@ impl Collector {
             }
             if rec.state != State::Sent {
                 c.delivered.add(rec.size);
+            }
+            if let Some(i) = &rec.instance {
+                let ic = c.instances.entry(i.clone()).or_default();
+                if rec.state == State::Sent {
+                    ic.in_doubt += 1;
+                } else {
+                    ic.delivered += 1;
+                }
             }
         }
         let id = id.to_string();

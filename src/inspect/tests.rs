@@ -201,6 +201,7 @@ fn sent(n: u64, dest: &str) -> Op {
         id: id(n),
         dest: dest.into(),
         possible_duplicate: false,
+        instance: None,
     }
 }
 
@@ -312,6 +313,7 @@ fn an_unclean_journal_is_read_in_memory_and_left_byte_identical() {
                 id: id(1),
                 dest: A.into(),
                 possible_duplicate: false,
+                instance: None,
             },
         ])
         .await
@@ -375,6 +377,7 @@ fn bench_summary_of_a_large_journal() {
                     id: id(k),
                     dest: dest.into(),
                     possible_duplicate: false,
+                    instance: None,
                 });
                 ops.push(Op::Acked {
                     run: 1,

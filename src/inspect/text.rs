@@ -134,6 +134,13 @@ fn run_detail(o: &mut String, d: &RunDetail, unclean: bool, limit: usize) {
                 c.acked.messages,
                 c.sent.messages
             );
+            for (i, ic) in &c.instances {
+                let _ = writeln!(
+                    o,
+                    "      instance {i}: delivered {}, in doubt {}",
+                    ic.delivered, ic.in_doubt
+                );
+            }
         }
     }
     if !d.by_queue.is_empty() {
@@ -334,10 +341,11 @@ pub fn history(h: &MessageHistory) -> String {
             r.run_id.as_deref().unwrap_or("corrupt run record"),
             r.run_status.map_or("?", status),
             r.state.as_str(),
-            r.dest
-                .as_ref()
-                .map(|d| format!(" ({d})"))
-                .unwrap_or_default()
+            match (&r.dest, &r.instance) {
+                (Some(d), Some(i)) => format!(" ({d}, instance {i})"),
+                (Some(d), None) => format!(" ({d})"),
+                _ => String::new(),
+            }
         );
         let _ = writeln!(
             o,
@@ -367,7 +375,10 @@ pub fn history(h: &MessageHistory) -> String {
 
 /// One transition in words: what happened, where, why, and the state it left.
 fn step(s: &Step) -> String {
-    let dest = s.dest.as_deref().unwrap_or("?");
+    let dest = match (s.dest.as_deref(), s.instance.as_deref()) {
+        (Some(d), Some(i)) => format!("{d} (instance {i})"),
+        (d, _) => d.unwrap_or("?").to_string(),
+    };
     let note = s.note.as_deref().unwrap_or("");
     match s.event {
         "read" => "read (journaled from the local spool)".to_string(),

@@ -71,8 +71,8 @@ pub(crate) async fn serve(
     }
 }
 
-/// Routes one request; every answer is counted (a refusal unless 2xx), and a transfer's
-/// latency is observed whatever its answer.
+/// Routes one request; every answer is counted (a refusal unless 2xx) and names this instance
+/// (`Drain-Instance`), and a transfer's latency is observed whatever its answer.
 async fn route(
     state: Arc<State>,
     peer: SocketAddr,
@@ -90,7 +90,11 @@ async fn route(
             "no such endpoint: {method} {path}"
         ))),
     };
-    let resp = answer.unwrap_or_else(Resp::from);
+    let mut resp = answer.unwrap_or_else(Resp::from);
+    // Every answer names this instance, so a sender behind a load balancer knows who answered.
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&state.instance) {
+        resp.headers_mut().insert(wire::HDR_INSTANCE, v);
+    }
     state.metrics.answered(resp.status());
     if method == Method::POST && path == wire::TRANSFER_PATH {
         state.metrics.transfer_took(started.elapsed());

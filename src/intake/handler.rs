@@ -50,6 +50,9 @@ pub(crate) struct State {
     pub timeouts: Timeouts,
     /// Connections open per peer address (taken by `listener` at accept).
     pub peers: Arc<Peers>,
+    /// This instance's id: sent on every answer (`Drain-Instance`) and compared with a
+    /// request's `Drain-Target-Instance`.
+    pub instance: String,
 }
 
 /// `GET /v1/health`.
@@ -120,6 +123,33 @@ fn check_caller(
     })
 }
 
+/// `421` when the request names another instance than this one (`Drain-Target-Instance`,
+/// behind a load balancer): checked before anything else, so nothing is read or stored. A
+/// request without the header (an older sender) is served.
+fn check_target(state: &State, req: &Request<Incoming>) -> Result<(), Reject> {
+    match header(req, wire::HDR_TARGET_INSTANCE)? {
+        Some(t) if !t.trim().eq_ignore_ascii_case(&state.instance) => {
+            Err(Reject::misdirected(format!(
+                "this is instance {}, not {}: nothing stored; ask again",
+                state.instance,
+                t.trim()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a request meant for another instance, discarding its body unread.
+fn refuse_misdirected(state: &State, req: Request<Incoming>) -> Result<Request<Incoming>, Reject> {
+    match check_target(state, &req) {
+        Ok(()) => Ok(req),
+        Err(r) => {
+            discard_body(req);
+            Err(r)
+        }
+    }
+}
+
 /// `415` unless the body is of the endpoint's media type (`wire`'s table).
 fn check_content_type(req: &Request<Incoming>, expected: &str) -> Result<(), Reject> {
     match header(req, "content-type")? {
@@ -164,6 +194,7 @@ pub(crate) async fn transfer(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Resp, Reject> {
+    let req = refuse_misdirected(state, req)?;
     let limit = state.max_request_bytes;
     // Refused before a byte of the body is read: waiting for it could take forever.
     if body::declared_over(req.body(), limit) {
@@ -248,6 +279,7 @@ pub(crate) async fn query(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Resp, Reject> {
+    let req = refuse_misdirected(state, req)?;
     let checked = check_caller(state, peer, &req)
         .and_then(|c| check_content_type(&req, wire::QUERY_CONTENT_TYPE).map(|()| c));
     let caller = match checked {
@@ -302,6 +334,7 @@ pub(crate) async fn finish(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Resp, Reject> {
+    let req = refuse_misdirected(state, req)?;
     let caller = check_caller(state, peer, &req)?;
     // No transfer of the run still arriving may store anything once its keys are forgotten.
     state

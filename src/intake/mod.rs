@@ -207,6 +207,7 @@ fn open_state(
         metrics,
         timeouts: opts.timeouts,
         peers,
+        instance: instance.to_string(),
     })
 }
 

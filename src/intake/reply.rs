@@ -4,7 +4,7 @@
 //! Used by `handler` (the endpoints) and `connection` (unknown routes). Invariant: every
 //! non-2xx answer has an [`ErrorResponse`] body; every refusal of a drain request carries its
 //! code (403 `not_allowed`, 408 `timeout`, 413 `too_large`, 400 `bad_request` or
-//! `bad_forwarding`, 415 `unsupported_media_type`, 503 `not_accepting`, 500 `transient`).
+//! `bad_forwarding`, 415 `unsupported_media_type`, 421 `misdirected`, 503 `not_accepting`, 500 `transient`).
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -99,6 +99,15 @@ impl Reject {
         )
     }
 
+    /// 421: the request names another instance (`Drain-Target-Instance`); nothing stored.
+    pub fn misdirected(message: String) -> Reject {
+        Reject::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            Some(RejectCode::Misdirected),
+            message,
+        )
+    }
+
     /// 404: no such endpoint (not a drain refusal: no code).
     pub fn not_found(message: String) -> Reject {
         Reject::new(StatusCode::NOT_FOUND, None, message)
@@ -168,6 +177,11 @@ mod tests {
                 Some(RejectCode::UnsupportedMediaType),
             ),
             (Reject::failed("x".into()), 500, Some(RejectCode::Transient)),
+            (
+                Reject::misdirected("x".into()),
+                421,
+                Some(RejectCode::Misdirected),
+            ),
             (Reject::timeout("x".into()), 408, Some(RejectCode::Timeout)),
             (Reject::not_found("x".into()), 404, None),
         ];

@@ -51,6 +51,9 @@ pub struct Transition {
     pub at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dest: Option<String>,
+    /// The instance behind `dest` a `sent` was addressed to (`Drain-Target-Instance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// Why: a failure reason, `stored` / `already held`, and so on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -67,6 +70,11 @@ pub struct MessageRecord {
     /// The destination of the latest `sent` / `acked`.
     #[serde(default)]
     pub dest: Option<String>,
+    /// The instance behind `dest` the latest `sent` was addressed to (`Drain-Target-Instance`):
+    /// the only one that may hold it and whose answer settles it. None: sent without a target
+    /// (a destination that does not name its instances, or a journal from before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// Destinations that rejected it permanently, with the reason.
     #[serde(default)]
     pub rejected_by: Vec<(String, String)>,
@@ -154,13 +162,15 @@ pub enum Op {
         hash: ContentHash,
         size: u64,
     },
-    /// About to send to `dest`. Must be durable before the request leaves.
+    /// About to send to `dest` (and its `instance`). Must be durable before the request leaves.
     Sent {
         run: u64,
         id: MessageId,
         dest: String,
         /// Sent elsewhere while an earlier destination may hold it (`--reassign-after`).
         possible_duplicate: bool,
+        /// The instance behind `dest` the request is addressed to, fixed before it leaves.
+        instance: Option<String>,
     },
     /// The destination certainly does not hold it (refused before the request was sent, or
     /// answered that it does not hold it): back to `read`.

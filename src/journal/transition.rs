@@ -118,8 +118,9 @@ impl Op {
             Op::Sent {
                 dest,
                 possible_duplicate,
+                instance,
                 ..
-            } => sent(r, dest, *possible_duplicate),
+            } => sent(r, dest, *possible_duplicate, instance.clone()),
             Op::NotDelivered { dest, reason, .. } => {
                 let r = from_sent_to(r, op, dest)?;
                 Ok(back_to_read(r, dest, reason.clone()))
@@ -169,6 +170,7 @@ fn step(state: State, dest: Option<&String>, note: Option<String>) -> Transition
         state,
         at: Timestamp::now(),
         dest: dest.cloned(),
+        instance: None,
         note,
     }
 }
@@ -210,6 +212,7 @@ fn read(
             size,
             state: State::Read,
             dest: None,
+            instance: None,
             rejected_by: Vec::new(),
             possible_duplicate: false,
             remove_failed: None,
@@ -228,18 +231,22 @@ fn read(
     Ok(rec)
 }
 
-/// `Sent`: only from `read`; records the destination.
+/// `Sent`: only from `read`; records the destination and the instance addressed behind it.
 fn sent(
     r: MessageRecord,
     dest: &String,
     possible_duplicate: bool,
+    instance: Option<String>,
 ) -> Result<MessageRecord, Refused> {
     let mut r = from_state(r, OpKind::Sent, State::Read)?;
     r.state = State::Sent;
     r.dest = Some(dest.clone());
+    r.instance = instance.clone();
     r.possible_duplicate |= possible_duplicate;
     let note = possible_duplicate.then(|| "possible duplicate: reassigned".to_string());
-    r.history.push(step(State::Sent, Some(dest), note));
+    let mut t = step(State::Sent, Some(dest), note);
+    t.instance = instance;
+    r.history.push(t);
     Ok(r)
 }
 

@@ -49,6 +49,7 @@ impl Gen {
                 id,
                 dest,
                 possible_duplicate: self.flag,
+                instance: None,
             },
             2 => Op::NotDelivered {
                 run,

@@ -54,6 +54,7 @@ fn op(kind: &str) -> Op {
             id,
             dest,
             possible_duplicate: false,
+            instance: None,
         },
         "NotDelivered" => Op::NotDelivered {
             run,
@@ -106,6 +107,7 @@ fn record_in(column: &str) -> Option<MessageRecord> {
         id: id(1),
         dest: dest.into(),
         possible_duplicate: false,
+        instance: None,
     };
     let acked = Op::Acked {
         run: 1,
@@ -187,6 +189,7 @@ fn side_effects_of_the_transitions() {
             id: id(1),
             dest: D.into(),
             possible_duplicate: false,
+            instance: None,
         },
     ]);
     let rejected = Op::Rejected {
@@ -239,4 +242,42 @@ fn side_effects_of_the_transitions() {
         .apply_to(Some(failed))
         .unwrap();
     assert_eq!(deleted.remove_failed, None, "Deleted clears remove_failed");
+}
+
+/// `Sent` records the instance it is addressed to (in the record and its history); a return to
+/// `read` keeps it (stale, like `dest`); a later `Sent` without one clears it; a record written
+/// before the field existed reads as "no instance".
+#[test]
+fn sent_records_its_target_instance() {
+    let inst = "0123456789abcdef0123456789abcdef";
+    let sent = |instance: Option<&str>| Op::Sent {
+        run: 1,
+        id: id(1),
+        dest: D.into(),
+        possible_duplicate: false,
+        instance: instance.map(String::from),
+    };
+    let r = apply(&[read_op(1, 1, 7), sent(Some(inst))]);
+    assert_eq!(r.as_ref().unwrap().instance.as_deref(), Some(inst));
+    let last = r.as_ref().unwrap().history.last().unwrap().clone();
+    assert_eq!(last.instance.as_deref(), Some(inst));
+    let back = Op::NotDelivered {
+        run: 1,
+        id: id(1),
+        dest: D.into(),
+        reason: "421 misdirected".into(),
+    }
+    .apply_to(r)
+    .unwrap();
+    assert_eq!(
+        (back.state, back.instance.as_deref()),
+        (State::Read, Some(inst))
+    );
+    let again = sent(None).apply_to(Some(back)).unwrap();
+    assert_eq!(again.instance, None);
+    let mut json = serde_json::to_value(&again).unwrap();
+    assert!(json.get("instance").is_none(), "omitted when none");
+    json.as_object_mut().unwrap().remove("instance");
+    let old: MessageRecord = serde_json::from_value(json).unwrap();
+    assert_eq!(old.instance, None);
 }

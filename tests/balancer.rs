@@ -1,0 +1,557 @@
+//! Exactly-once through a load balancer (issue 11), with real processes: three `drain serve`
+//! backends behind a real HAProxy, round-robin, from the operator configurations in
+//! `examples/` (`haproxy-tcp.cfg`: passthrough with `send-proxy-v2`; `haproxy-http.cfg`:
+//! TLS-terminating), the single server line filled with the three backends. The drain is
+//! SIGKILLed at random moments (seeded, printed), `drain resume` runs until exit 0, and a census
+//! of the three backends finds every message exactly once, byte-identical.
+//!
+//! Also the wire rule that makes it work: a request naming another instance
+//! (`Drain-Target-Instance`) is answered `421` `misdirected` and stores nothing, and every
+//! answer names its instance (`Drain-Instance`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::haproxy::HaProxy;
+use common::*;
+use drain::base::QueueKind;
+use drain::wire::{self, ErrorResponse, RejectCode};
+
+const SENDER: &str = "00000000000000000000000000000abc";
+const RUN: &str = "11111111111111111111111111111111";
+/// Kills of the drain per balancer: enough to leave messages in doubt, few enough for a
+/// debug build to finish well under a minute.
+const KILLS: usize = 4;
+
+/// The instance id of a server (its `instance-id` file).
+fn instance_of(s: &Server) -> String {
+    std::fs::read_to_string(s.data_dir.join("instance-id"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Three backends on `ips`, trusting the balancer on `lb_ip` for forwarding; their
+/// certificates also name `lb_ip` (passthrough: the senders' TLS ends at the backend).
+fn backends(tmp: &TempDir, ips: &[&str; 3], lb_ip: &str) -> Vec<Server> {
+    ips.iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            let mut cfg = ServeConfig::on(ip);
+            cfg.trusted_proxies = Some(lb_ip);
+            Server::start_with_names(tmp, &format!("b{i}"), cfg, &[ip, lb_ip])
+        })
+        .collect()
+}
+
+/// The example's single `server` line, replaced by one line per backend (then the
+/// placeholder where the comments name it).
+fn server_lines(servers: &[Server]) -> [(&'static str, String); 2] {
+    let lines: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("server drain{} {}", i + 1, s.dest()))
+        .collect();
+    [
+        ("server drain1 @BACKEND1@", lines.join("\n    ")),
+        ("@BACKEND1@", servers[0].dest()),
+    ]
+}
+
+/// Drains ~300 messages through `lb` (trusting `ca`), SIGKILLed [`KILLS`] times at random
+/// moments, then resumed until exit 0; returns the messages and how many kills left some in
+/// doubt (and how many messages).
+fn drain_with_kills(
+    tmp: &TempDir,
+    lb: &HaProxy,
+    ca: &Path,
+    rng: &mut Rng,
+) -> (BTreeMap<String, (String, String)>, usize, u64) {
+    let src = tmp.sub("src");
+    let expected = fill(&src, 280 + rng.below(40) as usize);
+    let log = tmp.path().join("drain.log");
+    let out = tmp.path().join("drain.out");
+    let ca = ca.display().to_string();
+    let (mut kills, mut in_doubt, mut in_doubt_msgs) = (0usize, 0usize, 0u64);
+    for attempt in 1..100 {
+        let mut args = vec!["--ca-cert", &ca, "--concurrency", "12", "--batch-size", "3"];
+        let dest = lb.dest();
+        if attempt == 1 {
+            args.push(&dest);
+        } else {
+            args.push("resume");
+        }
+        let mut child = spawn_logged(&src, &args, &out, &log);
+        if kills < KILLS {
+            let delay = Duration::from_millis(100 + rng.below(700));
+            if wait_up_to(&mut child, delay).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+                kills += 1;
+                let after = try_inspect_json(&src, &[]).expect("journal readable after a kill");
+                let sent = last_run_count(&after, "sent");
+                if sent > 0 {
+                    in_doubt += 1;
+                    in_doubt_msgs += sent;
+                }
+                continue;
+            }
+        }
+        let code = wait_up_to(&mut child, Duration::from_secs(120)).expect("drain hung");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(
+            code,
+            0,
+            "attempt {attempt} ended with {code}:\n{text}\n{}",
+            lb.log()
+        );
+        eprintln!(
+            "{kills} kills, {in_doubt} left {in_doubt_msgs} messages in doubt; finished at \
+             attempt {attempt}"
+        );
+        return (expected, in_doubt, in_doubt_msgs);
+    }
+    panic!("the drain never finished");
+}
+
+/// The census over the three backends (panics on a message held by two), with the count
+/// each holds printed; the source is empty.
+fn census_of(servers: &[Server], tmp: &TempDir, expected: &BTreeMap<String, (String, String)>) {
+    let refs: Vec<&Server> = servers.iter().collect();
+    let counts: Vec<usize> = servers.iter().map(|s| s.ls().len()).collect();
+    eprintln!(
+        "census: {} messages, per backend {counts:?}",
+        expected.len()
+    );
+    assert_census(&refs, &tmp.sub("src"), expected);
+    assert!(
+        counts.iter().filter(|c| **c > 0).count() >= 2,
+        "the balancer spread the messages: {counts:?}"
+    );
+    // The run's finish reached every instance, not just the one the balancer picked.
+    for s in servers {
+        assert!(
+            s.log()
+                .contains("drain run finished; its dedupe keys are dropped"),
+            "{}",
+            s.log()
+        );
+    }
+}
+
+/// `inspect` names the instances behind the balancer: per instance, as many delivered as that
+/// backend holds, none in doubt; `--message` names the instance that holds a message.
+fn inspect_names_the_instances(servers: &[Server], tmp: &TempDir, lb: &HaProxy) {
+    let src = tmp.sub("src");
+    let summary = inspect_json(&src, &[]);
+    let instances = &summary["run"]["by_destination"][lb.dest()]["instances"];
+    for s in servers {
+        let i = &instances[instance_of(s)];
+        assert_eq!(
+            (i["delivered"].as_u64(), i["in_doubt"].as_u64()),
+            (Some(s.ls().len() as u64), Some(0)),
+            "{instances}"
+        );
+    }
+    let held = &servers[0].ls()[0].id;
+    let o = drain(&src, &["inspect", "--message", held]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("instance {}", instance_of(&servers[0]))),
+        "{text}"
+    );
+}
+
+/// (a) HAProxy `mode tcp` (passthrough, PROXY v2), round-robin over three backends.
+#[test]
+fn killed_drains_through_a_tcp_balancer_duplicate_nothing() {
+    let mut rng = Rng::from_env("DRAIN_BALANCER_SEED");
+    let tmp = TempDir::new("lb-tcp");
+    let servers = backends(
+        &tmp,
+        &["127.0.0.51", "127.0.0.52", "127.0.0.53"],
+        "127.0.0.1",
+    );
+    let lb = HaProxy::start(
+        &tmp,
+        "haproxy-tcp.cfg",
+        "127.0.0.1",
+        &server_lines(&servers),
+    );
+    let refs: Vec<&Server> = servers.iter().collect();
+    let ca = ca_bundle(&tmp, &refs);
+    let (expected, _, _) = drain_with_kills(&tmp, &lb, &ca, &mut rng);
+    census_of(&servers, &tmp, &expected);
+    inspect_names_the_instances(&servers, &tmp, &lb);
+}
+
+/// (a) HAProxy `mode http` (TLS-terminating, `option forwardfor`), round-robin per request.
+#[test]
+fn killed_drains_through_an_http_balancer_duplicate_nothing() {
+    let mut rng = Rng::from_env("DRAIN_BALANCER_SEED");
+    let tmp = TempDir::new("lb-http");
+    let servers = backends(
+        &tmp,
+        &["127.0.0.54", "127.0.0.55", "127.0.0.56"],
+        "127.0.0.1",
+    );
+    let (cert, key) =
+        drain::tls::write_self_signed(&["127.0.0.1".to_string()], tmp.path(), "lb").unwrap();
+    let both = tmp.path().join("lb-both.pem");
+    let pem = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
+    std::fs::write(&both, pem).unwrap();
+    let lb = HaProxy::start(
+        &tmp,
+        "haproxy-http.cfg",
+        "127.0.0.1",
+        &[
+            [("@CERT@", both.display().to_string())].as_slice(),
+            &server_lines(&servers),
+        ]
+        .concat(),
+    );
+    let (expected, _, _) = drain_with_kills(&tmp, &lb, &cert, &mut rng);
+    let log = lb.log();
+    eprintln!(
+        "through the http balancer: {} transfers answered 200, {} answered 421 (misdirected)",
+        log.lines()
+            .filter(|l| l.contains(" 200 ") && l.contains("/v1/transfer"))
+            .count(),
+        log.lines()
+            .filter(|l| l.contains(" 421 ") && l.contains("/v1/transfer"))
+            .count()
+    );
+    census_of(&servers, &tmp, &expected);
+    inspect_names_the_instances(&servers, &tmp, &lb);
+}
+
+/// A request to `s` at `path` with `body` and optional `Drain-Target-Instance`: (status,
+/// `Drain-Instance` of the answer, body).
+fn ask(
+    s: &Server,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+    target: Option<&str>,
+) -> (u16, Option<String>, String) {
+    drain::tls::install_provider();
+    let pem = std::fs::read(&s.cert).unwrap();
+    let c = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let mut r = c
+        .post(format!("https://{}{path}", s.dest()))
+        .header(wire::HDR_SENDER, SENDER)
+        .header(wire::HDR_RUN, RUN)
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(t) = target {
+        r = r.header(wire::HDR_TARGET_INSTANCE, t);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = r.send().await.expect("request");
+        let st = resp.status().as_u16();
+        let inst = resp
+            .headers()
+            .get(wire::HDR_INSTANCE)
+            .map(|v| v.to_str().unwrap().to_string());
+        (st, inst, resp.text().await.unwrap_or_default())
+    })
+}
+
+fn code_of(text: &str) -> Option<RejectCode> {
+    serde_json::from_str::<ErrorResponse>(text)
+        .unwrap_or_else(|e| panic!("{e}: {text}"))
+        .code
+}
+
+/// (b) A request naming another instance gets `421` `misdirected` (transfer, query, finish)
+/// and stores nothing; the same request naming this instance, or none, is served; every
+/// answer names the instance.
+#[test]
+fn a_request_for_another_instance_is_misdirected_and_stores_nothing() {
+    let tmp = TempDir::new("lb-421");
+    let s = Server::start(&tmp, "a", ServeConfig::on("127.0.0.57"));
+    let me = instance_of(&s);
+    let other = "ffffffffffffffffffffffffffffffff";
+    let m = message(QueueKind::Queue, 1, b"to one instance only");
+    let body = batch(&[(&m, m.hash)]);
+    let query = serde_json::to_vec(&serde_json::json!({"messages": [{"id": m.header.id.to_string(), "hash": m.hash.to_string()}]})).unwrap();
+
+    let (st, inst, text) = ask(
+        &s,
+        wire::TRANSFER_PATH,
+        wire::BATCH_CONTENT_TYPE,
+        body.clone(),
+        Some(other),
+    );
+    assert_eq!(
+        (st, code_of(&text)),
+        (421, Some(RejectCode::Misdirected)),
+        "{text}"
+    );
+    assert_eq!(inst.as_deref(), Some(me.as_str()));
+    assert!(s.ls().is_empty(), "a misdirected transfer stores nothing");
+    let (st, inst, text) = ask(
+        &s,
+        wire::QUERY_PATH,
+        wire::QUERY_CONTENT_TYPE,
+        query.clone(),
+        Some(other),
+    );
+    assert_eq!(
+        (st, code_of(&text), inst.as_deref()),
+        (421, Some(RejectCode::Misdirected), Some(me.as_str())),
+        "{text}"
+    );
+    let (st, _, text) = ask(
+        &s,
+        wire::FINISH_PATH,
+        "application/json",
+        Vec::new(),
+        Some(other),
+    );
+    assert_eq!(
+        (st, code_of(&text)),
+        (421, Some(RejectCode::Misdirected)),
+        "{text}"
+    );
+
+    // Named right (any case), it is stored; without a target, as before.
+    let (st, inst, text) = ask(
+        &s,
+        wire::TRANSFER_PATH,
+        wire::BATCH_CONTENT_TYPE,
+        body,
+        Some(&me.to_ascii_uppercase()),
+    );
+    assert_eq!((st, inst.as_deref()), (200, Some(me.as_str())), "{text}");
+    assert_eq!(s.ls().len(), 1);
+    let (st, _, text) = ask(&s, wire::QUERY_PATH, wire::QUERY_CONTENT_TYPE, query, None);
+    assert_eq!(st, 200, "{text}");
+    assert!(text.contains(&m.hash.to_string()), "{text}");
+
+    // Errors and health name the instance too.
+    let (st, inst, _) = ask(&s, "/v1/nothing", "application/json", Vec::new(), None);
+    assert_eq!((st, inst.as_deref()), (404, Some(me.as_str())));
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert"])
+        .arg(&s.cert)
+        .arg(format!("https://{}{}", s.dest(), wire::HEALTH_PATH))
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&o.stdout).to_ascii_lowercase();
+    assert!(
+        headers.contains(&format!("drain-instance: {me}")),
+        "{headers}"
+    );
+}
+
+/// A backend SIGKILLed and restarted (same address, same data) at random moments of a drain
+/// through the passthrough balancer: what it took stays pinned to it until it answers again,
+/// so nothing is lost or duplicated.
+#[test]
+fn backends_killed_behind_a_tcp_balancer_duplicate_nothing() {
+    let mut rng = Rng::from_env("DRAIN_BALANCER_SEED");
+    let tmp = TempDir::new("lb-backend-kill");
+    let mut servers = backends(
+        &tmp,
+        &["127.0.0.58", "127.0.0.59", "127.0.0.60"],
+        "127.0.0.1",
+    );
+    let lb = HaProxy::start(
+        &tmp,
+        "haproxy-tcp.cfg",
+        "127.0.0.1",
+        &server_lines(&servers),
+    );
+    let refs: Vec<&Server> = servers.iter().collect();
+    let ca = ca_bundle(&tmp, &refs).display().to_string();
+    let src = tmp.sub("src");
+    let expected = fill(&src, 300);
+    let log = tmp.path().join("drain.log");
+    let out = tmp.path().join("drain.out");
+    let dest = lb.dest();
+    let args = [
+        "--ca-cert",
+        &ca,
+        "--concurrency",
+        "12",
+        "--batch-size",
+        "3",
+        &dest,
+    ];
+    let mut child = spawn_logged(&src, &args, &out, &log);
+    let mut kills = 0;
+    let code = loop {
+        if let Some(code) = wait_up_to(&mut child, Duration::from_millis(20 + rng.below(150))) {
+            break code;
+        }
+        if kills < 3 {
+            let victim = rng.below(3) as usize;
+            servers[victim].kill();
+            kills += 1;
+            std::thread::sleep(Duration::from_millis(rng.below(100)));
+            servers[victim].restart();
+        }
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, 0, "{text}\n{}", lb.log());
+    eprintln!(
+        "{kills} backend kills; {} requests ended in doubt, {} confirmations by the instance",
+        text.matches("ended ambiguously").count(),
+        text.matches("confirms it holds").count()
+    );
+    census_of(&servers, &tmp, &expected);
+}
+
+/// The ids of the messages in doubt with each instance behind `dest`, as `inspect` counts them.
+fn in_doubt_by_instance(src: &Path, dest: &str) -> BTreeMap<String, u64> {
+    let summary = inspect_json(src, &[]);
+    let mut out = BTreeMap::new();
+    if let Some(m) = summary["run"]["by_destination"][dest]["instances"].as_object() {
+        for (i, c) in m {
+            let n = c["in_doubt"].as_u64().unwrap_or(0);
+            if n > 0 {
+                out.insert(i.clone(), n);
+            }
+        }
+    }
+    out
+}
+
+/// An instance that disappears for good behind the balancer: its in-doubt messages stay pinned
+/// to it, the other instance keeps answering (`421` for them, never "not held"), and with
+/// `--reassign-after` they go to the other instance behind the same address, flagged as
+/// possible duplicates; nothing is lost and nothing else is duplicated.
+#[test]
+fn an_instance_gone_for_good_is_reassigned_per_instance() {
+    let mut rng = Rng::from_env("DRAIN_BALANCER_SEED");
+    let tmp = TempDir::new("lb-gone");
+    let mut servers = backends(
+        &tmp,
+        &["127.0.0.61", "127.0.0.62", "127.0.0.63"],
+        "127.0.0.1",
+    );
+    let (cert, key) =
+        drain::tls::write_self_signed(&["127.0.0.1".to_string()], tmp.path(), "lb").unwrap();
+    let both = tmp.path().join("lb-both.pem");
+    let pem = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
+    std::fs::write(&both, pem).unwrap();
+    let lb = HaProxy::start(
+        &tmp,
+        "haproxy-http.cfg",
+        "127.0.0.1",
+        &[
+            [("@CERT@", both.display().to_string())].as_slice(),
+            &server_lines(&servers),
+        ]
+        .concat(),
+    );
+    let src = tmp.sub("src");
+    let log = tmp.path().join("drain.log");
+    let out = tmp.path().join("drain.out");
+    let ca = cert.display().to_string();
+    let dest = lb.dest();
+    let mut expected = BTreeMap::new();
+    // Kill the drain until some messages are in doubt with one instance.
+    let mut pinned = BTreeMap::new();
+    for _ in 1..40 {
+        if spool_ls(&src).len() < 50 {
+            expected.extend(fill(&src, 150));
+        }
+        // Naming the destination continues the unfinished run, or starts one.
+        let args = [
+            "--ca-cert",
+            &ca,
+            "--concurrency",
+            "12",
+            "--batch-size",
+            "3",
+            &dest,
+        ];
+        let mut child = spawn_logged(&src, &args, &out, &log);
+        if wait_up_to(&mut child, Duration::from_millis(100 + rng.below(400))).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            pinned = in_doubt_by_instance(&src, &dest);
+            if !pinned.is_empty() {
+                break;
+            }
+        }
+    }
+    let (gone_id, n) = pinned.iter().next().expect("a kill left messages in doubt");
+    eprintln!("{n} messages in doubt with instance {gone_id}: it goes away for good");
+    let gone = servers
+        .iter()
+        .position(|s| instance_of(s) == *gone_id)
+        .unwrap();
+    servers[gone].kill();
+    let args = [
+        "--ca-cert",
+        &ca,
+        "--reassign-after",
+        "2s",
+        "--concurrency",
+        "12",
+        "--batch-size",
+        "3",
+        "resume",
+    ];
+    let mut child = spawn_logged(&src, &args, &out, &log);
+    let code = wait_up_to(&mut child, Duration::from_secs(120)).expect("resume hung");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!(
+            "(instance {gone_id}) stayed unreachable past --reassign-after"
+        )),
+        "{text}"
+    );
+    // Every message is on a backend; only the reassigned ones may be on two.
+    let mut on: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (k, s) in servers.iter().enumerate() {
+        for e in s.ls() {
+            on.entry(e.id).or_default().push(k);
+        }
+    }
+    let missing = expected.keys().filter(|id| !on.contains_key(*id)).count();
+    assert_eq!(missing, 0, "lost messages");
+    let twice: Vec<&String> = on
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(twice.len() as u64 <= *n, "{twice:?}");
+    assert!(spool_ls(&src).is_empty());
+    let summary = inspect_json(&src, &[]);
+    let instances = &summary["run"]["by_destination"][dest.as_str()]["instances"];
+    assert_eq!(
+        instances[gone_id]["in_doubt"].as_u64().unwrap_or(0),
+        0,
+        "{instances}"
+    );
+    let flagged: Vec<String> = summary["run"]["anomalies"]["possible_duplicates"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(flagged.len() as u64, *n, "{flagged:?}");
+    for id in &twice {
+        assert!(flagged.contains(id), "{id} on two backends, not flagged");
+    }
+    eprintln!(
+        "{} of the {n} reassigned messages are on two backends",
+        twice.len()
+    );
+}

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::haproxy::HaProxy;
+use common::nginx::Nginx;
 use common::*;
 use drain::base::QueueKind;
 use drain::wire::{self, ErrorResponse, RejectCode};
@@ -25,6 +26,30 @@ const RUN: &str = "11111111111111111111111111111111";
 /// Kills of the drain per balancer: enough to leave messages in doubt, few enough for a
 /// debug build to finish well under a minute.
 const KILLS: usize = 4;
+
+/// A balancer a test runs: where senders dial, and its logs.
+trait Balancer {
+    fn dest(&self) -> String;
+    fn log(&self) -> String;
+}
+
+impl Balancer for HaProxy {
+    fn dest(&self) -> String {
+        HaProxy::dest(self)
+    }
+    fn log(&self) -> String {
+        HaProxy::log(self)
+    }
+}
+
+impl Balancer for Nginx {
+    fn dest(&self) -> String {
+        Nginx::dest(self)
+    }
+    fn log(&self) -> String {
+        Nginx::log(self)
+    }
+}
 
 /// The instance id of a server (its `instance-id` file).
 fn instance_of(s: &Server) -> String {
@@ -66,7 +91,7 @@ fn server_lines(servers: &[Server]) -> [(&'static str, String); 2] {
 /// doubt (and how many messages).
 fn drain_with_kills(
     tmp: &TempDir,
-    lb: &HaProxy,
+    lb: &dyn Balancer,
     ca: &Path,
     rng: &mut Rng,
 ) -> (BTreeMap<String, (String, String)>, usize, u64) {
@@ -144,7 +169,7 @@ fn census_of(servers: &[Server], tmp: &TempDir, expected: &BTreeMap<String, (Str
 
 /// `inspect` names the instances behind the balancer: per instance, as many delivered as that
 /// backend holds, none in doubt; `--message` names the instance that holds a message.
-fn inspect_names_the_instances(servers: &[Server], tmp: &TempDir, lb: &HaProxy) {
+fn inspect_names_the_instances(servers: &[Server], tmp: &TempDir, lb: &dyn Balancer) {
     let src = tmp.sub("src");
     let summary = inspect_json(&src, &[]);
     let instances = &summary["run"]["by_destination"][lb.dest()]["instances"];
@@ -163,6 +188,41 @@ fn inspect_names_the_instances(servers: &[Server], tmp: &TempDir, lb: &HaProxy) 
         text.contains(&format!("instance {}", instance_of(&servers[0]))),
         "{text}"
     );
+}
+
+/// (a) nginx 1.22 (TLS-terminating, `examples/nginx.conf`), round-robin per request, with
+/// keepalive connections to the backends.
+#[test]
+fn killed_drains_through_nginx_duplicate_nothing() {
+    let mut rng = Rng::from_env("DRAIN_BALANCER_SEED");
+    let tmp = TempDir::new("lb-nginx");
+    let servers = backends(
+        &tmp,
+        &["127.0.0.57", "127.0.0.58", "127.0.0.59"],
+        "127.0.0.1",
+    );
+    let (cert, key) =
+        drain::tls::write_self_signed(&["127.0.0.1".to_string()], tmp.path(), "nginx").unwrap();
+    let lines: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let sep = if i == 0 { "" } else { "        server " };
+            format!("{sep}{} max_fails=2 fail_timeout=5s;", s.dest())
+        })
+        .collect();
+    let lb = Nginx::start(
+        &tmp,
+        "127.0.0.1",
+        &[
+            ("@CERT@", cert.display().to_string()),
+            ("@KEY@", key.display().to_string()),
+            ("@BACKEND1@ max_fails=2 fail_timeout=5s;", lines.join("\n")),
+        ],
+    );
+    let (expected, _, _) = drain_with_kills(&tmp, &lb, &cert, &mut rng);
+    census_of(&servers, &tmp, &expected);
+    inspect_names_the_instances(&servers, &tmp, &lb);
 }
 
 /// (a) HAProxy `mode tcp` (passthrough, PROXY v2), round-robin over three backends.

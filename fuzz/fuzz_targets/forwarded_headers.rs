@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let several_cip = fwd.client_ip.len() > 1;
     let answer = access.client_addr(peer, &fwd);
-    assert!(!several_cip || answer.is_err(), "several Client-IP lines accepted");
+    assert!(
+        !several_cip || answer.is_err(),
+        "several Client-IP lines accepted"
+    );
     if let Ok(ip) = answer {
         assert!(
             ip == peer || written(text).contains(&ip),

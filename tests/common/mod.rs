@@ -12,6 +12,7 @@ pub mod census;
 pub mod events;
 pub mod haproxy;
 pub mod inspect;
+pub mod nginx;
 pub mod process;
 pub mod proxy;
 pub mod servers;

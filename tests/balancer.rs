@@ -615,3 +615,59 @@ fn an_instance_gone_for_good_is_reassigned_per_instance() {
         twice.len()
     );
 }
+
+/// A backend draining itself behind the balancer answers 503 (its intake is stopped while its
+/// own drain waits for events): the others take everything, nothing waits on it, and it gets
+/// none of the messages.
+#[test]
+fn a_backend_draining_itself_is_skipped_and_the_others_take_everything() {
+    use std::sync::atomic::Ordering;
+    let tmp = TempDir::new("lb-draining");
+    let ips = ["127.0.0.60", "127.0.0.61", "127.0.0.62"];
+    // Backend 0: one message of its own, its event pending at an endpoint that answers 500.
+    let sink = EventSink::start("127.0.0.63");
+    sink.status.store(500, Ordering::SeqCst);
+    let own = tmp.sub("b0");
+    let own_id = spool_add(&own, "queue", 0, None, b"its own\r\n");
+    let servers: Vec<Server> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            let mut cfg = ServeConfig::on(ip);
+            cfg.trusted_proxies = Some("127.0.0.1");
+            if i == 0 {
+                cfg.extra = vec!["--event-endpoint".into(), sink.url.clone()];
+            }
+            Server::start_with_names(&tmp, &format!("b{i}"), cfg, &[ip, "127.0.0.1"])
+        })
+        .collect();
+    assert_eq!(servers[0].data_dir, own);
+    // Its own drain waits for those events: meanwhile its intake answers 503.
+    let away = format!("127.0.0.60:{}", closed_port("127.0.0.60"));
+    let (waiting, lines) = spawn_watched(&own, &["--max-event-wait", "300s", &away]);
+    wait_line(&lines, "waiting for the event processor");
+
+    let lb = HaProxy::start(
+        &tmp,
+        "haproxy-tcp.cfg",
+        "127.0.0.1",
+        &server_lines(&servers),
+    );
+    let refs: Vec<&Server> = servers.iter().collect();
+    let ca = ca_bundle(&tmp, &refs);
+    let src = tmp.sub("src");
+    let expected = fill(&src, 120);
+    let o = drain(&src, &["--ca-cert", ca.to_str().unwrap(), &lb.dest()]);
+    assert_eq!(code(&o), 0, "{}\n{}", show(&o), lb.log());
+    assert!(spool_ls(&src).is_empty());
+    let ids: Vec<String> = servers[0].ls().into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![own_id], "the draining backend took nothing new");
+    let all = census(&refs[1..]);
+    assert_eq!(all.len(), expected.len());
+    for (id, (_, hash)) in &expected {
+        assert_eq!(&all[id].1.hash, hash, "{id}");
+    }
+    signal(&waiting, libc::SIGTERM);
+    let mut waiting = waiting;
+    assert_eq!(wait_up_to(&mut waiting, Duration::from_secs(60)), Some(42));
+}

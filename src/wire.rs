@@ -79,7 +79,15 @@
 //! server's disk, never by a peer; beyond 30 s it answers `503` and the sender asks again). So a
 //! query answers at once even while a transfer of its run is stalled, and no other sender's or
 //! run's transfers delay it. A transfer that reaches the server after the query is not fenced.
-//! Errors as for transfers.
+//! A query writes nothing but in one crash-repair case: a copy found in the spool without its
+//! dedupe record gets its directory fsynced (so "held" is durable) and, best effort, the record
+//! and intake event it may have lost; a full disk never fails a query. Errors as for
+//! transfers.
+//!
+//! A transfer's message the server's disk has no room for is answered `rejected_transient` with
+//! code `insufficient_storage` before a byte of it is written: definitively not stored, so the
+//! sender may send it elsewhere at once (copies the server already holds still answer
+//! `already_held`).
 //!
 //! ## `POST /v1/finish`: the run has finished
 //!

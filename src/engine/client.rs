@@ -132,7 +132,14 @@ pub struct Client {
     presents_cert: bool,
     /// The instances seen behind each destination.
     pub instances: Arc<Instances>,
+    /// When a `GET /v1/health` to learn a destination's instance last failed: within
+    /// [`PROBE_COOL_DOWN`] the destination is skipped without asking again, so a stalled one
+    /// costs one probe, not one per batch.
+    probe_failed: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
+
+/// How long a destination whose instance probe failed is skipped.
+pub const PROBE_COOL_DOWN: Duration = Duration::from_secs(10);
 
 impl Client {
     pub fn new(
@@ -189,6 +196,7 @@ impl Client {
             run: run.to_string(),
             presents_cert: identity.is_some(),
             instances: Arc::default(),
+            probe_failed: Default::default(),
         })
     }
 
@@ -230,9 +238,22 @@ impl Client {
     /// The instance the next transfer to `dest` is addressed to: one seen behind it (asking
     /// `GET /v1/health` first if none is known yet). None: `dest` does not name its instances
     /// (an older server) or cannot be reached; the transfer then goes without a target.
-    pub async fn target(&self, dest: &Destination) -> Option<String> {
-        if let Some(t) = self.instances.pick(&dest.to_string()) {
-            return Some(t);
+    /// `Err`: the probe could not reach `dest` (now, or less than [`PROBE_COOL_DOWN`] ago):
+    /// skip it this round, nothing was sent.
+    pub async fn target(&self, dest: &Destination) -> Result<Option<String>, Failure> {
+        let name = dest.to_string();
+        if let Some(t) = self.instances.pick(&name) {
+            return Ok(Some(t));
+        }
+        let lock = || self.probe_failed.lock().unwrap_or_else(|p| p.into_inner());
+        if lock()
+            .get(&name)
+            .is_some_and(|at| at.elapsed() < PROBE_COOL_DOWN)
+        {
+            return Err(Failure::new(
+                FailureKind::ConnectFailed,
+                "its instance probe (GET /v1/health) failed moments ago",
+            ));
         }
         let resp = self
             .http
@@ -240,10 +261,17 @@ impl Client {
             .timeout(Duration::from_secs(10))
             .send()
             .await;
-        if let Ok(r) = resp {
-            self.learn(dest, &r);
+        match resp {
+            Ok(r) => {
+                self.learn(dest, &r);
+                lock().remove(&name);
+                Ok(self.instances.pick(&name))
+            }
+            Err(e) => {
+                lock().insert(name, std::time::Instant::now());
+                Err(Failure::from_http(&e))
+            }
         }
-        self.instances.pick(&dest.to_string())
     }
 
     /// Sends one transfer request (a wire batch), addressed to `target` if given, and

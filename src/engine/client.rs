@@ -238,22 +238,19 @@ impl Client {
     /// The instance the next transfer to `dest` is addressed to: one seen behind it (asking
     /// `GET /v1/health` first if none is known yet). None: `dest` does not name its instances
     /// (an older server) or cannot be reached; the transfer then goes without a target.
-    /// `Err`: the probe could not reach `dest` (now, or less than [`PROBE_COOL_DOWN`] ago):
-    /// skip it this round, nothing was sent.
-    pub async fn target(&self, dest: &Destination) -> Result<Option<String>, Failure> {
+    /// A probe that failed less than [`PROBE_COOL_DOWN`] ago is not repeated: the transfer
+    /// goes without a target and its own outcome (not delivered, or in doubt) decides.
+    pub async fn target(&self, dest: &Destination) -> Option<String> {
         let name = dest.to_string();
         if let Some(t) = self.instances.pick(&name) {
-            return Ok(Some(t));
+            return Some(t);
         }
         let lock = || self.probe_failed.lock().unwrap_or_else(|p| p.into_inner());
         if lock()
             .get(&name)
             .is_some_and(|at| at.elapsed() < PROBE_COOL_DOWN)
         {
-            return Err(Failure::new(
-                FailureKind::ConnectFailed,
-                "its instance probe (GET /v1/health) failed moments ago",
-            ));
+            return None;
         }
         let resp = self
             .http
@@ -265,11 +262,11 @@ impl Client {
             Ok(r) => {
                 self.learn(dest, &r);
                 lock().remove(&name);
-                Ok(self.instances.pick(&name))
+                self.instances.pick(&name)
             }
-            Err(e) => {
+            Err(_) => {
                 lock().insert(name, std::time::Instant::now());
-                Err(Failure::from_http(&e))
+                None
             }
         }
     }

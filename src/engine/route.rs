@@ -96,17 +96,7 @@ pub(crate) async fn process_batch(
         if single && sub.len() > 1 {
             rest.extend(sub.split_off(1));
         }
-        let target = match run.client.target(&run.set.dests[d]).await {
-            Ok(t) => t,
-            Err(why) => {
-                // Not reachable: nothing was sent or journaled; try the others this round.
-                run.state.note_failure(&run.set.name(d), &why);
-                failed_round.insert(d);
-                pending = rest;
-                pending.extend(sub);
-                continue;
-            }
-        };
+        let target = run.client.target(&run.set.dests[d]).await;
         ledger::sent(run, &run.set.name(d), target.as_deref(), &mut sub).await?;
         let sorted = match deliver::one_request(run, d, sub).await? {
             Step::Done(sorted) => sorted,

@@ -6,26 +6,18 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::IpAddr;
 
 use common::haproxy::HaProxy;
 use common::*;
 use drain::base::QueueKind;
-use drain::wire::{self, ErrorResponse, RejectCode};
+use drain::wire::{self, RejectCode};
 
 const SENDER: &str = "00000000000000000000000000000abc";
 const RUN: &str = "11111111111111111111111111111111";
 
 /// A client from `bind` trusting the PEM certificate(s) in `ca`.
 fn client(ca: &std::path::Path, bind: &str) -> reqwest::Client {
-    drain::tls::install_provider();
-    let pem = std::fs::read(ca).unwrap();
-    reqwest::Client::builder()
-        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
-        .local_address(bind.parse::<IpAddr>().unwrap())
-        .no_proxy()
-        .build()
-        .unwrap()
+    https_client(ca, bind)
 }
 
 /// POST a one-message transfer to `https://{addr}` with extra header lines: (status, body).
@@ -52,9 +44,7 @@ fn transfer(c: &reqwest::Client, addr: &str, headers: &[(&str, &str)]) -> (u16, 
 }
 
 fn code_of(text: &str) -> Option<RejectCode> {
-    serde_json::from_str::<ErrorResponse>(text)
-        .unwrap_or_else(|e| panic!("{e}: {text}"))
-        .code
+    reject_code(text)
 }
 
 /// (a) HAProxy `mode http` with `option forwardfor` adds its own X-Forwarded-For line: a

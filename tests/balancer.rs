@@ -19,7 +19,7 @@ use common::haproxy::HaProxy;
 use common::nginx::Nginx;
 use common::*;
 use drain::base::QueueKind;
-use drain::wire::{self, ErrorResponse, RejectCode};
+use drain::wire::{self, RejectCode};
 
 const SENDER: &str = "00000000000000000000000000000abc";
 const RUN: &str = "11111111111111111111111111111111";
@@ -248,6 +248,25 @@ fn killed_drains_through_a_tcp_balancer_duplicate_nothing() {
     inspect_names_the_instances(&servers, &tmp, &lb);
 }
 
+/// HAProxy from `examples/haproxy-http.cfg` on 127.0.0.1 in front of `servers`, with a
+/// certificate of its own (returned: what senders trust).
+fn http_balancer(tmp: &TempDir, servers: &[Server]) -> (HaProxy, std::path::PathBuf) {
+    let (cert, key) =
+        drain::tls::write_self_signed(&["127.0.0.1".to_string()], tmp.path(), "lb").unwrap();
+    let both = tmp.path().join("lb-both.pem");
+    let pem = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
+    std::fs::write(&both, pem).unwrap();
+    let fill = [
+        [("@CERT@", both.display().to_string())].as_slice(),
+        &server_lines(servers),
+    ]
+    .concat();
+    (
+        HaProxy::start(tmp, "haproxy-http.cfg", "127.0.0.1", &fill),
+        cert,
+    )
+}
+
 /// (a) HAProxy `mode http` (TLS-terminating, `option forwardfor`), round-robin per request.
 #[test]
 fn killed_drains_through_an_http_balancer_duplicate_nothing() {
@@ -258,21 +277,7 @@ fn killed_drains_through_an_http_balancer_duplicate_nothing() {
         &["127.0.0.54", "127.0.0.55", "127.0.0.56"],
         "127.0.0.1",
     );
-    let (cert, key) =
-        drain::tls::write_self_signed(&["127.0.0.1".to_string()], tmp.path(), "lb").unwrap();
-    let both = tmp.path().join("lb-both.pem");
-    let pem = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
-    std::fs::write(&both, pem).unwrap();
-    let lb = HaProxy::start(
-        &tmp,
-        "haproxy-http.cfg",
-        "127.0.0.1",
-        &[
-            [("@CERT@", both.display().to_string())].as_slice(),
-            &server_lines(&servers),
-        ]
-        .concat(),
-    );
+    let (lb, cert) = http_balancer(&tmp, &servers);
     let (expected, _, _) = drain_with_kills(&tmp, &lb, &cert, &mut rng);
     let log = lb.log();
     eprintln!(
@@ -329,9 +334,7 @@ fn ask(
 }
 
 fn code_of(text: &str) -> Option<RejectCode> {
-    serde_json::from_str::<ErrorResponse>(text)
-        .unwrap_or_else(|e| panic!("{e}: {text}"))
-        .code
+    reject_code(text)
 }
 
 /// (b) A request naming another instance gets `421` `misdirected` (transfer, query, finish)
@@ -502,21 +505,7 @@ fn an_instance_gone_for_good_is_reassigned_per_instance() {
         &["127.0.0.61", "127.0.0.62", "127.0.0.63"],
         "127.0.0.1",
     );
-    let (cert, key) =
-        drain::tls::write_self_signed(&["127.0.0.1".to_string()], tmp.path(), "lb").unwrap();
-    let both = tmp.path().join("lb-both.pem");
-    let pem = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
-    std::fs::write(&both, pem).unwrap();
-    let lb = HaProxy::start(
-        &tmp,
-        "haproxy-http.cfg",
-        "127.0.0.1",
-        &[
-            [("@CERT@", both.display().to_string())].as_slice(),
-            &server_lines(&servers),
-        ]
-        .concat(),
-    );
+    let (lb, cert) = http_balancer(&tmp, &servers);
     let src = tmp.sub("src");
     let log = tmp.path().join("drain.log");
     let out = tmp.path().join("drain.out");

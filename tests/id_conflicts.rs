@@ -5,22 +5,13 @@
 
 mod common;
 
-use std::net::IpAddr;
-
 use common::*;
 use drain::base::{MessageId, QueueKind};
 use drain::spool::Message;
 use drain::wire::{self, Outcome, QueryItem, QueryRequest, QueryResponse, RejectCode};
 
 fn client(server: &Server) -> reqwest::Client {
-    drain::tls::install_provider();
-    let pem = std::fs::read(&server.cert).unwrap();
-    reqwest::Client::builder()
-        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
-        .local_address("127.0.0.1".parse::<IpAddr>().unwrap())
-        .no_proxy()
-        .build()
-        .unwrap()
+    https_client(&server.cert, "127.0.0.1")
 }
 
 /// A message with a chosen id.

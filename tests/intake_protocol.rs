@@ -3,22 +3,13 @@
 
 mod common;
 
-use std::net::IpAddr;
-
 use common::*;
 use drain::base::{MessageId, QueueKind};
 use drain::spool::Message;
 use drain::wire::{self, Outcome, QueryResponse, TransferResponse};
 
 fn client(server: &Server, bind: &str) -> reqwest::Client {
-    drain::tls::install_provider();
-    let pem = std::fs::read(&server.cert).unwrap();
-    reqwest::Client::builder()
-        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
-        .local_address(bind.parse::<IpAddr>().unwrap())
-        .no_proxy()
-        .build()
-        .unwrap()
+    https_client(&server.cert, bind)
 }
 
 const SENDER: &str = "00000000000000000000000000000abc";

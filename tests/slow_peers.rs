@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,14 +138,7 @@ impl Raw {
 }
 
 fn client(server: &Server, bind: &str) -> reqwest::Client {
-    drain::tls::install_provider();
-    let pem = std::fs::read(&server.cert).unwrap();
-    reqwest::Client::builder()
-        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
-        .local_address(bind.parse::<IpAddr>().unwrap())
-        .no_proxy()
-        .build()
-        .unwrap()
+    https_client(&server.cert, bind)
 }
 
 /// Asks which of `msgs` the server holds for `run`; also returns how long the answer took.

@@ -89,9 +89,10 @@ pub fn sync_dir(dir: &Path) -> Result<(), FileError> {
         .map_err(FileError::at(dir))
 }
 
-/// Creates the new file `path` (it must not exist) for writing, readable by its owner only.
+/// Creates the new file `path` (it must not exist) for reading and writing, owner only.
 pub fn create_private_file(path: &Path) -> io::Result<File> {
     let f = OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(FILE_MODE)
@@ -104,24 +105,12 @@ pub fn create_private_file(path: &Path) -> io::Result<File> {
 /// Opens `path` for reading and writing, creating it (owner only) if it does not exist; an
 /// existing file keeps its mode.
 pub fn open_or_create_private(path: &Path) -> io::Result<File> {
-    match create_private_file_rw(path) {
+    match create_private_file(path) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             OpenOptions::new().read(true).write(true).open(path)
         }
         other => other,
     }
-}
-
-/// Creates the new file `path` (it must not exist) for reading and writing, owner only.
-pub fn create_private_file_rw(path: &Path) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(path)?;
-    f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
-    Ok(f)
 }
 
 /// Creates `dir` and any missing parents, each one it creates owner-only ([`DIR_MODE`]);

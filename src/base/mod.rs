@@ -71,6 +71,27 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Every error in `e`'s chain, `e` first, looking inside `io::Error`s too (whose `source()`
+/// skips the error they wrap: where rustls and others put theirs). For typed classification
+/// (downcasts), never for matching text.
+pub fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Vec<&'a (dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut next = Some(e);
+    while let Some(cur) = next {
+        out.push(cur);
+        next = match cur
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => cur.source(),
+        };
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

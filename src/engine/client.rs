@@ -418,11 +418,21 @@ impl Client {
         let mut result = Ok(());
         for i in &instances {
             let mut last = Ok(());
-            for _ in 0..FINISH_TRIES {
+            for attempt in 0..FINISH_TRIES {
                 last = self.finish_one(dest, Some(i)).await;
                 match &last {
-                    Err(f) if matches!(f.kind, FailureKind::Status(421, _)) => continue,
-                    _ => break,
+                    Ok(()) => break,
+                    // Another instance answered: ask again, at once at first, then with a
+                    // pause (the balancer may have taken ours out for a moment).
+                    Err(f) if matches!(f.kind, FailureKind::Status(421, _)) => {
+                        if attempt >= 10 {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                    // A balancer's 503, a reset, a timeout: a short pause, then again (the
+                    // first tries only: a destination that is gone should not hold the run).
+                    Err(_) if attempt < 3 => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Err(_) => break,
                 }
             }
             if let Err(e) = last {

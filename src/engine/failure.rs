@@ -14,6 +14,8 @@ use std::io;
 
 use rustls::{CertificateError, InvalidMessage};
 
+use crate::base::causes;
+
 /// What went wrong, in the words the report uses. Ordered for stable report output.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FailureKind {
@@ -125,24 +127,9 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Every error in the chain, looking inside `io::Error`s too (whose `source()` skips the error
-/// they wrap, which is where rustls puts its own).
-fn chain<'a>(e: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
-    let mut out = Vec::new();
-    let mut next = Some(e);
-    while let Some(cur) = next {
-        out.push(cur);
-        next = match cur.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
-            Some(inner) => Some(inner as &(dyn StdError + 'static)),
-            None => cur.source(),
-        };
-    }
-    out
-}
-
 /// The first typed cause the chain carries, if any.
 fn from_chain(e: &(dyn StdError + 'static)) -> Option<Failure> {
-    for err in chain(e) {
+    for err in causes(e) {
         if let Some(t) = err.downcast_ref::<rustls::Error>() {
             return Some(from_tls(t));
         }
@@ -235,7 +222,7 @@ fn certificate_text(c: &CertificateError) -> String {
 
 /// The innermost error's text: the cause, without the layers that repeat it.
 fn innermost(e: &(dyn StdError + 'static)) -> String {
-    chain(e).last().map(|c| c.to_string()).unwrap_or_default()
+    causes(e).last().map(|c| c.to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::options::{DrainOptions, Mode};
 use super::report::{self, Problem, Report};
 use super::run::Run;
 use crate::base::{Destination, MessageId, Timestamp};
-use crate::journal::{self, Journal, RunMarker, RunRecord, RunStatus, State};
+use crate::journal::{self, Journal, MarkedRun, RunMarker, RunRecord, RunStatus, State};
 
 /// A run begun (its record durable), or why there is none.
 pub(crate) enum Begun {
@@ -81,13 +81,13 @@ fn check_marker(
     let Some(m) = journal::read_marker(&opts.data_dir)? else {
         return Ok(());
     };
-    match last {
-        Some(r) if r.id == m.run_id && r.status == RunStatus::Finished => {
+    match m.against(last) {
+        MarkedRun::Finished => {
             journal::clear_marker(&opts.data_dir)?;
             Ok(())
         }
-        Some(r) if r.id == m.run_id => Ok(()),
-        _ => anyhow::bail!(
+        MarkedRun::Unfinished => Ok(()),
+        MarkedRun::Lost => anyhow::bail!(
             "drain run {} (#{}, started {}, to {}) did not finish, but the journal {} does not know \
              it (it was lost, removed or replaced): sending now could deliver messages twice. Run \
              `drain --data-dir {} recover` first: it asks those destinations about every message \

@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::client::{Client, QueryError};
 use crate::base::{ContentHash, Destination, backoff};
 use crate::instance::Instance;
-use crate::journal::{self, RunMarker, RunStatus};
+use crate::journal::{self, MarkedRun, RunMarker};
 use crate::spool::{Entry, Spool};
 
 /// Queries per destination before recovery gives up on it for this invocation.
@@ -138,18 +138,17 @@ enum JournalState {
 
 fn check_journal(data_dir: &Path, m: &RunMarker) -> anyhow::Result<JournalState> {
     match journal::last_run_status(data_dir) {
-        Ok(Some(r)) if r.id == m.run_id && r.status == RunStatus::Finished => {
-            Ok(JournalState::Settled)
-        }
-        Ok(Some(r)) if r.id == m.run_id => anyhow::bail!(
-            "the journal knows drain run {} (#{}, {}): nothing was lost; finish it with \
-             `drain --data-dir {} resume`",
-            r.id,
-            r.seq,
-            r.status,
-            data_dir.display()
-        ),
-        Ok(_) => Ok(JournalState::Lost(None)),
+        Ok(last) => match m.against(last.as_ref()) {
+            MarkedRun::Finished => Ok(JournalState::Settled),
+            MarkedRun::Unfinished => anyhow::bail!(
+                "the journal knows drain run {} (#{}): nothing was lost; finish it with \
+                 `drain --data-dir {} resume`",
+                m.run_id,
+                m.run_seq,
+                data_dir.display()
+            ),
+            MarkedRun::Lost => Ok(JournalState::Lost(None)),
+        },
         Err(e) => {
             let path = journal::file_path(data_dir);
             let secs = std::time::SystemTime::now()

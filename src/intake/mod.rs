@@ -76,7 +76,7 @@ fn refuse_if_draining(data_dir: &std::path::Path) -> anyhow::Result<()> {
     let marker = crate::journal::read_marker(data_dir)
         .map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
     if let Some(m) = marker
-        && last.as_ref().is_none_or(|r| r.id != m.run_id)
+        && m.against(last.as_ref()) == crate::journal::MarkedRun::Lost
     {
         anyhow::bail!(
             "refusing to serve: drain run {} (#{}, to {}) on {d} did not finish and the journal \

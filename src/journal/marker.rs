@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::records::{RunRecord, RunStatus};
 use crate::base::Timestamp;
 use crate::base::durable::{self, FileError};
 
@@ -58,6 +59,30 @@ impl RunMarker {
             run_seq,
             started_at: Timestamp::now(),
             destinations,
+        }
+    }
+}
+
+/// What the journal says of the run a marker names (the table in `journal-format.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkedRun {
+    /// The journal knows it, unfinished: continue it (`drain`, `drain resume`).
+    Unfinished,
+    /// The journal knows it as finished: the marker is stale (a crash before its removal).
+    Finished,
+    /// The journal does not know it (lost, removed or replaced): refuse; `drain recover`.
+    Lost,
+}
+
+impl RunMarker {
+    /// The marker's run as seen by a journal whose last run is `last`.
+    pub fn against(&self, last: Option<&RunRecord>) -> MarkedRun {
+        match last {
+            Some(r) if r.id == self.run_id && r.status == RunStatus::Finished => {
+                MarkedRun::Finished
+            }
+            Some(r) if r.id == self.run_id => MarkedRun::Unfinished,
+            _ => MarkedRun::Lost,
         }
     }
 }

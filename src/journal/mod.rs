@@ -39,7 +39,8 @@ use tables::{MESSAGES, META, RUNS, Snapshot, UNREADABLE};
 
 pub use error::{Corrupt, JournalError};
 pub use marker::{
-    MARKER_FILE, MarkerError, RunMarker, clear_marker, marker_path, read_marker, write_marker,
+    MARKER_FILE, MarkedRun, MarkerError, RunMarker, clear_marker, marker_path, read_marker,
+    write_marker,
 };
 pub use reader::{OpenMode, Reader, last_run_status, read};
 pub use records::{

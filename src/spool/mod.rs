@@ -229,28 +229,12 @@ impl Spool {
     /// queue directory touched is fsynced once. When this returns `Ok`, every file survives a
     /// crash.
     pub fn store_many(&self, msgs: &[Message]) -> Result<(), SpoolError> {
-        let mut touched = [false; 4];
-        for m in msgs {
-            let tmp = self.tmp_dir().join(format!(
-                "{}.{}.tmp",
-                m.header.id,
-                MessageId::random().map_err(|e| SpoolError::io(self.tmp_dir(), e))?
-            ));
-            let dest = self.path_of(m.header.queue, m.header.id);
-            durable::write_then_rename(&tmp, &dest, &m.bytes)?;
-            touched[m.header.queue.index()] = true;
-        }
-        for q in QueueKind::ALL {
-            if touched[q.index()] {
-                sync_dir(&self.queue_dir(q))?;
-            }
-        }
-        Ok(())
+        self.store_each(msgs).into_iter().collect()
     }
 
-    /// Like [`Spool::store_many`], but each message has its own outcome: a file that cannot
-    /// be written fails alone (its error names it) and the others are still stored. A queue
-    /// directory whose fsync fails fails every message written into it.
+    /// [`Spool::store_many`] with an outcome per message: a file that cannot be written fails
+    /// alone (its error names it) and the others are still stored. A queue directory whose
+    /// fsync fails fails every message written into it.
     pub fn store_each(&self, msgs: &[Message]) -> Vec<Result<(), SpoolError>> {
         let mut results: Vec<Result<(), SpoolError>> = msgs
             .iter()

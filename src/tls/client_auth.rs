@@ -156,20 +156,9 @@ fn is_client_cert_alert(a: AlertDescription) -> bool {
 /// The first rustls error in `err`'s source chain. `io::Error::source` skips the error it
 /// wraps, so the wrapped error is looked at through `get_ref`.
 pub fn find_rustls_error<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return Some(r);
-        }
-        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
-            let inner: &(dyn Error + 'static) = inner;
-            if let Some(r) = find_rustls_error(inner) {
-                return Some(r);
-            }
-        }
-        cur = e.source();
-    }
-    None
+    crate::base::causes(err)
+        .into_iter()
+        .find_map(|e| e.downcast_ref::<rustls::Error>())
 }
 
 /// The sender's side: whether `err` (a request's error) is the destination refusing our client

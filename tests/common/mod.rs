@@ -145,3 +145,23 @@ pub fn signal(child: &Child, sig: i32) {
         libc::kill(child.id() as i32, sig);
     }
 }
+
+/// An HTTPS client trusting the certificates in `ca` (PEM), connecting from `bind`: raw
+/// requests to a `drain serve`, as a sender at that address would send them.
+pub fn https_client(ca: &Path, bind: &str) -> reqwest::Client {
+    drain::tls::install_provider();
+    let pem = std::fs::read(ca).expect("CA file");
+    reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).expect("PEM"))
+        .local_address(bind.parse::<std::net::IpAddr>().expect("bind address"))
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// The typed code of an error answer's JSON body (`None`: the body carries none).
+pub fn reject_code(text: &str) -> Option<drain::wire::RejectCode> {
+    serde_json::from_str::<drain::wire::ErrorResponse>(text)
+        .unwrap_or_else(|e| panic!("{e}: {text}"))
+        .code
+}

@@ -7,10 +7,16 @@
 //!   temp file, fsync, rename, fsync the directories once per batch of 64, delete the originals;
 //! - `drain` as a child process draining a fresh spool of N messages to both destinations:
 //!   wall time, msg/s, MB/s (10^6 bytes) and the child's peak RSS (wait4 `ru_maxrss`);
-//! - the same drain of N/10 messages, to show whether memory grows with the spool.
+//! - the same drain of N/10 messages, to show whether memory grows with the spool;
+//! - the same drain of N messages through a round-robin load balancer in front of the same two
+//!   destinations: Debian's HAProxy from `examples/haproxy-http.cfg` (TLS-terminating, a
+//!   backend picked per request, so most transfers reach another instance than the one they
+//!   name and are parked and committed there); skipped with a note when `haproxy` is missing
+//!   (`apt-get install -y haproxy`).
 //!
 //! Each drain must exit 0 and the destinations must gain exactly N (N/10) message files.
-//! The summary gives drain/baseline throughput and big/small peak RSS (ideal: 1.0).
+//! The summary gives drain/baseline throughput, big/small peak RSS (ideal: 1.0) and
+//! balancer/direct throughput (issue 11's target: at least 0.7).
 //!
 //! Run: `cargo bench --bench drain` (N = 20000) or `cargo bench --bench drain -- --messages N`;
 //! `DRAIN_BENCH_ARGS="--concurrency 32"` passes extra options to the drain.
@@ -103,13 +109,25 @@ fn main() -> anyhow::Result<()> {
     let baseline = baseline_run(&base, n)?;
     let big = drain_run(&base, "drain", n, &dests, &ca)?;
     let small = drain_run(&base, "drain (N/10)", (n / 10).max(1), &dests, &ca)?;
+    let balanced = match start_balancer(&base, &dests, &mut servers)? {
+        Some((lb, lb_ca)) => Some(drain_run(&base, "via HAProxy", n, &[lb], &lb_ca)?),
+        None => {
+            println!(
+                "haproxy not found: the balancer case is skipped (apt-get install -y haproxy)"
+            );
+            None
+        }
+    };
 
     println!();
     println!(
         "{:<14} {:>9} {:>9} {:>8} {:>8} {:>7} {:>13}",
         "run", "messages", "MB", "secs", "msg/s", "MB/s", "peak RSS MiB"
     );
-    for r in [&baseline, &big, &small] {
+    for r in [Some(&baseline), Some(&big), Some(&small), balanced.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         r.print();
     }
     println!();
@@ -119,7 +137,69 @@ fn main() -> anyhow::Result<()> {
         let (bn, sn, ratio) = (big.messages, small.messages, b as f64 / s as f64);
         println!("peak RSS, drain of {bn} / of {sn}: {ratio:.2}x (1.0: independent of spool size)");
     }
+    if let Some(b) = &balanced {
+        let ratio = b.msg_per_s() / big.msg_per_s();
+        println!(
+            "throughput, through a round-robin balancer / direct: {ratio:.2}x (target: at least 0.70)"
+        );
+    }
     Ok(())
+}
+
+/// HAProxy (`examples/haproxy-http.cfg`) on 127.0.0.4 in front of `dests`, round-robin per
+/// request; returns its `IP:PORT` and its certificate (for `--ca-cert`), or None without
+/// `haproxy`.
+fn start_balancer(
+    base: &Path,
+    dests: &[String],
+    servers: &mut Servers,
+) -> anyhow::Result<Option<(String, PathBuf)>> {
+    let ip = "127.0.0.4";
+    let (cert, key) = drain::tls::write_self_signed(&[ip.into()], base, "lb")?;
+    let both = base.join("lb-both.pem");
+    fs::write(
+        &both,
+        fs::read_to_string(&cert)? + &fs::read_to_string(&key)?,
+    )?;
+    let port = std::net::TcpListener::bind((ip, 0))?.local_addr()?.port();
+    let listen = format!("{ip}:{port}");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/haproxy-http.cfg");
+    let lines: Vec<String> = dests
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("server drain{} {d}", i + 1))
+        .collect();
+    let cfg = fs::read_to_string(example)?
+        .replace("@LISTEN@", &listen)
+        .replace("@CERT@", &both.display().to_string())
+        .replace("server drain1 @BACKEND1@", &lines.join("\n    "))
+        // Access logs of every request would cost the balancer, not the drain.
+        .replace("    option httplog\n", "    option dontlog-normal\n");
+    let path = base.join("haproxy.cfg");
+    fs::write(&path, cfg)?;
+    let child = match Command::new("haproxy")
+        .arg("-f")
+        .arg(&path)
+        .arg("-db")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("cannot start haproxy"),
+    };
+    servers.0.push(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "haproxy is not accepting on {listen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Some((listen, cert)))
 }
 
 /// `--messages N` or `--messages=N`; anything else (cargo passes `--bench`) is ignored.

@@ -100,7 +100,8 @@
 //! ## `GET /v1/health`
 //!
 //! No headers needed, no access check (for load balancers); `200` with [`HealthResponse`]
-//! `{"version":1,"accepting":true}`; `accepting` is false while transfers get `503`.
+//! `{"version":1,"accepting":true}`; while transfers get `503` (draining or shutting down) it
+//! answers `503` with `"accepting":false`, so a balancer's health check takes the instance out.
 //!
 //! Any other path or method: `404` with an [`ErrorResponse`].
 //!
@@ -126,6 +127,37 @@
 //! the message's `sent` record (`journal-format.md`), then sends with `Drain-Target-Instance`.
 //! Whatever happens to the answer (a lost response included), only that instance can hold the
 //! message, and only its answer, through a query carrying the same target, settles it.
+//!
+//! ## Parking: a misdirected transfer is not wasted (additions within v1)
+//!
+//! A round-robin balancer that picks a backend per request sends most targeted transfers to
+//! the wrong instance. Refusing them (`421`) after the body was sent costs the whole body, so a
+//! sender may add `Drain-Park: 1` to a targeted transfer. An instance that is not the target
+//! then reads the body as usual (same checks, same limits) and, instead of storing, **parks**
+//! the messages: it keeps them in memory, invisible to its spool, its dedupe store and its
+//! queries, and answers `200` with outcome `parked` for each frame it would have stored
+//! (frames it rejects are answered as for a transfer). Its `Drain-Instance` names where they are
+//! parked. Parked messages are presumed aborted: they are dropped after [`PARK_TTL`], when
+//! the instance restarts, when a query or finish of the same run asks about them, and when the
+//! parked total would pass the instance's limit (then the transfer is answered `421` as before).
+//!
+//! ### `POST /v1/commit`: store what was parked here
+//!
+//! Sent with `Drain-Target-Instance` naming the instance that parked (any other answers `421`,
+//! nothing done), body as a query ([`QueryRequest`], `application/json`). The instance stores
+//! each parked message exactly as a transfer would (durably, dedupe, event) and answers `200`
+//! [`TransferResponse`], one result per message asked, in order: `stored`, `already_held` (it
+//! holds it for this run already), a rejection, or `rejected_transient` with code
+//! `not_parked`: it was not parked here (expired, aborted, restarted) and is not held, so it
+//! was definitively not stored. A commit registers like a transfer for the query fence, so a
+//! query never answers "not held" for a message a commit is storing.
+//!
+//! Why exactly once: a message becomes visible only by a commit, and the sender sends a commit
+//! only after journaling the parking instance as the message's target (`journal-format.md`,
+//! `Parked`). A crash or lost answer before that leaves the parked copy to expire, while the
+//! journal still names the first target, which never saw the message. A lost commit answer
+//! leaves the message in doubt at the parking instance, whose query first drops the parked copy
+//! (so no late commit can store it after the answer) and then answers truthfully.
 
 use bytes::{Buf, Bytes};
 use serde::{Deserialize, Serialize};
@@ -142,6 +174,12 @@ pub const HDR_RUN: &str = "drain-run";
 pub const HDR_INSTANCE: &str = "drain-instance";
 /// On a request: the instance it is meant for; any other answers `421` `misdirected`.
 pub const HDR_TARGET_INSTANCE: &str = "drain-target-instance";
+/// On a targeted transfer: `1` lets another instance park the messages instead of `421`.
+pub const HDR_PARK: &str = "drain-park";
+/// Stores what a transfer parked at the instance it names.
+pub const COMMIT_PATH: &str = "/v1/commit";
+/// How long an instance keeps parked messages waiting for their commit.
+pub const PARK_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 pub const BATCH_CONTENT_TYPE: &str = "application/vnd.drain.batch.v1";
 /// The `Content-Type` of a `POST /v1/query` body.
 pub const QUERY_CONTENT_TYPE: &str = "application/json";
@@ -227,6 +265,9 @@ pub enum Outcome {
     RejectedPermanent,
     /// Not stored; the same request may succeed later.
     RejectedTransient,
+    /// Held, not stored, by an instance other than the target, until a commit names it
+    /// (answered only to a transfer carrying `Drain-Park`).
+    Parked,
 }
 
 impl Outcome {
@@ -275,6 +316,9 @@ pub enum RejectCode {
     /// The request named another instance (`Drain-Target-Instance`) than the one it reached
     /// (`421`, behind a load balancer): nothing stored, nothing answered; ask again.
     Misdirected,
+    /// A commit asked for a message this instance has not parked (expired, aborted by a query
+    /// or a restart) and does not hold: not stored; send it again.
+    NotParked,
     /// A code from a newer peer that this build does not know.
     #[serde(other)]
     Unknown,
@@ -298,6 +342,7 @@ impl RejectCode {
             RejectCode::Fenced => "fenced",
             RejectCode::InsufficientStorage => "insufficient_storage",
             RejectCode::Misdirected => "misdirected",
+            RejectCode::NotParked => "not_parked",
             RejectCode::Unknown => "unknown",
         }
     }

@@ -14,6 +14,8 @@
 //!
 //! - [`Delivery::Misdirected`]: a `421`: the request reached another instance than the one it
 //!   named (behind a load balancer); nothing stored, definitively.
+//! - [`Delivery::Parked`]: another instance than the one named parked them; nothing stored
+//!   until [`Client::commit`] at that instance.
 //!
 //! Instances: every answer's `Drain-Instance` header is remembered per destination
 //! ([`Instances`]); [`Client::target`] picks the instance the next transfer to a destination is
@@ -70,6 +72,12 @@ pub enum Delivery {
     Ambiguous(Failure),
     /// `421`: another instance than the target answered; nothing stored.
     Misdirected(Failure),
+    /// Another instance than the target parked some (outcome `parked`; the others answered as
+    /// usual): nothing is stored until a commit at `instance` stores it.
+    Parked {
+        instance: String,
+        results: Vec<ItemResult>,
+    },
 }
 
 /// The instances seen behind each destination (by `Drain-Instance`), in this invocation and
@@ -272,7 +280,8 @@ impl Client {
     }
 
     /// Sends one transfer request (a wire batch), addressed to `target` if given, and
-    /// classifies how it ended.
+    /// classifies how it ended. A targeted transfer lets another instance park it (`wire`,
+    /// "Parking"): then the answer is [`Delivery::Parked`].
     pub async fn transfer(
         &self,
         dest: &Destination,
@@ -282,13 +291,57 @@ impl Client {
     ) -> Delivery {
         // Generous: 60 s plus 1 s per MB, so slow links are not mistaken for dead ones.
         let timeout = Duration::from_secs(60 + body.len() as u64 / 1_000_000);
-        let resp = self
+        let mut req = self
             .post(dest, wire::TRANSFER_PATH, target)
-            .header(reqwest::header::CONTENT_TYPE, wire::BATCH_CONTENT_TYPE)
-            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, wire::BATCH_CONTENT_TYPE);
+        if target.is_some() {
+            req = req.header(wire::HDR_PARK, "1");
+        }
+        let resp = req.timeout(timeout).body(body).send().await;
+        self.classify(dest, resp, frames).await
+    }
+
+    /// Commits at `instance` behind `dest` the messages a transfer parked there (`wire`,
+    /// `POST /v1/commit`); classified as a transfer (a `421` is another instance answering).
+    pub async fn commit(
+        &self,
+        dest: &Destination,
+        instance: &str,
+        items: &[(crate::base::MessageId, ContentHash)],
+    ) -> Delivery {
+        let body = match serde_json::to_vec(&query_body(items)) {
+            Ok(b) => b,
+            Err(e) => {
+                return Delivery::NotDelivered(Failure::new(FailureKind::Other, e.to_string()));
+            }
+        };
+        let resp = self
+            .post(dest, wire::COMMIT_PATH, Some(instance))
+            // Through a TCP balancer a kept-alive connection reaches the same instance every
+            // time: a fresh one lets the next try reach another.
+            .header(reqwest::header::CONNECTION, "close")
+            .header(reqwest::header::CONTENT_TYPE, wire::QUERY_CONTENT_TYPE)
+            .timeout(Duration::from_secs(60))
             .body(body)
             .send()
             .await;
+        match self.classify(dest, resp, items.len()).await {
+            // A commit parks nothing: such an answer is not one we can trust.
+            Delivery::Parked { .. } => Delivery::Ambiguous(Failure::new(
+                FailureKind::BadAnswer,
+                "a commit answered \"parked\"",
+            )),
+            d => d,
+        }
+    }
+
+    /// How a transfer or commit request ended, from its answer (or the error instead).
+    async fn classify(
+        &self,
+        dest: &Destination,
+        resp: Result<reqwest::Response, reqwest::Error>,
+        frames: usize,
+    ) -> Delivery {
         let resp = match resp {
             Ok(r) => r,
             Err(e) if let Some(r) = self.refusal(&e) => return Delivery::HandshakeRefused(r),
@@ -301,18 +354,10 @@ impl Client {
         self.learn(dest, &resp);
         let status = resp.status();
         if status == StatusCode::OK {
+            let answering = instance_of(&resp);
             return match resp.bytes().await {
                 Err(e) => Delivery::Ambiguous(Failure::from_http(&e)),
-                Ok(b) => match serde_json::from_slice::<TransferResponse>(&b) {
-                    Ok(r) if r.results.len() == frames => Delivery::Answered(r.results),
-                    Ok(r) => Delivery::Ambiguous(Failure::new(
-                        FailureKind::BadAnswer,
-                        format!("{} results for {frames} messages", r.results.len()),
-                    )),
-                    Err(e) => {
-                        Delivery::Ambiguous(Failure::new(FailureKind::BadAnswer, e.to_string()))
-                    }
-                },
+                Ok(b) => answered(&b, frames, answering),
             };
         }
         let reason = error_text(status, resp).await;
@@ -356,27 +401,18 @@ impl Client {
                 // instance: a fresh one per targeted query lets the next ask reach another.
                 req = req.header(reqwest::header::CONNECTION, "close");
             }
-            let resp = req
-                .timeout(Duration::from_secs(60))
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(
-                    serde_json::to_vec(&QueryRequest {
-                        messages: chunk
-                            .iter()
-                            .map(|(id, hash)| wire::QueryItem {
-                                id: *id,
-                                hash: *hash,
-                            })
-                            .collect(),
-                    })
-                    .map_err(|e| Unavailable(Failure::new(FailureKind::Other, e.to_string())))?,
-                )
-                .send()
-                .await
-                .map_err(|e| match self.refusal(&e) {
-                    Some(r) => QueryError::Refused(refused(&r)),
-                    None => Unavailable(Failure::from_http(&e)),
-                })?;
+            let resp =
+                req.timeout(Duration::from_secs(60))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(serde_json::to_vec(&query_body(chunk)).map_err(|e| {
+                        Unavailable(Failure::new(FailureKind::Other, e.to_string()))
+                    })?)
+                    .send()
+                    .await
+                    .map_err(|e| match self.refusal(&e) {
+                        Some(r) => QueryError::Refused(refused(&r)),
+                        None => Unavailable(Failure::from_http(&e)),
+                    })?;
             self.learn(dest, &resp);
             let status = resp.status();
             if status != StatusCode::OK {
@@ -462,6 +498,53 @@ impl Client {
             return Err(error_text(status, resp).await);
         }
         Ok(())
+    }
+}
+
+/// The body of a query or commit naming `items`.
+fn query_body(items: &[(crate::base::MessageId, ContentHash)]) -> QueryRequest {
+    QueryRequest {
+        messages: items
+            .iter()
+            .map(|(id, hash)| wire::QueryItem {
+                id: *id,
+                hash: *hash,
+            })
+            .collect(),
+    }
+}
+
+/// The `Drain-Instance` an answer names.
+fn instance_of(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(wire::HDR_INSTANCE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| wire::valid_token(v))
+}
+
+/// A `200` answer's body: one result per frame, or in doubt. Parked results need the instance
+/// that parked them; without one (never from a server that parks) the answer is in doubt.
+fn answered(body: &[u8], frames: usize, answering: Option<String>) -> Delivery {
+    let results = match serde_json::from_slice::<TransferResponse>(body) {
+        Ok(r) if r.results.len() == frames => r.results,
+        Ok(r) => {
+            return Delivery::Ambiguous(Failure::new(
+                FailureKind::BadAnswer,
+                format!("{} results for {frames} messages", r.results.len()),
+            ));
+        }
+        Err(e) => return Delivery::Ambiguous(Failure::new(FailureKind::BadAnswer, e.to_string())),
+    };
+    if !results.iter().any(|r| r.outcome == wire::Outcome::Parked) {
+        return Delivery::Answered(results);
+    }
+    match answering {
+        Some(instance) => Delivery::Parked { instance, results },
+        None => Delivery::Ambiguous(Failure::new(
+            FailureKind::BadAnswer,
+            "messages parked by an instance that did not name itself",
+        )),
     }
 }
 

@@ -1,21 +1,20 @@
-//! Delivering: one request with messages already journaled `sent` to one destination, and what
-//! each kind of answer does to each message.
+//! Delivering: one request with messages already journaled `sent` to one destination.
 //!
-//! Owns the encoding of a transfer body and the classification of an answer into [`Step`]:
-//! acknowledged messages go to the ledger (`acked`, then removal), rejected or not delivered
-//! ones back to `read` (a permanent rejection excludes the destination for that message), and
-//! an ambiguous end leaves them pinned (`sent`) to the destination for `settle`. Whether a
-//! rejection is permanent is decided by the answer's typed [`RejectCode`] and status, never by
-//! its text. Uses `run`, `item`, `ledger` and `client`; called by `route`.
+//! Owns the encoding of a transfer body and what each way the request can end
+//! ([`Delivery`]) means for its messages, as a [`Step`]: an answer is applied by `answer`, a
+//! whole-request refusal or failure sends them back to `read`, an ambiguous end leaves them
+//! pinned (`sent`) to the destination for `settle`, and a transfer another instance parked
+//! goes on to `commit`. Uses `run`, `item`, `ledger`, `answer`, `commit` and `client`; called
+//! by `route`.
 
 use bytes::Bytes;
 
+use super::answer::{Sorted, Step, answered, refused};
 use super::client::Delivery;
-use super::failure::{Failure, FailureKind};
 use super::item::Item;
-use super::ledger::{self, Rejection};
+use super::ledger;
 use super::run::Run;
-use crate::wire::{self, ItemResult, Outcome, RejectCode};
+use crate::wire;
 
 /// Encodes items as one transfer body.
 pub(crate) fn encode(items: &[Item]) -> Bytes {
@@ -29,27 +28,6 @@ pub(crate) fn encode(items: &[Item]) -> Bytes {
         buf.extend_from_slice(&i.msg.bytes);
     }
     Bytes::from(buf)
-}
-
-/// What became of the items of one request.
-#[derive(Default)]
-pub(crate) struct Sorted {
-    /// Not acknowledged, free to go to any destination not in their `rejected`.
-    pub retry: Vec<Item>,
-    /// The destination failed transiently for these (skip it for the rest of the round).
-    pub dest_failed: bool,
-    /// The request was too large: send one message per request.
-    pub split: bool,
-    /// Another instance than the target answered (`421`): not a failure of the destination;
-    /// send again at once, to an instance picked anew.
-    pub misdirected: bool,
-}
-
-/// How one request ended for its items.
-pub(crate) enum Step {
-    Done(Sorted),
-    /// The destination may hold them: they stay pinned (`sent`) to it.
-    Ambiguous(Vec<Item>),
 }
 
 /// One request to `d` with items already journaled `sent` to it (addressed to the instance
@@ -111,88 +89,14 @@ pub(crate) async fn one_request(run: &Run, d: usize, items: Vec<Item>) -> anyhow
                 items.len()
             );
             run.state.note_failure(&dname, &reason);
-            return Ok(Step::Ambiguous(items));
+            return Ok(Step::in_doubt(items));
         }
         Delivery::Answered(results) => {
             return Ok(Step::Done(answered(run, d, items, results).await?));
         }
+        Delivery::Parked { instance, results } => {
+            return super::commit::parked(run, d, items, instance, results).await;
+        }
     }
     Ok(Step::Done(sorted))
-}
-
-/// A whole request refused: back to `read`; a permanent refusal excludes `d` for these.
-async fn refused(
-    run: &Run,
-    d: usize,
-    items: Vec<Item>,
-    reason: &str,
-    permanent: bool,
-) -> anyhow::Result<Sorted> {
-    let dname = run.set.name(d);
-    ledger::rejected(run, &dname, ledger::ids(&items), reason, permanent).await?;
-    let mut retry = items;
-    if permanent {
-        for i in &mut retry {
-            i.exclude(d, &dname, reason);
-        }
-    }
-    Ok(Sorted {
-        retry,
-        dest_failed: !permanent,
-        ..Sorted::default()
-    })
-}
-
-/// Applies per-message outcomes: rejections first, then the acknowledgements (and removals).
-async fn answered(
-    run: &Run,
-    d: usize,
-    items: Vec<Item>,
-    results: Vec<ItemResult>,
-) -> anyhow::Result<Sorted> {
-    let dname = run.set.name(d);
-    let mut sorted = Sorted::default();
-    let mut acked = Vec::new();
-    let mut rejections = Vec::new();
-    for (mut item, res) in items.into_iter().zip(results) {
-        let reason = res.reason.clone().unwrap_or_default();
-        match res.outcome {
-            Outcome::Stored => acked.push((item, "stored".to_string())),
-            Outcome::AlreadyHeld => acked.push((item, "already held".to_string())),
-            Outcome::RejectedPermanent | Outcome::RejectedTransient => {
-                let code = res.code.unwrap_or(RejectCode::Unknown).as_str();
-                run.state
-                    .note_failure(&dname, &Failure::new(FailureKind::Rejected(code), &reason));
-                let mut permanent = res.outcome == Outcome::RejectedPermanent;
-                if permanent && res.code == Some(RejectCode::HashMismatch) && changed_on_disk(&item)
-                {
-                    // Our copy changed under us: not the destination's fault; read it again.
-                    permanent = false;
-                }
-                tracing::warn!(dest = %dname, id = %item.id(), "{dname} rejected {}: {reason}", item.id());
-                rejections.push(Rejection {
-                    id: item.id(),
-                    reason: reason.clone(),
-                    permanent,
-                });
-                if permanent {
-                    item.exclude(d, &dname, &reason);
-                } else {
-                    sorted.dest_failed = true;
-                }
-                sorted.retry.push(item);
-            }
-        }
-    }
-    ledger::rejected_each(run, &dname, rejections).await?;
-    ledger::acked(run, &dname, acked).await?;
-    Ok(sorted)
-}
-
-/// True when the local file no longer hashes as it did when read.
-fn changed_on_disk(item: &Item) -> bool {
-    match crate::spool::read_file(&item.entry.path) {
-        Ok(b) => crate::spool::format::hash(&b) != item.msg.hash,
-        Err(_) => true,
-    }
 }

@@ -1,7 +1,7 @@
 //! The ledger: the only code that writes a message's journal records and removes local copies.
 //!
 //! Every state change of a message goes through one function here, each one commit (one
-//! durable group) of one kind of record: `read`, `sent`, `not delivered`, `rejected`,
+//! durable group) of one kind of record: `read`, `sent`, `parked`, `not delivered`, `rejected`,
 //! `reassigned`, `acked`, `deleted` / `remove failed`, and `unreadable` for files; plus the
 //! run record (`put_run`). The report's counts of what was delivered, removed or failed follow
 //! the records they describe.
@@ -10,7 +10,7 @@
 //! a local file is removed only after its `acked` record is durable, and only here
 //! ([`acked`], [`acked_entries`], [`moved_to_fallback`], [`remove_local`]).
 //! Uses `run`, `item`, `report` and `fallback_dir`; called by `scan`, `route`, `deliver`,
-//! `settle`, `fallback`, `resume` and `lifecycle`.
+//! `settle`, `commit`, `fallback`, `resume` and `lifecycle`.
 
 use super::fallback_dir::FallbackDir;
 use super::item::Item;
@@ -60,6 +60,29 @@ pub(crate) async fn sent(
     run.journal.commit(ops).await?;
     for i in items {
         i.instance = instance.map(String::from);
+    }
+    Ok(())
+}
+
+/// `sent(dest)` pinned anew to `instance`, the instance behind `dest` that parked them,
+/// durably, before the commit to it leaves; the items then carry that instance.
+pub(crate) async fn parked(
+    run: &Run,
+    dest: &str,
+    instance: &str,
+    items: &mut [Item],
+) -> anyhow::Result<()> {
+    let ops = ids(items)
+        .map(|id| Op::Parked {
+            run: run.set.run_seq,
+            id,
+            dest: dest.to_string(),
+            instance: instance.to_string(),
+        })
+        .collect();
+    run.journal.commit(ops).await?;
+    for i in items {
+        i.instance = Some(instance.to_string());
     }
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! | listed and read from the spool, hashed, within the byte budget | `scan` |
 //! | journaled (`read`, `sent`, `acked`, `rejected`, `deleted`, ...) | `ledger` (the only writer of message records) |
 //! | given a destination (round-robin, failover, backoff) | `route` |
-//! | encoded, sent, the answer classified | `deliver` (over `client`) |
+//! | encoded, sent, the answer classified | `deliver` (over `client`), answers applied by `answer` |
+//! | parked by another instance behind a balancer: journaled `parked`, then committed there | `commit` |
 //! | acknowledged: `acked` durable, then the local copy removed | `ledger` (called by `deliver` and `settle`) |
 //! | in doubt (ambiguous end, or left by a killed attempt): asked about | `settle`; at start-up `resume` |
 //! | moved to `--fallback-path` when time is up | `fallback` (`fallback_dir` owns the directory) |
@@ -20,8 +21,8 @@
 //! way. A process-level wrapper with the instance lock and signal handling is [`session`].
 //!
 //! Imports flow one way (each module uses only those listed before it):
-//! `options`, `report`, `client`, `item`, `fallback_dir` -> `run` -> `ledger` ->
-//! `deliver`, `settle`, `fallback` -> `route` -> `scan`, `resume` -> `progress`, `lifecycle` ->
+//! `options`, `report`, `client`, `item`, `fallback_dir` -> `run` -> `ledger` -> `answer` ->
+//! `commit` -> `deliver`, `settle`, `fallback` -> `route` -> `scan`, `resume` -> `progress`, `lifecycle` ->
 //! `mod.rs` (`run`) -> `session`.
 //!
 //! Invariants (product.md): a `sent` record is durable before a request leaves; a local file
@@ -31,7 +32,9 @@
 //! byte budget, not by the spool's size. Called by the CLI (`drain <DESTINATION>...` and
 //! `drain resume`) and the demo, through [`session`].
 
+mod answer;
 pub mod client;
+mod commit;
 mod deliver;
 mod failure;
 mod fallback;

@@ -18,7 +18,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::deliver::{self, Sorted, Step};
+use super::answer::{Sorted, Step};
+use super::deliver;
 use super::fallback;
 use super::item::Item;
 use super::ledger;
@@ -100,9 +101,9 @@ pub(crate) async fn process_batch(
         ledger::sent(run, &run.set.name(d), target.as_deref(), &mut sub).await?;
         let sorted = match deliver::one_request(run, d, sub).await? {
             Step::Done(sorted) => sorted,
-            Step::Ambiguous(pinned) => {
+            Step::Ambiguous { pinned, rest } => {
                 settle_beside(run, d, pinned);
-                Sorted::default()
+                rest
             }
         };
         if sorted.misdirected {
@@ -171,22 +172,31 @@ pub(crate) async fn settle_then_send(
 ) -> anyhow::Result<Sorted> {
     let mut items = items;
     let mut first = first;
+    // What earlier requests of this loop released while others stayed in doubt.
+    let mut released = Sorted::default();
     loop {
         match settle::confirm(run, d, items, first).await? {
             Confirmed::NotHeld(rest) if !rest.is_empty() => items = rest,
             Confirmed::Reassigned(retry) | Confirmed::Refused(retry) => {
-                return Ok(Sorted {
+                released.merge(Sorted {
                     retry,
                     dest_failed: true,
                     ..Sorted::default()
                 });
+                return Ok(released);
             }
             // All confirmed held, or stopped with them still in doubt.
-            Confirmed::NotHeld(_) | Confirmed::Stopped => return Ok(Sorted::default()),
+            Confirmed::NotHeld(_) | Confirmed::Stopped => return Ok(released),
         }
         match deliver::one_request(run, d, items).await? {
-            Step::Done(sorted) => return Ok(sorted),
-            Step::Ambiguous(pinned) => items = pinned,
+            Step::Done(sorted) => {
+                released.merge(sorted);
+                return Ok(released);
+            }
+            Step::Ambiguous { pinned, rest } => {
+                released.merge(rest);
+                items = pinned;
+            }
         }
         first = FirstQuery::AfterBackoff;
     }
@@ -201,6 +211,9 @@ pub(crate) async fn resend_to(
 ) -> anyhow::Result<Sorted> {
     match deliver::one_request(run, d, items).await? {
         Step::Done(sorted) => Ok(sorted),
-        Step::Ambiguous(pinned) => settle_then_send(run, d, pinned, FirstQuery::AfterBackoff).await,
+        Step::Ambiguous { pinned, mut rest } => {
+            rest.merge(settle_then_send(run, d, pinned, FirstQuery::AfterBackoff).await?);
+            Ok(rest)
+        }
     }
 }

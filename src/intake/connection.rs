@@ -86,6 +86,7 @@ async fn route(
         (&Method::POST, wire::TRANSFER_PATH) => handler::transfer(&state, peer, req).await,
         (&Method::POST, wire::QUERY_PATH) => handler::query(&state, peer, req).await,
         (&Method::POST, wire::FINISH_PATH) => handler::finish(&state, peer, req).await,
+        (&Method::POST, wire::COMMIT_PATH) => super::commit::commit(&state, peer, req).await,
         _ => Err(Reject::not_found(format!(
             "no such endpoint: {method} {path}"
         ))),

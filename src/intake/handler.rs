@@ -24,6 +24,7 @@ use super::access::{Access, Forwarded};
 use super::body::{self, BodyError};
 use super::metrics::Metrics;
 use super::options::Timeouts;
+use super::parked::Parked;
 use super::peers::Peers;
 use super::reply::{Reject, Resp, json};
 use super::store::{Fence, Store, Storing};
@@ -53,28 +54,40 @@ pub(crate) struct State {
     /// This instance's id: sent on every answer (`Drain-Instance`) and compared with a
     /// request's `Drain-Target-Instance`.
     pub instance: String,
+    /// Messages of transfers meant for another instance, waiting for their commit.
+    pub parked: Parked,
 }
 
-/// `GET /v1/health`.
+/// `GET /v1/health`: `200` while accepting, `503` (same body) while not, so a balancer's
+/// health check takes a draining instance out.
 pub(crate) fn health(state: &State) -> Resp {
+    let accepting = state.accepting.load(Ordering::Relaxed);
+    let status = if accepting {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     json(
-        StatusCode::OK,
+        status,
         &HealthResponse {
             version: wire::VERSION,
-            accepting: state.accepting.load(Ordering::Relaxed),
+            accepting,
         },
     )
 }
 
 /// The sender's identity, once the peer is known to be allowed.
-struct Caller {
-    client: std::net::IpAddr,
-    sender: String,
-    run: String,
+pub(super) struct Caller {
+    pub client: std::net::IpAddr,
+    pub sender: String,
+    pub run: String,
 }
 
 /// A header's value as text; `None` when absent.
-fn header<'r>(req: &'r Request<Incoming>, name: &str) -> Result<Option<&'r str>, Reject> {
+pub(super) fn header<'r>(
+    req: &'r Request<Incoming>,
+    name: &str,
+) -> Result<Option<&'r str>, Reject> {
     match req.headers().get(name) {
         None => Ok(None),
         Some(v) => v
@@ -96,7 +109,7 @@ fn token(req: &Request<Incoming>, name: &str) -> Result<String, Reject> {
 }
 
 /// Access policy and the `Drain-Sender` / `Drain-Run` headers.
-fn check_caller(
+pub(super) fn check_caller(
     state: &State,
     peer: SocketAddr,
     req: &Request<Incoming>,
@@ -139,8 +152,18 @@ fn check_target(state: &State, req: &Request<Incoming>) -> Result<(), Reject> {
     }
 }
 
+/// Whether a transfer allows another instance than its target to park it (`Drain-Park: 1`).
+fn wants_park(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(wire::HDR_PARK)
+        .is_some_and(|v| v.as_bytes() == b"1")
+}
+
 /// Refuses a request meant for another instance, discarding its body unread.
-fn refuse_misdirected(state: &State, req: Request<Incoming>) -> Result<Request<Incoming>, Reject> {
+pub(super) fn refuse_misdirected(
+    state: &State,
+    req: Request<Incoming>,
+) -> Result<Request<Incoming>, Reject> {
     match check_target(state, &req) {
         Ok(()) => Ok(req),
         Err(r) => {
@@ -151,7 +174,7 @@ fn refuse_misdirected(state: &State, req: Request<Incoming>) -> Result<Request<I
 }
 
 /// `415` unless the body is of the endpoint's media type (`wire`'s table).
-fn check_content_type(req: &Request<Incoming>, expected: &str) -> Result<(), Reject> {
+pub(super) fn check_content_type(req: &Request<Incoming>, expected: &str) -> Result<(), Reject> {
     match header(req, "content-type")? {
         Some(v) if wire::media_type_is(v, expected) => Ok(()),
         got => Err(Reject::unsupported_type(format!(
@@ -163,7 +186,7 @@ fn check_content_type(req: &Request<Incoming>, expected: &str) -> Result<(), Rej
 
 /// Reads a request's body within its own limits; a body that stopped arriving is logged (WARN,
 /// with the peer) and answered 408.
-async fn read_body(
+pub(super) async fn read_body(
     state: &State,
     peer: SocketAddr,
     req: Request<Incoming>,
@@ -184,7 +207,7 @@ async fn read_body(
 
 /// Discards a refused request's body in the background (`body`), so the client reads our
 /// answer instead of a reset it would have to treat as "maybe stored".
-fn discard_body(req: Request<Incoming>) {
+pub(super) fn discard_body(req: Request<Incoming>) {
     body::discard(req.into_body());
 }
 
@@ -194,7 +217,15 @@ pub(crate) async fn transfer(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Resp, Reject> {
-    let req = refuse_misdirected(state, req)?;
+    // Meant for another instance: parked if the sender allows it, else refused unread.
+    let park = match check_target(state, &req) {
+        Ok(()) => false,
+        Err(_) if wants_park(&req) => true,
+        Err(r) => {
+            discard_body(req);
+            return Err(r);
+        }
+    };
     let limit = state.max_request_bytes;
     // Refused before a byte of the body is read: waiting for it could take forever.
     if body::declared_over(req.body(), limit) {
@@ -216,6 +247,14 @@ pub(crate) async fn transfer(
     let arriving = state.store.arriving(&caller.sender, &caller.run);
     if !state.accepting.load(Ordering::Relaxed) {
         discard_body(req);
+        if park {
+            // Not ours anyway: "ask again" rather than a failure of the whole destination.
+            return Err(Reject::misdirected(format!(
+                "this is instance {}, not the one named, and it is not accepting messages: \
+                 nothing stored; ask again",
+                state.instance
+            )));
+        }
         return Err(Reject::not_accepting(
             "this instance is not accepting messages (draining or shutting down)".into(),
         ));
@@ -223,13 +262,16 @@ pub(crate) async fn transfer(
     let body = read_body(state, peer, req, limit).await?;
     let frames = wire::decode_batch(body)
         .map_err(|e| Reject::bad_request(format!("malformed batch: {e}")))?;
+    if park {
+        return super::commit::park(state, &caller, frames);
+    }
     // The fence point: what a query fenced until now is refused, the rest is stored.
     let storing = arriving.into_storing(frames.iter().map(|f| f.hash.0));
     store_transfer(state, &caller, frames, storing).await
 }
 
 /// Stores a decoded transfer and answers with its per-message results.
-async fn store_transfer(
+pub(super) async fn store_transfer(
     state: &State,
     caller: &Caller,
     frames: Vec<wire::Frame>,
@@ -302,6 +344,11 @@ pub(crate) async fn query(
     // A transfer of this run that started before this query (perhaps the very one the sender
     // lost) must not store an asked message after we answered "not held": one still arriving
     // is fenced (it will refuse them), one already storing them is waited for (the disk).
+    // First drop what is parked for them: no commit can take them after this point, and one
+    // that took them before is arriving or storing, so the fence below covers it.
+    state
+        .parked
+        .abort(&caller.sender, &caller.run, asked.iter().map(|(_, h)| *h));
     let fence = Fence::Hashes(asked.iter().map(|(_, h)| *h).collect());
     if tokio::time::timeout(
         STORING_WAIT,
@@ -336,7 +383,9 @@ pub(crate) async fn finish(
 ) -> Result<Resp, Reject> {
     let req = refuse_misdirected(state, req)?;
     let caller = check_caller(state, peer, &req)?;
-    // No transfer of the run still arriving may store anything once its keys are forgotten.
+    // No transfer or commit of the run still arriving may store anything once its keys are
+    // forgotten.
+    state.parked.abort_run(&caller.sender, &caller.run);
     state
         .store
         .fence(&caller.sender, &caller.run, &Fence::All)

@@ -366,6 +366,8 @@ impl Metrics {
                 Outcome::RejectedPermanent | Outcome::RejectedTransient => {
                     self.refused(Refusal::of_rejection(r))
                 }
+                // Not stored here (yet): counted when its commit stores it.
+                Outcome::Parked => {}
             }
         }
     }

@@ -13,6 +13,8 @@
 //! - `listener`: accept loop, PROXY header (`proxy_header`), TLS handshake, graceful
 //!   shutdown, rate-limited warnings about failed connections (`peer_warn`);
 //! - `connection`: HTTP on one connection, routing to the endpoints;
+//! - `commit`: parking a transfer meant for another instance and `POST /v1/commit` (the parked
+//!   messages themselves are kept by `parked`);
 //! - `handler`: the endpoints and the [`handler::State`] they share; `reply`: answers; `body`:
 //!   reading a body within its own size and idle limits, discarding refused ones; `peers`:
 //!   connections per address; `peer_warn`: rate-limited warnings per peer; `proxy_header`: the
@@ -25,6 +27,7 @@
 pub mod access;
 mod body;
 mod claims;
+mod commit;
 pub mod config;
 mod connection;
 mod handler;
@@ -32,6 +35,7 @@ mod inflight;
 mod listener;
 pub mod metrics;
 mod options;
+mod parked;
 mod peer_warn;
 mod peers;
 pub mod proxy_header;
@@ -208,6 +212,7 @@ fn open_state(
         timeouts: opts.timeouts,
         peers,
         instance: instance.to_string(),
+        parked: parked::Parked::new(parked::PARK_LIMIT),
     })
 }
 

@@ -3,7 +3,7 @@
 //! per-message results it can end with (`id_conflict`, `fenced`, `insufficient_storage`).
 //!
 //! Each result carries its typed [`RejectCode`]; the human reasons only begin with fixed words.
-//! Used by `store` only.
+//! Used by `store` and `commit`.
 
 use std::path::Path;
 
@@ -100,6 +100,37 @@ pub(super) fn no_room(hash: ContentHash, dir: &Path) -> ItemResult {
         Some(format!(
             "no room on this instance's disk ({}); nothing stored",
             dir.display()
+        )),
+    )
+}
+
+/// Parked here for another instance's commit (`wire`, "Parking"): not stored.
+pub(super) fn parked(hash: ContentHash, id: MessageId) -> ItemResult {
+    item(hash, Some(id), Outcome::Parked, None, None)
+}
+
+/// Committed earlier (a commit sent again): held for this run.
+pub(super) fn held_already(hash: ContentHash, id: MessageId) -> ItemResult {
+    item(
+        hash,
+        Some(id),
+        Outcome::AlreadyHeld,
+        None,
+        Some("held for this run (committed earlier)".into()),
+    )
+}
+
+/// A commit named a message not parked here and not held: definitively not stored.
+pub(super) fn not_parked(hash: ContentHash, id: MessageId) -> ItemResult {
+    item(
+        hash,
+        Some(id),
+        Outcome::RejectedTransient,
+        Some(RejectCode::NotParked),
+        Some(format!(
+            "not parked here (expired, dropped by a query, or lost in a restart) and not held: \
+             nothing stored; the parking lasts {} s",
+            crate::wire::PARK_TTL.as_secs()
         )),
     )
 }

@@ -211,6 +211,15 @@ pub enum Op {
         from: String,
         reason: String,
     },
+    /// Another instance behind `dest` than the one addressed parked it (`wire`, "Parking"):
+    /// the message stays `sent` to `dest`, now pinned to `instance`, where the commit goes.
+    /// Durable before the commit is sent.
+    Parked {
+        run: u64,
+        id: MessageId,
+        dest: String,
+        instance: String,
+    },
     /// A spool file could not be read.
     Unreadable {
         run: u64,
@@ -231,6 +240,7 @@ impl Op {
             | Op::Acked { run, id, .. }
             | Op::Deleted { run, id }
             | Op::Reassigned { run, id, .. }
+            | Op::Parked { run, id, .. }
             | Op::RemoveFailed { run, id, .. } => Some((*run, *id)),
             Op::PutRun(_) | Op::Unreadable { .. } => None,
         }

@@ -21,12 +21,13 @@ pub enum OpKind {
     Acked,
     Deleted,
     RemoveFailed,
+    Parked,
     Unreadable,
 }
 
 impl OpKind {
     /// Every kind that changes a message record.
-    pub const MESSAGE_OPS: [OpKind; 8] = [
+    pub const MESSAGE_OPS: [OpKind; 9] = [
         OpKind::Read,
         OpKind::Sent,
         OpKind::NotDelivered,
@@ -35,6 +36,7 @@ impl OpKind {
         OpKind::Acked,
         OpKind::Deleted,
         OpKind::RemoveFailed,
+        OpKind::Parked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +50,7 @@ impl OpKind {
             OpKind::Acked => "Acked",
             OpKind::Deleted => "Deleted",
             OpKind::RemoveFailed => "RemoveFailed",
+            OpKind::Parked => "Parked",
             OpKind::Unreadable => "Unreadable",
         }
     }
@@ -94,6 +97,7 @@ impl Op {
             Op::Acked { .. } => OpKind::Acked,
             Op::Deleted { .. } => OpKind::Deleted,
             Op::RemoveFailed { .. } => OpKind::RemoveFailed,
+            Op::Parked { .. } => OpKind::Parked,
             Op::Unreadable { .. } => OpKind::Unreadable,
         }
     }
@@ -156,6 +160,15 @@ impl Op {
                 r.remove_failed = Some(reason.clone());
                 let note = format!("removing the local copy failed: {reason}");
                 r.history.push(step(State::Acked, None, Some(note)));
+                Ok(r)
+            }
+            Op::Parked { dest, instance, .. } => {
+                let mut r = from_sent_to(r, op, dest)?;
+                r.instance = Some(instance.clone());
+                let note = format!("parked at instance {instance}; committing there");
+                let mut t = step(State::Sent, Some(dest), Some(note));
+                t.instance = Some(instance.clone());
+                r.history.push(t);
                 Ok(r)
             }
             Op::Read { .. } | Op::PutRun(_) | Op::Unreadable { .. } => {

@@ -8,6 +8,7 @@
 //! what it needs, hence `dead_code` allowed.
 #![allow(dead_code)]
 
+pub mod ask;
 pub mod census;
 pub mod events;
 pub mod haproxy;

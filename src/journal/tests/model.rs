@@ -14,7 +14,7 @@ use crate::journal::{Journal, MessageRecord, Op, State};
 const DESTS: [&str; 3] = ["10.0.0.2:443", "10.0.0.3:443", "[2001:db8::2]:443"];
 const MESSAGES: u64 = 3;
 
-/// A generated op: which kind (0..8, in the order of the document's table), on which message,
+/// A generated op: which kind (0..9, in the order of the document's table), on which message,
 /// to which destination, with which file hash, and a flag (`permanent` / `possible_duplicate`).
 #[derive(Clone, Debug)]
 struct Gen {
@@ -26,7 +26,7 @@ struct Gen {
 }
 
 fn gen_op() -> impl Strategy<Value = Gen> {
-    (0u8..8, 0..MESSAGES, 0..DESTS.len(), 0u8..2, any::<bool>()).prop_map(
+    (0u8..9, 0..MESSAGES, 0..DESTS.len(), 0u8..2, any::<bool>()).prop_map(
         |(kind, msg, dest, hash, flag)| Gen {
             kind,
             msg,
@@ -77,7 +77,13 @@ impl Gen {
                 note: "stored".into(),
             },
             6 => Op::Deleted { run, id },
-            _ => Op::RemoveFailed { run, id, reason },
+            7 => Op::RemoveFailed { run, id, reason },
+            _ => Op::Parked {
+                run,
+                id,
+                dest,
+                instance: "0123456789abcdef0123456789abcdef".into(),
+            },
         }
     }
 }
@@ -140,6 +146,8 @@ fn step(cur: Option<&Model>, g: &Gen) -> Option<Model> {
             m.remove_failed = false;
         }
         7 if m.state == State::Acked => m.remove_failed = true,
+        // Parked: still sent to the same destination, pinned to another instance.
+        8 if sent_to_d(&m) => {}
         _ => return None,
     }
     m.steps += 1;

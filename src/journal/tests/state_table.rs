@@ -82,6 +82,12 @@ fn op(kind: &str) -> Op {
             note: "stored".into(),
         },
         "Deleted" => Op::Deleted { run, id },
+        "Parked" => Op::Parked {
+            run,
+            id,
+            dest,
+            instance: "0123456789abcdef0123456789abcdef".into(),
+        },
         "RemoveFailed" => Op::RemoveFailed {
             run,
             id,
@@ -163,7 +169,7 @@ fn every_cell_of_the_documented_state_table_holds() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 8 * 6);
+    assert_eq!(checked, OpKind::MESSAGE_OPS.len() * COLUMNS.len());
 }
 
 /// A refusal names the op, and the cause the state implies.

@@ -1,0 +1,139 @@
+//! Applying a destination's answer to the messages of one request: what each kind of answer
+//! does to each message, and what is left to do with them ([`Sorted`], [`Step`]).
+//!
+//! Acknowledged messages go to the ledger (`acked`, then removal), rejected or not delivered
+//! ones back to `read` (a permanent rejection excludes the destination for that message).
+//! Whether a rejection is permanent is decided by the answer's typed [`RejectCode`] and status,
+//! never by its text. Uses `run`, `item`, `ledger` and `failure`; called by `deliver` (transfer
+//! answers), `commit` (commit answers) and `route`.
+
+use super::failure::{Failure, FailureKind};
+use super::item::Item;
+use super::ledger::{self, Rejection};
+use super::run::Run;
+use crate::wire::{ItemResult, Outcome, RejectCode};
+
+/// What became of the items of one request.
+#[derive(Default)]
+pub(crate) struct Sorted {
+    /// Not acknowledged, free to go to any destination not in their `rejected`.
+    pub retry: Vec<Item>,
+    /// The destination failed transiently for these (skip it for the rest of the round).
+    pub dest_failed: bool,
+    /// The request was too large: send one message per request.
+    pub split: bool,
+    /// Another instance than the target answered (`421`): not a failure of the destination;
+    /// send again at once, to an instance picked anew.
+    pub misdirected: bool,
+}
+
+impl Sorted {
+    /// Adds what became of other items of the same request.
+    pub fn merge(&mut self, other: Sorted) {
+        self.retry.extend(other.retry);
+        self.dest_failed |= other.dest_failed;
+        self.split |= other.split;
+        self.misdirected |= other.misdirected;
+    }
+}
+
+/// How one request ended for its items.
+pub(crate) enum Step {
+    Done(Sorted),
+    /// The destination may hold `pinned`: they stay pinned (`sent`) to it; `rest` is what
+    /// became of the others (a request whose parked messages could not be committed).
+    Ambiguous {
+        pinned: Vec<Item>,
+        rest: Sorted,
+    },
+}
+
+impl Step {
+    pub(super) fn in_doubt(pinned: Vec<Item>) -> Step {
+        Step::Ambiguous {
+            pinned,
+            rest: Sorted::default(),
+        }
+    }
+}
+
+/// A whole request refused: back to `read`; a permanent refusal excludes `d` for these.
+pub(crate) async fn refused(
+    run: &Run,
+    d: usize,
+    items: Vec<Item>,
+    reason: &str,
+    permanent: bool,
+) -> anyhow::Result<Sorted> {
+    let dname = run.set.name(d);
+    ledger::rejected(run, &dname, ledger::ids(&items), reason, permanent).await?;
+    let mut retry = items;
+    if permanent {
+        for i in &mut retry {
+            i.exclude(d, &dname, reason);
+        }
+    }
+    Ok(Sorted {
+        retry,
+        dest_failed: !permanent,
+        ..Sorted::default()
+    })
+}
+
+/// Applies per-message outcomes: rejections first, then the acknowledgements (and removals).
+pub(crate) async fn answered(
+    run: &Run,
+    d: usize,
+    items: Vec<Item>,
+    results: Vec<ItemResult>,
+) -> anyhow::Result<Sorted> {
+    let dname = run.set.name(d);
+    let mut sorted = Sorted::default();
+    let mut acked = Vec::new();
+    let mut rejections = Vec::new();
+    for (mut item, res) in items.into_iter().zip(results) {
+        let reason = res.reason.clone().unwrap_or_default();
+        match res.outcome {
+            Outcome::Stored => acked.push((item, "stored".to_string())),
+            Outcome::AlreadyHeld => acked.push((item, "already held".to_string())),
+            // Only a transfer that allowed parking gets `parked`, and `commit` takes those
+            // out before this: here it is a broken answer, so not acknowledged.
+            Outcome::RejectedPermanent | Outcome::RejectedTransient | Outcome::Parked => {
+                let code = res.code.unwrap_or(RejectCode::Unknown).as_str();
+                run.state
+                    .note_failure(&dname, &Failure::new(FailureKind::Rejected(code), &reason));
+                let mut permanent = res.outcome == Outcome::RejectedPermanent;
+                if permanent && res.code == Some(RejectCode::HashMismatch) && changed_on_disk(&item)
+                {
+                    // Our copy changed under us: not the destination's fault; read it again.
+                    permanent = false;
+                }
+                tracing::warn!(dest = %dname, id = %item.id(), "{dname} rejected {}: {reason}", item.id());
+                rejections.push(Rejection {
+                    id: item.id(),
+                    reason: reason.clone(),
+                    permanent,
+                });
+                if permanent {
+                    item.exclude(d, &dname, &reason);
+                } else if res.code != Some(RejectCode::NotParked) {
+                    // (A parked copy that expired is no failure of the destination: sent again
+                    // at once.)
+                    sorted.dest_failed = true;
+                }
+                sorted.retry.push(item);
+            }
+        }
+    }
+    ledger::rejected_each(run, &dname, rejections).await?;
+    ledger::acked(run, &dname, acked).await?;
+    Ok(sorted)
+}
+
+/// True when the local file no longer hashes as it did when read.
+fn changed_on_disk(item: &Item) -> bool {
+    match crate::spool::read_file(&item.entry.path) {
+        Ok(b) => crate::spool::format::hash(&b) != item.msg.hash,
+        Err(_) => true,
+    }
+}

@@ -246,7 +246,9 @@ fn start_destinations(
     for (i, ip) in ["127.0.0.2", "127.0.0.3"].into_iter().enumerate() {
         let name = format!("d{}", i + 1);
         let dir = base.join(&name);
-        fs::create_dir_all(&dir)?;
+        // Private, as `drain serve` wants a data directory holding mail.
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)?;
         let (cert, key) = drain::tls::write_self_signed(&[ip.into()], base, &name)?;
         bundle.push_str(&fs::read_to_string(&cert)?);
         let child = drain_command(&dir)

@@ -29,19 +29,15 @@ const MAX_COMMIT_BYTES: usize = 2 << 20;
 /// Parks a decoded transfer meant for another instance: each frame that passes its own checks
 /// is answered `parked`, the others as a transfer would reject them. `421` (as without
 /// parking) when this instance already parks as much as it may.
-pub(super) fn park(state: &State, caller: &Caller, frames: Vec<Frame>) -> Result<Resp, Reject> {
-    let mut keep = Vec::with_capacity(frames.len());
-    let results: Vec<ItemResult> = frames
-        .into_iter()
-        .map(|f| match check_frame(f.clone()) {
-            Ok(msg) => {
-                let r = parked(f.hash, msg.header.id);
-                keep.push(f);
-                r
-            }
-            Err(rejected) => rejected,
-        })
-        .collect();
+pub(super) async fn park(
+    state: &State,
+    caller: &Caller,
+    frames: Vec<Frame>,
+) -> Result<Resp, Reject> {
+    // Hashing is CPU work: off the connection tasks' threads, as storing is.
+    let (results, keep) = tokio::task::spawn_blocking(move || check_all(frames))
+        .await
+        .map_err(|e| Reject::failed(format!("checking a transfer failed: {e}")))?;
     let n = keep.len();
     if !state.parked.park(&caller.sender, &caller.run, keep) {
         return Err(Reject::misdirected(format!(
@@ -58,6 +54,23 @@ pub(super) fn park(state: &State, caller: &Caller, frames: Vec<Frame>) -> Result
             results,
         },
     ))
+}
+
+/// Each frame's own checks: the answers, and the frames that passed (to park).
+fn check_all(frames: Vec<Frame>) -> (Vec<ItemResult>, Vec<Frame>) {
+    let mut keep = Vec::with_capacity(frames.len());
+    let results = frames
+        .into_iter()
+        .map(|f| match check_frame(f.clone()) {
+            Ok(msg) => {
+                let r = parked(f.hash, msg.header.id);
+                keep.push(f);
+                r
+            }
+            Err(rejected) => rejected,
+        })
+        .collect();
+    (results, keep)
 }
 
 /// `POST /v1/commit`.

@@ -263,7 +263,7 @@ pub(crate) async fn transfer(
     let frames = wire::decode_batch(body)
         .map_err(|e| Reject::bad_request(format!("malformed batch: {e}")))?;
     if park {
-        return super::commit::park(state, &caller, frames);
+        return super::commit::park(state, &caller, frames).await;
     }
     // The fence point: what a query fenced until now is refused, the rest is stored.
     let storing = arriving.into_storing(frames.iter().map(|f| f.hash.0));

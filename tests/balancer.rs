@@ -101,7 +101,7 @@ fn drain_with_kills(
         }
         let mut child = spawn_logged(&src, &args, &out, &log);
         if kills < KILLS {
-            let delay = Duration::from_millis(100 + rng.below(700));
+            let delay = Duration::from_millis(30 + rng.below(400));
             if wait_up_to(&mut child, delay).is_none() {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -19,6 +19,7 @@ use common::ask::instance_of;
 use common::haproxy::HaProxy;
 use common::nginx::Nginx;
 use common::*;
+use drain::base::QueueKind;
 use drain::wire;
 
 /// Kills of the drain per balancer: enough to leave messages in doubt, few enough for a
@@ -577,4 +578,79 @@ fn a_backend_draining_itself_is_skipped_and_the_others_take_everything() {
     signal(&waiting, libc::SIGTERM);
     let mut waiting = waiting;
     assert_eq!(wait_up_to(&mut waiting, Duration::from_secs(60)), Some(42));
+}
+
+/// A lost journal behind a balancer: `drain recover` asks until every instance behind the
+/// address has answered (here a TCP balancer, whose kept-alive connection would otherwise
+/// always reach the same backend), so copies held by any backend are removed from the spool
+/// and nothing would be sent twice.
+#[test]
+fn recover_asks_every_instance_behind_a_balancer() {
+    let tmp = TempDir::new("lb-recover");
+    let servers = backends(
+        &tmp,
+        &["127.0.0.73", "127.0.0.74", "127.0.0.75"],
+        "127.0.0.1",
+    );
+    let lb = HaProxy::start(
+        &tmp,
+        "haproxy-tcp.cfg",
+        "127.0.0.1",
+        &server_lines(&servers),
+    );
+    let refs: Vec<&Server> = servers.iter().collect();
+    let ca = ca_bundle(&tmp, &refs).display().to_string();
+    let src = tmp.sub("src");
+    // Many small requests on many connections: every backend takes some long before the end.
+    let expected = fill(&src, 3000);
+    let dest = lb.dest();
+    let args = [
+        "--ca-cert",
+        &ca,
+        "--batch-size",
+        "3",
+        "--concurrency",
+        "12",
+        &dest,
+    ];
+    let (out, log) = (tmp.path().join("drain.out"), tmp.path().join("drain.log"));
+    let mut child = spawn_logged(&src, &args, &out, &log);
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while servers.iter().filter(|s| s.ls().len() >= 3).count() < 3 {
+        let counts: Vec<usize> = servers.iter().map(|s| s.ls().len()).collect();
+        assert!(
+            std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "every backend takes some: {counts:?}\n{}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            lb.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Three messages each backend holds are back in the spool (delivered, the local copy not
+    // yet removed when the drain died), and the journal is lost.
+    let ss = drain::spool::Spool::open(&src).unwrap();
+    for s in &servers {
+        let bs = drain::spool::Spool::open(&s.data_dir).unwrap();
+        for e in s.ls().iter().take(3) {
+            let id: drain::base::MessageId = e.id.parse().unwrap();
+            let q: QueueKind = e.queue.parse().unwrap();
+            std::fs::copy(bs.path_of(q, id), ss.path_of(q, id)).unwrap();
+        }
+    }
+    std::fs::remove_file(src.join("journal.redb")).unwrap();
+    let o = drain(&src, &["--ca-cert", &ca, "--json", "recover"]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    let left: std::collections::BTreeSet<String> =
+        spool_ls(&src).into_iter().map(|e| e.id).collect();
+    let held = census(&refs);
+    let twice: Vec<&String> = held.keys().filter(|id| left.contains(*id)).collect();
+    assert!(twice.is_empty(), "in the spool and on a backend: {twice:?}");
+    assert_eq!(left.len() + held.len(), expected.len());
+    eprintln!(
+        "recover: {} on the backends, {} left in the spool",
+        held.len(),
+        left.len()
+    );
 }

@@ -392,11 +392,32 @@ impl Client {
         target: Option<&str>,
         items: &[(crate::base::MessageId, ContentHash)],
     ) -> Result<Vec<ContentHash>, QueryError> {
+        self.query_on(dest, target, target.is_some(), items).await
+    }
+
+    /// As [`Client::query`] without a target, on a fresh connection, so that through a
+    /// balancer each ask may reach another instance (what answered is learned in
+    /// [`Client::instances`]).
+    pub async fn query_fresh(
+        &self,
+        dest: &Destination,
+        items: &[(crate::base::MessageId, ContentHash)],
+    ) -> Result<Vec<ContentHash>, QueryError> {
+        self.query_on(dest, None, true, items).await
+    }
+
+    async fn query_on(
+        &self,
+        dest: &Destination,
+        target: Option<&str>,
+        fresh: bool,
+        items: &[(crate::base::MessageId, ContentHash)],
+    ) -> Result<Vec<ContentHash>, QueryError> {
         use QueryError::Unavailable;
         let mut held = Vec::new();
         for chunk in items.chunks(wire::MAX_QUERY) {
             let mut req = self.post(dest, wire::QUERY_PATH, target);
-            if target.is_some() {
+            if fresh {
                 // A kept-alive connection through a TCP balancer always reaches the same
                 // instance: a fresh one per targeted query lets the next ask reach another.
                 req = req.header(reqwest::header::CONNECTION, "close");

@@ -4,6 +4,8 @@
 //! Recovery asks every one of those destinations, under that run's identity, about every
 //! message still in the spool (by id and hash), removes the local copies any of them holds,
 //! and clears the marker; what no destination holds stays in the spool for the next drain.
+//! Behind a balancer no instance is known without the journal, so each destination is asked
+//! on fresh connections until its answers come only from instances already heard from.
 //! A damaged journal is kept aside (`journal.redb.damaged-<unix time>`), never deleted.
 //!
 //! Invariant: the marker is cleared only after every destination has answered for every
@@ -267,9 +269,42 @@ async fn settle(
     Ok(())
 }
 
-/// One destination's answer, with a few retries; a destination that refuses this sender
-/// altogether holds nothing of the run.
+/// Answers in a row from instances already seen before a destination counts as fully asked.
+const QUIET_ASKS: u32 = 8;
+/// Most asks of one destination for one batch.
+const MAX_ASKS: u32 = 64;
+
+/// What the instances behind `d` hold. No journal, so no instance is known: `d` may be a
+/// balancer, and a "not held" is true only of the instance that answered. So `d` is asked
+/// again on fresh connections (each may reach another instance) until [`QUIET_ASKS`] answers
+/// in a row came from instances already seen (or one came from a server that names no
+/// instance: a single one); the union of their answers counts.
 async fn ask(
+    client: &Client,
+    d: &Destination,
+    asked: &[(crate::base::MessageId, ContentHash)],
+) -> Result<HashSet<ContentHash>, String> {
+    let name = d.to_string();
+    let mut held = HashSet::new();
+    let mut quiet = 0;
+    for _ in 0..MAX_ASKS {
+        let before = client.instances.of(&name).len();
+        held.extend(ask_once(client, d, asked).await?);
+        let seen = client.instances.of(&name).len();
+        if seen == 0 {
+            break;
+        }
+        quiet = if seen > before { 0 } else { quiet + 1 };
+        if quiet >= QUIET_ASKS {
+            break;
+        }
+    }
+    Ok(held)
+}
+
+/// One answer from `d`, with a few retries; a destination that refuses this sender
+/// altogether holds nothing of the run.
+async fn ask_once(
     client: &Client,
     d: &Destination,
     asked: &[(crate::base::MessageId, ContentHash)],
@@ -279,9 +314,7 @@ async fn ask(
         if attempt > 0 {
             tokio::time::sleep(backoff(attempt)).await;
         }
-        // No journal, so no instance is known: any instance behind `d` answers (a "held" is
-        // true of the one that answers; a "not held" only keeps the local copy).
-        match client.query(d, None, asked).await {
+        match client.query_fresh(d, asked).await {
             Ok(held) => return Ok(held.into_iter().collect()),
             Err(QueryError::Refused(f)) => {
                 tracing::warn!(dest = %d, "{d} refuses this sender ({f}): it holds none of the run's messages");

@@ -74,6 +74,7 @@ fn run_in(base: &Path, messages: usize) -> anyhow::Result<i32> {
         reassign_after: None,
         fallback: None,
         progress: ProgressMode::for_stderr(false, Duration::from_secs(2)),
+        journal_retention: crate::engine::DEFAULT_JOURNAL_RETENTION,
     };
     let wait = crate::control::EventWait {
         wait: true,

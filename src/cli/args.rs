@@ -125,6 +125,10 @@ pub struct DrainArgs {
     /// Give up with exit 10 if events are still pending after this long (`15s`, `2m`).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", global = true)]
     pub max_event_wait: Option<std::time::Duration>,
+    /// When a run starts, finished runs that ended longer ago than this keep only their audit
+    /// in the journal (`drain compact` does it at once).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30days", value_name = "DURATION", global = true)]
+    pub journal_retention: std::time::Duration,
 }
 
 impl DrainArgs {
@@ -165,6 +169,7 @@ impl DrainArgs {
                 .clone()
                 .zip(self.automatic_fallback_after),
             progress: crate::engine::ProgressMode::Off,
+            journal_retention: self.journal_retention,
         }
     }
 }
@@ -184,6 +189,15 @@ drain --data-dir /var/lib/mail --ca-cert /etc/drain/ca.pem 10.0.0.2 10.0.0.3   #
     Recover(RecoverArgs),
     /// Audit the journal: runs, states, destinations, anomalies, one message's history.
     Inspect(InspectArgs),
+    /// Keep only the audit of finished runs in the journal, dropping their message records.
+    #[command(
+        after_help = "`drain inspect` keeps showing every run; a compacted run's single messages can \
+no longer be looked up (`inspect --message`). A drain does the same when it starts, for runs \
+older than --journal-retention (default 30 days). Runs that are running or interrupted are \
+never compacted.\n\nExamples:\n  drain --data-dir /var/lib/mail compact                    # every finished run\n  \
+drain --data-dir /var/lib/mail compact --older-than 7d    # runs that ended over a week ago"
+    )]
+    Compact(CompactArgs),
     /// Run this instance: accept drains from other instances over HTTPS.
     Serve(Box<ServeArgs>),
     /// Put a message into this instance's spool; list it; print one back.
@@ -211,6 +225,13 @@ pub struct ResumeArgs {
     /// Print the final report as JSON on standard output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompactArgs {
+    /// Only runs that ended at least this long ago (`7d`, `12h`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s", value_name = "DURATION")]
+    pub older_than: std::time::Duration,
 }
 
 #[derive(Args, Debug)]

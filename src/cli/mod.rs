@@ -136,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let _ = std::io::stdout().write_all(out.render(cli.json || a.json)?.as_bytes());
             Ok(out.exit_code)
         }
+        Some(Command::Compact(a)) => compact(&need_dir()?, a.older_than),
         Some(Command::Inspect(a)) => {
             let out = crate::inspect::inspect(&a.options(need_dir()?)?)?;
             // A closed stdout (`| head`) is not an error of the audit.
@@ -167,4 +168,44 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             session::drain(opts, Some(wait))?.print(cli.json)
         }
     }
+}
+
+/// `drain compact`: keeps only the audit of finished runs that ended at least `older_than`
+/// ago, under the instance's lock (no drain or serve at work here), then gives the space back.
+fn compact(data_dir: &std::path::Path, older_than: std::time::Duration) -> anyhow::Result<i32> {
+    let inst = crate::instance::Instance::open(data_dir)?;
+    let _lock = inst.try_lock("drain compact")?;
+    let path = crate::journal::file_path(data_dir);
+    if !path.exists() {
+        println!(
+            "nothing to compact: no drain has run on this data directory ({} does not exist)",
+            path.display()
+        );
+        return Ok(0);
+    }
+    let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let journal = crate::journal::Journal::open(data_dir)?;
+    let done = rt.block_on(crate::inspect::compact::compact(&journal, older_than));
+    journal.close();
+    let done = done?;
+    if let Err(e) = crate::journal::shrink(data_dir) {
+        tracing::warn!("the journal's free space was not given back: {e}");
+    }
+    let runs: Vec<String> = done.runs.iter().map(|s| format!("#{s}")).collect();
+    println!(
+        "compacted {} finished run(s){}{}: {} message records dropped; {} is {} (was {})",
+        done.runs.len(),
+        if runs.is_empty() { "" } else { " " },
+        runs.join(", "),
+        done.messages,
+        path.display(),
+        crate::base::units::human_bytes(size()),
+        crate::base::units::human_bytes(before)
+    );
+    Ok(0)
 }

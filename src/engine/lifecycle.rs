@@ -155,6 +155,7 @@ fn new_run(journal: &Journal, opts: &DrainOptions) -> anyhow::Result<RunRecord> 
         exit_code: None,
         summary: None,
         resumed: 0,
+        compacted: None,
     })
 }
 

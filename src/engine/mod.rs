@@ -66,7 +66,9 @@ use crate::spool::Spool;
 use client::Client;
 use fallback_dir::FallbackDir;
 use lifecycle::Begun;
-pub use options::{DrainOptions, Mode, ProgressMode, default_concurrency};
+pub use options::{
+    DEFAULT_JOURNAL_RETENTION, DrainOptions, Mode, ProgressMode, default_concurrency,
+};
 pub use report::Report;
 use run::{Run, RunState, Settings};
 
@@ -87,6 +89,7 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
             .map_err(|e| anyhow::anyhow!("--client-cert/--client-key: {e}"))?;
     }
     let journal = Journal::open(&opts.data_dir)?;
+    compact_old_runs(&journal, opts.journal_retention).await;
     let (record, continuing, dests, active) =
         match lifecycle::begin(&journal, &opts, &inst.id).await? {
             Begun::Run {
@@ -127,6 +130,21 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
     drop(run);
     journal.close();
     Ok(report)
+}
+
+/// Keeps only the audit of finished runs older than `retention` (`inspect::compact`); a
+/// failure is logged, never fatal: the journal only goes on growing until it succeeds.
+async fn compact_old_runs(journal: &Journal, retention: std::time::Duration) {
+    match crate::inspect::compact::compact(journal, retention).await {
+        Ok(c) if !c.runs.is_empty() => tracing::info!(
+            "journal: {} finished run(s) older than {} compacted to their audit ({} message records dropped)",
+            c.runs.len(),
+            humantime::format_duration(retention),
+            c.messages
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("compacting old runs of the journal failed: {e}"),
+    }
 }
 
 /// Waits for every settling task (a task may start others); the first error stops the run.

@@ -77,7 +77,13 @@ pub struct DrainOptions {
     pub fallback: Option<(PathBuf, Duration)>,
     /// How progress is shown while the run goes on.
     pub progress: ProgressMode,
+    /// Finished runs that ended longer ago are compacted when a run starts
+    /// (`--journal-retention`).
+    pub journal_retention: Duration,
 }
+
+/// Default `--journal-retention`.
+pub const DEFAULT_JOURNAL_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Default `--concurrency`: 2 x CPUs, clamped to 10..=64.
 pub fn default_concurrency() -> usize {

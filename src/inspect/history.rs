@@ -56,6 +56,9 @@ pub struct MessageHistory {
     pub message: String,
     pub runs: Vec<InRun>,
     pub corrupt_records: Vec<Corrupt>,
+    /// Runs whose message records were compacted: not searched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compacted_runs: Vec<u64>,
 }
 
 /// The event a transition records.
@@ -88,6 +91,7 @@ pub fn collect(
         message: id.to_string(),
         runs: Vec::new(),
         corrupt_records: Vec::new(),
+        compacted_runs: Vec::new(),
     };
     for seq in runs
         .seqs
@@ -96,6 +100,10 @@ pub fn collect(
         .filter(|s| only.is_none_or(|o| o == *s))
     {
         let run: Option<&RunRow> = runs.rows.iter().find(|r| r.seq == seq);
+        if run.is_some_and(|r| r.compacted.is_some()) {
+            out.compacted_runs.push(seq);
+            continue;
+        }
         match reader.message(seq, id)? {
             None => {}
             Some(Err(c)) => out.corrupt_records.push(c),

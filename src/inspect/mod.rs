@@ -68,6 +68,8 @@
 //!                  ids [string] (at most 1,000), ids_truncated u64}, most messages first; at
 //!                  most 100 groups per list, then one group {dest "*", reason "(other reasons)"}
 //!                  per kind
+//!   compacted_at    string, only when the run was compacted (`drain compact`): the detail
+//!                   is the one kept then (lists cut to 1,000 items)
 //! ```
 //!
 //! `--message ID`:
@@ -81,14 +83,18 @@
 //!        every run where the message appears, oldest first; event: read, sent,
 //!        not_delivered, rejected, refused, reassigned, acked, remove_failed, deleted
 //! corrupt_records [Corrupt]
+//! compacted_runs  [u64], only when some are: runs whose message records were compacted (not
+//!                 searched)
 //! ```
 
+pub mod compact;
 mod history;
 mod summary;
 mod text;
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 pub use crate::journal::{Corrupt, OpenMode};
@@ -173,6 +179,16 @@ pub struct RunRow {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub resumed: u32,
+    /// Set when the run's message records were compacted (its detail was kept instead).
+    #[serde(default, skip_serializing)]
+    pub compacted: Option<crate::journal::Compacted>,
+}
+
+impl RunRow {
+    /// When its message records were compacted, if they were.
+    pub fn compacted_at(&self) -> Option<Timestamp> {
+        self.compacted.as_ref().map(|c| c.at)
+    }
 }
 
 /// Runs `drain inspect` and returns what it prints.
@@ -200,6 +216,7 @@ fn nothing(opts: &InspectOptions, path: &Path) -> String {
             message: id.to_string(),
             runs: Vec::new(),
             corrupt_records: Vec::new(),
+            compacted_runs: Vec::new(),
         }),
         None => serde_json::to_value(Summary {
             schema: SCHEMA,
@@ -262,6 +279,17 @@ fn summarize(reader: &Reader, run: Option<u64>, cap: usize) -> anyhow::Result<Su
     };
     let detail = match row {
         None => None,
+        Some(row) if let Some(c) = &row.compacted => {
+            let mut d: RunDetail = serde_json::from_value(c.detail.clone()).with_context(|| {
+                format!(
+                    "journal {}: the audit kept for compacted run #{} does not decode",
+                    path.display(),
+                    row.seq
+                )
+            })?;
+            d.compacted_at = Some(c.at);
+            Some(d)
+        }
         Some(row) => {
             let mut c = summary::Collector::new(row, cap);
             reader.for_each_message(row.seq, |id, rec| c.message(id, rec))?;

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::RunRow;
 use crate::base::units::Count;
@@ -26,7 +26,7 @@ pub const GROUP_IDS_CAP: usize = 1000;
 const REASON_CHARS: usize = 200;
 
 /// Messages and bytes in each state; `delivered` is `acked` + `deleted`, `total` all four.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StateCounts {
     pub read: Count,
     pub sent: Count,
@@ -53,7 +53,7 @@ impl StateCounts {
 
 /// One destination's messages: in doubt with it (`sent`), acknowledged by it and not yet
 /// removed locally (`acked`), removed locally (`deleted`); `delivered` = `acked` + `deleted`.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DestCounts {
     pub sent: Count,
     pub acked: Count,
@@ -66,14 +66,14 @@ pub struct DestCounts {
 }
 
 /// One instance's messages behind a destination: in doubt with it, delivered to it.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InstanceCounts {
     pub in_doubt: u64,
     pub delivered: u64,
 }
 
 /// Delivered messages and bytes per second of the run's elapsed time.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Throughput {
     pub elapsed_secs: f64,
     pub messages_per_sec: f64,
@@ -81,7 +81,7 @@ pub struct Throughput {
 }
 
 /// A bounded list: `count` items in all, the first `items.len()` listed, `truncated` not.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Listing<T> {
     pub count: u64,
     pub truncated: u64,
@@ -109,7 +109,7 @@ impl<T> Listing<T> {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InDoubt {
     pub id: String,
     pub dest: Option<String>,
@@ -119,7 +119,7 @@ pub struct InDoubt {
     pub since: Option<Timestamp>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AckedNotRemoved {
     pub id: String,
     pub dest: Option<String>,
@@ -127,7 +127,7 @@ pub struct AckedNotRemoved {
     pub reason: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PossibleDuplicate {
     pub id: String,
     pub state: State,
@@ -137,7 +137,7 @@ pub struct PossibleDuplicate {
     pub reassigned_from: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Unreadable {
     pub path: String,
     /// `unreadable` (I/O error) or `corrupt` (bad contents).
@@ -146,13 +146,13 @@ pub struct Unreadable {
     pub at: Timestamp,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Rejection {
     pub dest: String,
     pub reason: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NotDelivered {
     pub id: String,
     pub queue: String,
@@ -164,11 +164,11 @@ pub struct NotDelivered {
 }
 
 /// Messages that met the same outcome at the same destination for the same reason.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReasonGroup {
     pub dest: String,
     /// `permanent` or `transient` (rejections), `not_delivered` (failovers).
-    pub kind: &'static str,
+    pub kind: String,
     pub reason: String,
     /// Distinct messages (a message counts once per group).
     pub messages: u64,
@@ -176,7 +176,7 @@ pub struct ReasonGroup {
     pub ids_truncated: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Anomalies {
     pub in_doubt: Listing<InDoubt>,
     pub acked_not_removed: Listing<AckedNotRemoved>,
@@ -207,7 +207,7 @@ impl Anomalies {
 }
 
 /// Everything `drain inspect` says about one run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunDetail {
     pub seq: u64,
     pub id: String,
@@ -222,6 +222,10 @@ pub struct RunDetail {
     pub by_queue: BTreeMap<String, StateCounts>,
     pub throughput: Throughput,
     pub anomalies: Anomalies,
+    /// When the run's message records were compacted: this detail is the one kept then
+    /// (`drain compact`), and single messages can no longer be looked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted_at: Option<Timestamp>,
 }
 
 type GroupKey = (String, &'static str, String);
@@ -241,7 +245,7 @@ impl Groups {
         };
         let g = self.map.entry(key).or_insert_with_key(|k| ReasonGroup {
             dest: k.0.clone(),
-            kind: k.1,
+            kind: k.1.to_string(),
             reason: k.2.clone(),
             messages: 0,
             ids: Vec::new(),
@@ -261,7 +265,7 @@ impl Groups {
         v.sort_by(|a, b| {
             b.messages
                 .cmp(&a.messages)
-                .then_with(|| (&a.dest, a.kind, &a.reason).cmp(&(&b.dest, b.kind, &b.reason)))
+                .then_with(|| (&a.dest, &a.kind, &a.reason).cmp(&(&b.dest, &b.kind, &b.reason)))
         });
         v
     }
@@ -308,6 +312,7 @@ impl Collector {
                     bytes_per_sec: 0.0,
                 },
                 anomalies: Anomalies::default(),
+                compacted_at: None,
             },
             rejections: Groups::default(),
             failovers: Groups::default(),

@@ -41,6 +41,7 @@ fn run_record(seq: u64, status: RunStatus) -> RunRecord {
         exit_code: (status != RunStatus::Running).then_some(0),
         summary: None,
         resumed: 0,
+        compacted: None,
     }
 }
 

@@ -104,6 +104,13 @@ fn run_detail(o: &mut String, d: &RunDetail, unclean: bool, limit: usize) {
         RunStatus::Finished => "",
     };
     let _ = writeln!(o, "\nrun #{} ({}): {}{note}", d.seq, d.id, status(d.status));
+    if let Some(at) = d.compacted_at {
+        let _ = writeln!(
+            o,
+            "  message records compacted at {at}: this audit was kept then; single messages \
+             can no longer be looked up"
+        );
+    }
     let _ = writeln!(
         o,
         "  {} messages journaled, {}: read {}, sent {}, acked {}, deleted {}",
@@ -324,6 +331,14 @@ fn groups(o: &mut String, title: &str, gs: &[ReasonGroup], limit: usize) {
 /// `--message ID`.
 pub fn history(h: &MessageHistory) -> String {
     let mut o = String::new();
+    if !h.compacted_runs.is_empty() {
+        let runs: Vec<String> = h.compacted_runs.iter().map(|s| format!("#{s}")).collect();
+        let _ = writeln!(
+            o,
+            "runs {} were compacted: their messages' records are gone and were not searched",
+            runs.join(", ")
+        );
+    }
     if h.runs.is_empty() && h.corrupt_records.is_empty() {
         let _ = writeln!(
             o,

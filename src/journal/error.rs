@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::records::FORMAT_VERSION;
 use super::transition::Refused;
@@ -49,6 +49,13 @@ pub enum JournalError {
         run: u64,
         id: MessageId,
         refused: Refused,
+    },
+    /// Only a finished run's records may be compacted.
+    #[error("journal {path}: run #{seq} cannot be compacted: {why}")]
+    NotCompactable {
+        path: PathBuf,
+        seq: u64,
+        why: String,
     },
     /// A record could not be encoded (not expected: every record is plain JSON).
     #[error("journal {path}: cannot encode {key}: {reason}")]
@@ -97,6 +104,7 @@ impl JournalError {
             | JournalError::Version { path, .. }
             | JournalError::Transition { path, .. }
             | JournalError::Encode { path, .. }
+            | JournalError::NotCompactable { path, .. }
             | JournalError::Busy { path }
             | JournalError::Unrecoverable { path, .. }
             | JournalError::Spawn { path, .. }
@@ -132,7 +140,7 @@ impl JournalError {
 
 /// A record that could not be decoded: its key (`run 3`, `message <id> of run 3`, ...) and why.
 /// Readers that report anomalies rather than fail get this instead of an error.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Corrupt {
     pub key: String,
     pub reason: String,

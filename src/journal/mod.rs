@@ -44,7 +44,8 @@ pub use marker::{
 };
 pub use reader::{OpenMode, Reader, last_run_status, read};
 pub use records::{
-    FORMAT_VERSION, MessageRecord, Op, RunRecord, RunStatus, State, Transition, UnreadableRecord,
+    Compacted, FORMAT_VERSION, MessageRecord, Op, RunRecord, RunStatus, State, Transition,
+    UnreadableRecord,
 };
 pub use tables::{Runs, file_path};
 pub use transition::{OpKind, Refused};
@@ -188,6 +189,14 @@ impl Journal {
         })?;
         Ok(out)
     }
+}
+
+/// Gives the space of dropped records back to the file system (redb's compaction), for
+/// `drain compact` once the journal is closed. Ok(false): nothing to give back.
+pub fn shrink(data_dir: &Path) -> Result<bool, JournalError> {
+    let path = file_path(data_dir);
+    let mut db = open_db(&path)?;
+    db.compact().map_err(|e| JournalError::db(&path, e))
 }
 
 /// Opens or creates the database, checks its format version (stamping a new file) and creates

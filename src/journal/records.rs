@@ -138,6 +138,18 @@ pub struct RunRecord {
     /// How many times this run was continued after an interruption.
     #[serde(default)]
     pub resumed: u32,
+    /// Set when the run's message and unreadable records were dropped (`Compact`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<Compacted>,
+}
+
+/// What is kept of a finished run whose message records were dropped.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Compacted {
+    pub at: Timestamp,
+    /// The run's audit view (`drain inspect`'s run detail) as it was when compacted: opaque to
+    /// the journal.
+    pub detail: serde_json::Value,
 }
 
 /// A file the run could not read.
@@ -220,6 +232,9 @@ pub enum Op {
         dest: String,
         instance: String,
     },
+    /// Drops the message and unreadable records of finished run `seq`, keeping its run record
+    /// with `detail` (its audit view) and the time.
+    Compact { seq: u64, detail: serde_json::Value },
     /// A spool file could not be read.
     Unreadable {
         run: u64,
@@ -242,7 +257,7 @@ impl Op {
             | Op::Reassigned { run, id, .. }
             | Op::Parked { run, id, .. }
             | Op::RemoveFailed { run, id, .. } => Some((*run, *id)),
-            Op::PutRun(_) | Op::Unreadable { .. } => None,
+            Op::PutRun(_) | Op::Unreadable { .. } | Op::Compact { .. } => None,
         }
     }
 }

@@ -23,6 +23,7 @@ pub enum OpKind {
     RemoveFailed,
     Parked,
     Unreadable,
+    Compact,
 }
 
 impl OpKind {
@@ -52,6 +53,7 @@ impl OpKind {
             OpKind::RemoveFailed => "RemoveFailed",
             OpKind::Parked => "Parked",
             OpKind::Unreadable => "Unreadable",
+            OpKind::Compact => "Compact",
         }
     }
 }
@@ -79,7 +81,7 @@ pub enum Refused {
         state: State,
         recorded: Option<String>,
     },
-    /// `PutRun` and `Unreadable` do not change a message record.
+    /// `PutRun`, `Unreadable` and `Compact` do not change a message record.
     #[error("{op} is not a message transition")]
     NotAMessageOp { op: OpKind },
 }
@@ -99,6 +101,7 @@ impl Op {
             Op::RemoveFailed { .. } => OpKind::RemoveFailed,
             Op::Parked { .. } => OpKind::Parked,
             Op::Unreadable { .. } => OpKind::Unreadable,
+            Op::Compact { .. } => OpKind::Compact,
         }
     }
 
@@ -114,7 +117,9 @@ impl Op {
         }
         let Some(r) = cur else {
             return Err(match op {
-                OpKind::PutRun | OpKind::Unreadable => Refused::NotAMessageOp { op },
+                OpKind::PutRun | OpKind::Unreadable | OpKind::Compact => {
+                    Refused::NotAMessageOp { op }
+                }
                 _ => Refused::NoRecord { op },
             });
         };
@@ -171,7 +176,7 @@ impl Op {
                 r.history.push(t);
                 Ok(r)
             }
-            Op::Read { .. } | Op::PutRun(_) | Op::Unreadable { .. } => {
+            Op::Read { .. } | Op::PutRun(_) | Op::Unreadable { .. } | Op::Compact { .. } => {
                 Err(Refused::NotAMessageOp { op })
             }
         }

@@ -11,7 +11,7 @@ use std::path::Path;
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::error::JournalError;
-use super::records::{Op, UnreadableRecord};
+use super::records::{Compacted, Op, RunRecord, RunStatus, UnreadableRecord};
 use super::tables::{self, MESSAGES, RUNS, UNREADABLE};
 use crate::base::{MessageId, Timestamp};
 
@@ -50,6 +50,9 @@ pub(super) fn apply_group(
                     .insert((*run, file.as_str()), v.as_slice())
                     .map_err(store_err)?;
             }
+            Op::Compact { seq, detail } => {
+                compact(&mut runs, &mut msgs, &mut unreadable, path, *seq, detail)?;
+            }
             op => {
                 if let Some((run, id)) = op.message_key() {
                     apply_message_op(&mut msgs, path, op, run, id)?;
@@ -57,6 +60,45 @@ pub(super) fn apply_group(
             }
         }
     }
+    Ok(())
+}
+
+/// `Compact`: a finished run keeps its run record (with `detail`) and loses its message and
+/// unreadable records.
+fn compact(
+    runs: &mut Table<'_, u64, &'static [u8]>,
+    msgs: &mut Messages<'_>,
+    unreadable: &mut Table<'_, (u64, &'static str), &'static [u8]>,
+    path: &Path,
+    seq: u64,
+    detail: &serde_json::Value,
+) -> Result<(), JournalError> {
+    let store_err = |e: redb::StorageError| JournalError::db(path, e);
+    let refuse = |why: &str| JournalError::NotCompactable {
+        path: path.to_path_buf(),
+        seq,
+        why: why.to_string(),
+    };
+    let mut run: RunRecord = match runs.get(seq).map_err(store_err)? {
+        None => return Err(refuse("there is no such run")),
+        Some(v) => {
+            tables::decode(|| format!("run {seq}"), v.value()).map_err(|c| c.into_error(path))?
+        }
+    };
+    if run.status != RunStatus::Finished {
+        return Err(refuse(&format!("it is {}, not finished", run.status)));
+    }
+    msgs.retain_in((seq, [0u8; 16])..=(seq, [0xffu8; 16]), |_, _| false)
+        .map_err(store_err)?;
+    unreadable
+        .retain_in((seq, "")..(seq + 1, ""), |_, _| false)
+        .map_err(store_err)?;
+    run.compacted = Some(Compacted {
+        at: Timestamp::now(),
+        detail: detail.clone(),
+    });
+    let v = encode(path, || format!("run {seq}"), &run)?;
+    runs.insert(seq, v.as_slice()).map_err(store_err)?;
     Ok(())
 }
 

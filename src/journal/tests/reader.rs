@@ -21,6 +21,7 @@ fn run(seq: u64, status: RunStatus) -> RunRecord {
         exit_code: None,
         summary: None,
         resumed: 0,
+        compacted: None,
     }
 }
 
@@ -94,4 +95,60 @@ fn another_format_version_is_refused_by_reader_and_writer() {
             "{err:?}"
         );
     }
+}
+
+/// `Compact` drops exactly the finished run's message and unreadable records, keeps its run
+/// record with the detail, and is refused (nothing written) for a run that is not finished.
+#[test]
+fn compact_drops_one_finished_runs_records_only() {
+    use crate::journal::Op;
+    let dir = Dir::new("compact");
+    let j = Journal::open(&dir.0).unwrap();
+    let rt = rt();
+    let mut ops = vec![
+        Op::PutRun(run(1, RunStatus::Finished)),
+        Op::PutRun(run(2, RunStatus::Running)),
+    ];
+    for seq in [1, 2] {
+        for n in 0..3 {
+            ops.push(super::read_op(seq, n, 7));
+        }
+        ops.push(Op::Unreadable {
+            run: seq,
+            path: format!("/spool/bad-{seq}"),
+            kind: "corrupt".into(),
+            reason: "bad".into(),
+        });
+    }
+    rt.block_on(j.commit(ops)).unwrap();
+    let detail = serde_json::json!({"kept": true});
+    let refused = rt.block_on(j.commit(vec![Op::Compact {
+        seq: 2,
+        detail: detail.clone(),
+    }]));
+    assert!(
+        matches!(refused, Err(JournalError::NotCompactable { seq: 2, .. })),
+        "{refused:?}"
+    );
+    rt.block_on(j.commit(vec![Op::Compact {
+        seq: 1,
+        detail: detail.clone(),
+    }]))
+    .unwrap();
+    let count = |seq| {
+        let mut n = 0;
+        j.for_each_message(seq, |_, _| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        n
+    };
+    assert_eq!((count(1), count(2)), (0, 3));
+    assert!(j.unreadable(1).unwrap().is_empty());
+    assert_eq!(j.unreadable(2).unwrap().len(), 1);
+    let runs = j.runs().unwrap();
+    assert_eq!(runs[0].compacted.as_ref().map(|c| &c.detail), Some(&detail));
+    assert!(runs[1].compacted.is_none());
+    j.close();
 }

@@ -4,6 +4,7 @@
 //! is called from here and never calls back.
 
 mod args;
+mod serve_args;
 mod spool_cmd;
 
 use std::io::Write as _;

@@ -460,8 +460,10 @@ impl Client {
     }
 }
 
-/// How many times a finish is sent again to reach an instance behind a balancer (`421`).
-const FINISH_TRIES: usize = 30;
+/// How many times a finish is sent again to reach an instance behind a balancer (`421`): the
+/// later ones 100 ms apart, so about 5 s in all, longer than a balancer keeps a backend out
+/// after a few failed requests (nginx's `fail_timeout`, HAProxy's health checks).
+const FINISH_TRIES: usize = 60;
 
 impl Client {
     /// Tells the destination this run has finished, so it may drop its dedupe keys: every

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod ask;
+pub mod balancers;
 pub mod census;
 pub mod events;
 pub mod haproxy;

@@ -39,6 +39,8 @@ pub(super) async fn park(
         .await
         .map_err(|e| Reject::failed(format!("checking a transfer failed: {e}")))?;
     let n = keep.len();
+    // Sizes count only stored bytes, and nothing here is stored.
+    let sizes = vec![0; results.len()];
     if !state.parked.park(&caller.sender, &caller.run, keep) {
         return Err(Reject::misdirected(format!(
             "this is instance {}, not the one named, and it parks as much as it may: \
@@ -46,6 +48,7 @@ pub(super) async fn park(
             state.instance
         )));
     }
+    state.metrics.transfer_results(&results, &sizes);
     tracing::debug!(client = %caller.client, run = %caller.run, messages = n, "parked a transfer meant for another instance");
     Ok(json(
         StatusCode::OK,

@@ -9,6 +9,7 @@
 //! | `drain_intake_messages_stored_total` | counter | messages taken in and stored durably (outcome `stored`) |
 //! | `drain_intake_bytes_stored_total` | counter | their size in bytes: the spool files, the `size` of `drain spool ls --json` |
 //! | `drain_intake_messages_already_held_total` | counter | dedupe hits: messages acknowledged again without storing (`already_held`, a repeated request) |
+//! | `drain_intake_messages_parked_total` | counter | messages of transfers meant for another instance behind a balancer, parked here for their commit (outcome `parked`); counted again as stored when committed |
 //! | `drain_intake_refusals_total{reason}` | counter | refusals, by `reason` (below) |
 //! | `drain_intake_connections_refused_total{reason}` | counter | connections closed before any request: `tls_handshake` (the handshake failed), `timeout` (handshake or PROXY header not done in time), `proxy_untrusted` (a PROXY header from a peer not in `--trusted-proxy-ips`), `proxy_invalid` (a malformed PROXY header from a trusted proxy) |
 //! | `drain_intake_transfer_duration_seconds` | histogram | time from a `POST /v1/transfer` reaching the handler to its answer (every answer, refusals included) |
@@ -251,6 +252,7 @@ pub struct Metrics {
     stored_messages: Counter,
     stored_bytes: Counter,
     already_held: Counter,
+    parked: Counter,
     refusals: Arc<Refusals>,
     conn_refusals: Arc<ConnRefusals>,
     transfer_seconds: Histogram,
@@ -285,6 +287,12 @@ impl Metrics {
             "Dedupe hits: messages acknowledged again without storing them twice",
             already_held.clone(),
         );
+        let parked = Counter::default();
+        registry.register(
+            "drain_intake_messages_parked",
+            "Messages parked for another instance's commit (behind a balancer)",
+            parked.clone(),
+        );
         registry.register_collector(Box::new(AtScrape {
             accepting,
             events,
@@ -307,6 +315,7 @@ impl Metrics {
             stored_messages,
             stored_bytes,
             already_held,
+            parked,
             refusals,
             conn_refusals,
             transfer_seconds,
@@ -366,8 +375,8 @@ impl Metrics {
                 Outcome::RejectedPermanent | Outcome::RejectedTransient => {
                     self.refused(Refusal::of_rejection(r))
                 }
-                // Not stored here (yet): counted when its commit stores it.
-                Outcome::Parked => {}
+                // Not stored here (yet): counted as stored when its commit stores it.
+                Outcome::Parked => self.parked.inc(),
             }
         }
     }

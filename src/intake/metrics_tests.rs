@@ -26,8 +26,9 @@ fn renders_counts_reasons_and_a_cumulative_histogram() {
             result(Outcome::AlreadyHeld, None),
             result(Outcome::RejectedPermanent, Some(RejectCode::HashMismatch)),
             result(Outcome::RejectedTransient, Some(RejectCode::Transient)),
+            result(Outcome::Parked, None),
         ],
-        &[10, 20, 30, 40, 50],
+        &[10, 20, 30, 40, 50, 60],
     );
     m.answered(StatusCode::FORBIDDEN);
     m.answered(StatusCode::OK);
@@ -38,6 +39,7 @@ fn renders_counts_reasons_and_a_cumulative_histogram() {
         "drain_intake_messages_stored_total 2",
         "drain_intake_bytes_stored_total 30",
         "drain_intake_messages_already_held_total 1",
+        "drain_intake_messages_parked_total 1",
         "drain_intake_refusals_total{reason=\"forbidden\"} 1",
         "drain_intake_refusals_total{reason=\"hash_mismatch\"} 1",
         "drain_intake_refusals_total{reason=\"transient\"} 1",

@@ -376,7 +376,9 @@ impl Metrics {
                     self.refused(Refusal::of_rejection(r))
                 }
                 // Not stored here (yet): counted as stored when its commit stores it.
-                Outcome::Parked => self.parked.inc(),
+                Outcome::Parked => {
+                    self.parked.inc();
+                }
             }
         }
     }

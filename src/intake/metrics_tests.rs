@@ -75,6 +75,9 @@ fn a_fresh_exposition_is_exactly_this() {
          # HELP drain_intake_messages_already_held_total Dedupe hits: messages acknowledged again without storing them twice.\n\
          # TYPE drain_intake_messages_already_held_total counter\n\
          drain_intake_messages_already_held_total 0\n\
+         # HELP drain_intake_messages_parked_total Messages parked for another instance's commit (behind a balancer).\n\
+         # TYPE drain_intake_messages_parked_total counter\n\
+         drain_intake_messages_parked_total 0\n\
          # HELP drain_intake_transfer_duration_seconds Time to answer a transfer request.\n\
          # TYPE drain_intake_transfer_duration_seconds histogram\n",
     );

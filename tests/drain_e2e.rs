@@ -178,7 +178,13 @@ fn three_destinations_split_evenly() {
         .map(|i| all.values().filter(|(d, _)| *d == i).count())
         .collect();
     let (min, max) = (per.iter().min().unwrap(), per.iter().max().unwrap());
-    assert!(max - min <= batch, "uneven split {per:?} (batch {batch})");
+    // Requests go round-robin, but a request carries what has been read when a worker is free:
+    // up to `batch` messages, fewer while the scan is behind (seen on a loaded machine:
+    // [304, 300, 296]). So the split is even within a few batches, not within one.
+    assert!(
+        max - min <= 3 * batch,
+        "uneven split {per:?} (batch {batch})"
+    );
 }
 
 #[test]

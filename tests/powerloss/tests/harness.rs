@@ -9,213 +9,31 @@
 //! `DRAIN_POWERLOSS_SEED=...`. The `drain` binary is taken from `DRAIN_BIN`, else next to this
 //! test's target directory (`cargo build --bin drain` first; `.ci/run` does).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::mail::{MailServers, Mailbox};
+use common::{
+    Receiver, Rng, Tmp, delivered, fuse_available, inspect, spawn_drain, spool, until_success,
+    volume, wait_up_to,
+};
 use drain_powerloss::Mount;
 
-/// A temporary directory, removed on drop unless `DRAIN_TEST_KEEP` is set.
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(tag: &str) -> Tmp {
-        let mut b = [0u8; 8];
-        getrandom::fill(&mut b).unwrap();
-        let name: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        let p = std::env::temp_dir().join(format!("drain-powerloss-{tag}-{name}"));
-        fs::create_dir_all(&p).unwrap();
-        Tmp(p)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        if std::env::var_os("DRAIN_TEST_KEEP").is_none() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn drain_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("DRAIN_BIN") {
-        return PathBuf::from(p);
-    }
-    // target/debug/deps/harness-HASH -> target/debug/drain
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("drain");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --bin drain` first (or set DRAIN_BIN)",
-        bin.display()
-    );
-    bin
-}
-
-/// A power-loss mount at `tmp/name` over `tmp/name.backing`.
-fn volume(tmp: &Tmp, name: &str) -> Mount {
-    let mnt = tmp.0.join(name);
-    let backing = tmp.0.join(format!("{name}.backing"));
-    for d in [&mnt, &backing] {
-        fs::create_dir_all(d).unwrap();
-    }
-    Mount::new(&backing, &tmp.0.join(format!("{name}.store")), &mnt).unwrap()
-}
-
-/// Seeded xorshift64*: cut moments are reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env(var: &str) -> Rng {
-        let seed = std::env::var(var)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                let mut b = [0u8; 8];
-                getrandom::fill(&mut b).unwrap();
-                u64::from_le_bytes(b) | 1
-            });
-        eprintln!("seed {seed} (replay with {var}={seed})");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
-    }
-}
-
-/// A `drain serve` receiver whose data directory is a power-loss mount.
-struct Receiver {
-    child: Option<Child>,
-    mount: Mount,
-    ip: String,
-    port: u16,
-    cert: PathBuf,
-    key: PathBuf,
-    log: PathBuf,
-}
-
-impl Receiver {
-    fn start(tmp: &Tmp, name: &str, ip: &str) -> Receiver {
-        let (cert, key) = drain::tls::write_self_signed(&[ip.to_string()], &tmp.0, name).unwrap();
-        let mut r = Receiver {
-            child: None,
-            mount: volume(tmp, name),
-            ip: ip.to_string(),
-            port: 0,
-            cert,
-            key,
-            log: tmp.0.join(format!("{name}.log")),
-        };
-        r.spawn();
-        r
-    }
-
-    fn data_dir(&self) -> &Path {
-        self.mount.mountpoint()
-    }
-
-    /// Starts `drain serve` (on the port it had before, after the first start).
-    fn spawn(&mut self) {
-        let addr_file = self.data_dir().join("serve.addr");
-        let _ = fs::remove_file(&addr_file);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut child = Command::new(drain_bin())
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(["serve", "--listen", &format!("{}:{}", self.ip, self.port)])
-            .args(["--accept-drain-from", "127.0.0.0/8", "--tls-cert"])
-            .arg(&self.cert)
-            .arg("--tls-key")
-            .arg(&self.key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = loop {
-            if let Ok(s) = fs::read_to_string(&addr_file)
-                && s.ends_with('\n')
-            {
-                break s.trim().to_string();
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("drain serve exited early ({st}):\n{}", self.log_text());
-            }
-            assert!(Instant::now() < deadline, "drain serve did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn dest(&self) -> String {
-        format!("{}:{}", self.ip, self.port)
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(drain_bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-/// (queue, hash) of every message in a spool, by id (`drain spool ls --json`).
-fn spool(dir: &Path) -> BTreeMap<String, (String, String)> {
-    let o = run(dir, &["spool", "ls", "--json"]);
-    assert!(
-        o.status.success(),
-        "spool ls: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let s = |k: &str| v[k].as_str().unwrap().to_string();
-            (s("id"), (s("queue"), s("hash")))
-        })
-        .collect()
-}
-
-/// Every expected message exactly once over the source and the destinations, unchanged.
+/// Every expected message exactly once over the source, the destinations' spools and what
+/// their mail servers delivered, unchanged.
 fn census(src: &Path, receivers: &[Receiver], expected: &BTreeMap<String, (String, String)>) {
     let mut seen: BTreeMap<String, (String, (String, String))> = BTreeMap::new();
-    let places = std::iter::once(("source".to_string(), src))
-        .chain(receivers.iter().map(|r| (r.dest(), r.data_dir())));
-    for (place, dir) in places {
-        for (id, entry) in spool(dir) {
+    let mut places = vec![("source".to_string(), spool(src).into_iter().collect())];
+    for r in receivers {
+        places.push((r.dest(), spool(r.data_dir()).into_iter().collect()));
+        places.push((format!("{} (delivered)", r.dest()), delivered(r.data_dir())));
+    }
+    for (place, copies) in places {
+        for (id, entry) in copies {
             if let Some((other, _)) = seen.insert(id.clone(), (place.clone(), entry)) {
                 panic!("message {id} is on {other} and on {place}");
             }
@@ -241,7 +59,7 @@ fn census(src: &Path, receivers: &[Receiver], expected: &BTreeMap<String, (Strin
     receivers.iter().for_each(events_cover);
 }
 
-/// Every message a receiver holds has at least one `message.received` event in its event queue
+/// Every message a receiver holds or delivered has at least one `message.received` event in its event queue
 /// (recorded durably before the answer; no endpoint is configured, so none is ever removed), and
 /// every event file is whole JSON.
 fn events_cover(receiver: &Receiver) {
@@ -262,6 +80,7 @@ fn events_cover(receiver: &Receiver) {
     }
     let missing: Vec<String> = spool(receiver.data_dir())
         .into_keys()
+        .chain(delivered(receiver.data_dir()).into_iter().map(|(id, _)| id))
         .filter(|id| !received.contains(id))
         .collect();
     assert!(
@@ -273,71 +92,10 @@ fn events_cover(receiver: &Receiver) {
     );
 }
 
-/// `drain inspect --json` on a data directory: the journal opens (through redb's recovery after
-/// a cut) and nothing in it or in the spool is corrupt. Returns the document.
-fn inspect(dir: &Path) -> serde_json::Value {
-    let o = run(dir, &["inspect", "--json"]);
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "inspect failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let count = |v: &serde_json::Value| v.as_array().map_or(0, Vec::len);
-    assert_eq!(count(&v["corrupt_runs"]), 0, "corrupt runs: {text}");
-    if !v["run"].is_null() {
-        let anomalies = &v["run"]["anomalies"];
-        for kind in ["corrupt_records", "unreadable"] {
-            assert_eq!(anomalies[kind]["count"], 0, "{kind}: {text}");
-        }
-    }
-    v
-}
-
-fn spawn_drain(src: &Path, args: &[String], log: &Path) -> Child {
-    Command::new(drain_bin())
-        .arg("--data-dir")
-        .arg(src)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_up_to(child: &mut Child, d: Duration) -> Option<i32> {
-    let deadline = Instant::now() + d;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st.code().unwrap_or(-1));
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Runs `drain ARGS` to completion, again after every non-zero exit, until it exits 0.
-fn until_success(src: &Path, args: &[String], log: &Path) {
-    for attempt in 1..=20 {
-        let mut child = spawn_drain(src, args, log);
-        let code = wait_up_to(&mut child, Duration::from_secs(300)).expect("drain hung");
-        if code == 0 {
-            return;
-        }
-        eprintln!("attempt {attempt} of `drain {args:?}` exited {code}; again");
-    }
-    panic!(
-        "drain never exited 0:\n{}",
-        fs::read_to_string(log).unwrap_or_default()
-    );
-}
-
 /// A sender data directory and two receivers, each on its own power-loss mount.
 struct Cluster {
+    // First: stopped before the mounts go.
+    mail: MailServers,
     source: Mount,
     receivers: Vec<Receiver>,
     with_dests: Vec<String>,
@@ -377,9 +135,16 @@ impl Cluster {
         with_dests.extend(receivers.iter().map(Receiver::dest));
         let mut resume = base;
         resume.push("resume".into());
+        let mail = MailServers::new(
+            receivers
+                .iter()
+                .map(|r| Mailbox::new(r.data_dir(), &r.log))
+                .collect(),
+        );
         Cluster {
             source,
             receivers,
+            mail,
             with_dests,
             resume,
             log: tmp.0.join("drain.log"),
@@ -411,8 +176,10 @@ impl Cluster {
     /// runs for `crash_first` before the kill and power cut. This reaches the paths that
     /// handle state a crash left behind unsynced (a copy found held in a receiver's spool).
     fn round(&mut self, delay: Duration, crash_first: Option<Duration>) -> bool {
+        self.mail.start();
         let mut child = spawn_drain(self.src(), &self.with_dests, &self.log);
         if let Some(code) = wait_up_to(&mut child, delay) {
+            self.mail.stop();
             let out = fs::read_to_string(&self.log).unwrap_or_default();
             assert_eq!(
                 code, 0,
@@ -437,6 +204,7 @@ impl Cluster {
         for r in &mut self.receivers {
             r.kill();
         }
+        self.mail.stop();
         self.source.cut().unwrap();
         for r in &self.receivers {
             r.mount.cut().unwrap();
@@ -445,7 +213,9 @@ impl Cluster {
             r.spawn();
         }
         inspect(self.src());
+        self.mail.start();
         until_success(self.src(), &self.resume, &self.log);
+        self.mail.stop();
         census(self.src(), &self.receivers, &self.expected);
         let after = inspect(self.src());
         for r in after["runs"].as_array().into_iter().flatten() {
@@ -458,19 +228,13 @@ impl Cluster {
     }
 
     /// Drains what is left at the source; then everything is on exactly one destination.
-    fn finish(&self) {
+    fn finish(&mut self) {
+        self.mail.start();
         until_success(self.src(), &self.with_dests, &self.log);
+        self.mail.stop();
         census(self.src(), &self.receivers, &self.expected);
         assert!(spool(self.src()).is_empty(), "messages left at the source");
     }
-}
-
-fn fuse_available() -> bool {
-    let ok = Path::new("/dev/fuse").exists();
-    if !ok {
-        eprintln!("\n*** SKIPPED: /dev/fuse is missing; the power-loss harness cannot run ***\n");
-    }
-    ok
 }
 
 #[test]
@@ -509,8 +273,9 @@ fn power_cut_at_random_moments_loses_and_duplicates_nothing() {
     }
     cluster.finish();
     eprintln!(
-        "{cuts} power cuts over {rounds} rounds, {} messages",
-        cluster.expected.len()
+        "{cuts} power cuts over {rounds} rounds, {} messages, {} delivered by the mail servers",
+        cluster.expected.len(),
+        cluster.mail.delivered()
     );
 }
 

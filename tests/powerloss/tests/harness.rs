@@ -16,6 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::events::EventSink;
 use common::mail::{MailServers, Mailbox};
 use common::{
     Receiver, Rng, Tmp, delivered, fuse_available, inspect, spawn_drain, spool, until_success,
@@ -25,7 +26,12 @@ use drain_powerloss::Mount;
 
 /// Every expected message exactly once over the source, the destinations' spools and what
 /// their mail servers delivered, unchanged.
-fn census(src: &Path, receivers: &[Receiver], expected: &BTreeMap<String, (String, String)>) {
+fn census(
+    src: &Path,
+    receivers: &[Receiver],
+    sinks: &Sinks,
+    expected: &BTreeMap<String, (String, String)>,
+) {
     let mut seen: BTreeMap<String, (String, (String, String))> = BTreeMap::new();
     let mut places = vec![("source".to_string(), spool(src).into_iter().collect())];
     for r in receivers {
@@ -56,16 +62,54 @@ fn census(src: &Path, receivers: &[Receiver], expected: &BTreeMap<String, (Strin
             "message {id} on {place} changed or unknown"
         );
     }
-    receivers.iter().for_each(events_cover);
+    for r in receivers {
+        events_cover(r, sinks);
+        done_once(r);
+    }
 }
 
-/// Every message a receiver holds or delivered has at least one `message.received` event in its event queue
-/// (recorded durably before the answer; no endpoint is configured, so none is ever removed), and
-/// every event file is whole JSON.
-fn events_cover(receiver: &Receiver) {
+/// The receivers' event endpoints: one takes every batch, one refuses every third for good.
+struct Sinks {
+    takes: EventSink,
+    refuses: EventSink,
+}
+
+/// Every message a receiver holds or delivered has a `message.received` event (recorded
+/// durably before the answer) that is still queued, or that the taking endpoint got and the
+/// refusing one got or the dead-letter directory keeps; every event file is whole JSON.
+fn events_cover(receiver: &Receiver, sinks: &Sinks) {
     let dir = receiver.data_dir().join("events");
-    let mut received = std::collections::BTreeSet::new();
-    for de in fs::read_dir(&dir).unwrap() {
+    let queued = received_events(&dir, receiver);
+    let dead = received_events(&dir.join("dead-letter"), receiver);
+    let refused_took = sinks.refuses.took();
+    let mut covered: std::collections::BTreeSet<String> = queued.into_values().collect();
+    for (event, message) in sinks.takes.took() {
+        if refused_took.contains_key(&event) || dead.contains_key(&event) {
+            covered.insert(message);
+        }
+    }
+    let missing: Vec<String> = spool(receiver.data_dir())
+        .into_keys()
+        .chain(delivered(receiver.data_dir()).into_iter().map(|(id, _)| id))
+        .filter(|id| !covered.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} messages on {} without a message.received event (queued, or delivered to both \
+         endpoints / kept in the dead-letter directory): {:?}",
+        missing.len(),
+        receiver.dest(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+/// Event id -> message id of the `message.received` events in `dir` (absent: none).
+fn received_events(dir: &Path, receiver: &Receiver) -> BTreeMap<String, String> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for de in rd {
         let path = de.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if name.starts_with('.') || !name.ends_with(".json") {
@@ -75,20 +119,36 @@ fn events_cover(receiver: &Receiver) {
         let v: serde_json::Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("event {} on {} is not whole: {e}", name, receiver.dest()));
         if v["type"] == "message.received" {
-            received.insert(v["message_id"].as_str().unwrap_or_default().to_string());
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            out.insert(s("id"), s("message_id"));
         }
     }
-    let missing: Vec<String> = spool(receiver.data_dir())
-        .into_keys()
-        .chain(delivered(receiver.data_dir()).into_iter().map(|(id, _)| id))
-        .filter(|id| !received.contains(id))
-        .collect();
+    out
+}
+
+/// No event was sent to an endpoint again after `drain serve` recorded it done there (its ack
+/// or dead-letter marker durable: traced `event done`, once per endpoint and event).
+fn done_once(receiver: &Receiver) {
+    let log = fs::read_to_string(&receiver.log).unwrap_or_default();
+    let mut done: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for l in log.lines().filter(|l| l.contains("event done")) {
+        let field = |k: &str| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_default()
+                .to_string()
+        };
+        *done
+            .entry((field("endpoint="), field("event=")))
+            .or_default() += 1;
+    }
+    let again: Vec<_> = done.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
-        missing.is_empty(),
-        "{} messages on {} without a message.received event: {:?}",
-        missing.len(),
+        again.is_empty(),
+        "{} events were sent again to an endpoint that was done with them, on {}: {:?}",
+        again.len(),
         receiver.dest(),
-        &missing[..missing.len().min(5)]
+        &again[..again.len().min(3)]
     );
 }
 
@@ -96,6 +156,7 @@ fn events_cover(receiver: &Receiver) {
 struct Cluster {
     // First: stopped before the mounts go.
     mail: MailServers,
+    sinks: Sinks,
     source: Mount,
     receivers: Vec<Receiver>,
     with_dests: Vec<String>,
@@ -110,9 +171,17 @@ impl Cluster {
     fn new(tag: &str) -> Cluster {
         let tmp = Tmp::new(tag);
         let source = volume(&tmp, "src");
+        let sinks = Sinks {
+            takes: EventSink::start(0),
+            refuses: EventSink::start(3),
+        };
+        let endpoints: Vec<String> = [sinks.takes.url(), sinks.refuses.url()]
+            .iter()
+            .flat_map(|u| ["--event-endpoint".to_string(), u.to_string()])
+            .collect();
         let receivers = vec![
-            Receiver::start(&tmp, "r0", "127.0.0.61"),
-            Receiver::start(&tmp, "r1", "127.0.0.62"),
+            Receiver::start_with(&tmp, "r0", "127.0.0.61", &endpoints),
+            Receiver::start_with(&tmp, "r1", "127.0.0.62", &endpoints),
         ];
         let ca = tmp.0.join("ca.pem");
         let pem: String = receivers
@@ -142,6 +211,7 @@ impl Cluster {
                 .collect(),
         );
         Cluster {
+            sinks,
             source,
             receivers,
             mail,
@@ -175,7 +245,7 @@ impl Cluster {
     /// names and data not yet synced stay visible), the receivers restart and `drain resume`
     /// runs for `crash_first` before the kill and power cut. This reaches the paths that
     /// handle state a crash left behind unsynced (a copy found held in a receiver's spool).
-    fn round(&mut self, delay: Duration, crash_first: Option<Duration>) -> bool {
+    fn round(&mut self, delay: Duration, crash_first: Option<Duration>, gap: Duration) -> bool {
         self.mail.start();
         let mut child = spawn_drain(self.src(), &self.with_dests, &self.log);
         if let Some(code) = wait_up_to(&mut child, delay) {
@@ -201,6 +271,9 @@ impl Cluster {
                 let _ = resume.wait();
             }
         }
+        // The receivers (event processors, mail servers) go on for `gap` after the last drain
+        // process died: the cut then finds their own work at a random point too.
+        std::thread::sleep(gap);
         for r in &mut self.receivers {
             r.kill();
         }
@@ -216,7 +289,7 @@ impl Cluster {
         self.mail.start();
         until_success(self.src(), &self.resume, &self.log);
         self.mail.stop();
-        census(self.src(), &self.receivers, &self.expected);
+        census(self.src(), &self.receivers, &self.sinks, &self.expected);
         let after = inspect(self.src());
         for r in after["runs"].as_array().into_iter().flatten() {
             assert_eq!(
@@ -232,7 +305,7 @@ impl Cluster {
         self.mail.start();
         until_success(self.src(), &self.with_dests, &self.log);
         self.mail.stop();
-        census(self.src(), &self.receivers, &self.expected);
+        census(self.src(), &self.receivers, &self.sinks, &self.expected);
         assert!(spool(self.src()).is_empty(), "messages left at the source");
     }
 }
@@ -256,16 +329,21 @@ fn power_cut_at_random_moments_loses_and_duplicates_nothing() {
         let delay = rng.below(350);
         // Every other round (on average) crashes first and resumes for a while before the cut.
         let crash_first = (rng.below(2) == 0).then(|| rng.below(350));
+        let gap = rng.below(300);
         // Printed first, so that a failing census names its cut point.
         match crash_first {
-            None => eprintln!("round {rounds}: a drain, power cut after {delay} ms"),
+            None => eprintln!(
+                "round {rounds}: a drain, killed after {delay} ms, receivers {gap} ms later, power cut"
+            ),
             Some(r) => eprintln!(
-                "round {rounds}: a drain, crash after {delay} ms, resume, power cut after {r} ms"
+                "round {rounds}: a drain, crash after {delay} ms, resume, killed after {r} ms, \
+                 receivers {gap} ms later, power cut"
             ),
         }
         if cluster.round(
             Duration::from_millis(delay),
             crash_first.map(Duration::from_millis),
+            Duration::from_millis(gap),
         ) {
             cuts += 1;
             eprintln!("round {rounds}: power cut {cuts} after {delay} ms; census ok");
@@ -293,7 +371,7 @@ fn power_cut_during_the_very_first_drain() {
     for delay in [100, 200, 300, 400] {
         let mut cluster = Cluster::new("first");
         cluster.fill(100);
-        cluster.round(Duration::from_millis(delay), None);
+        cluster.round(Duration::from_millis(delay), None, Duration::ZERO);
         cluster.finish();
     }
 }

@@ -3,6 +3,7 @@
 //! `inspect`). Each test file uses part of it.
 #![allow(dead_code)]
 
+pub mod events;
 pub mod mail;
 
 use std::collections::BTreeMap;
@@ -93,6 +94,8 @@ pub struct Receiver {
     port: u16,
     pub cert: PathBuf,
     key: PathBuf,
+    /// More `drain serve` options (event endpoints).
+    extra: Vec<String>,
     /// `drain serve`'s standard error, appended to by every start; it traces each message
     /// acknowledged (what the mail server delivers, see `mail`).
     pub log: PathBuf,
@@ -100,6 +103,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(tmp: &Tmp, name: &str, ip: &str) -> Receiver {
+        Receiver::start_with(tmp, name, ip, &[])
+    }
+
+    /// [`Receiver::start`] with more `drain serve` options.
+    pub fn start_with(tmp: &Tmp, name: &str, ip: &str, extra: &[String]) -> Receiver {
         let (cert, key) = drain::tls::write_self_signed(&[ip.to_string()], &tmp.0, name).unwrap();
         let mut r = Receiver {
             child: None,
@@ -108,6 +116,7 @@ impl Receiver {
             port: 0,
             cert,
             key,
+            extra: extra.to_vec(),
             log: tmp.0.join(format!("{name}.log")),
         };
         r.spawn();
@@ -135,7 +144,11 @@ impl Receiver {
             .arg(&self.cert)
             .arg("--tls-key")
             .arg(&self.key)
-            .env("RUST_LOG", "info,rustls=off,drain::intake::handler=trace")
+            .args(&self.extra)
+            .env(
+                "RUST_LOG",
+                "info,rustls=off,drain::intake::handler=trace,drain::events::processor=trace",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -294,4 +307,3 @@ pub fn fuse_available() -> bool {
     }
     ok
 }
-

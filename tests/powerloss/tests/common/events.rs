@@ -41,7 +41,7 @@ impl EventSink {
                 match l.accept() {
                     Ok((conn, _)) => {
                         n += 1;
-                        let refuse = refuse_every > 0 && n % refuse_every == 0;
+                        let refuse = refuse_every > 0 && n.is_multiple_of(refuse_every);
                         // A receiver killed mid-request is not the sink's failure.
                         let _ = answer(conn, refuse, &t);
                     }

@@ -113,22 +113,27 @@ pub fn open_or_create_private(path: &Path) -> io::Result<File> {
     }
 }
 
-/// Creates `dir` and any missing parents, each one it creates owner-only ([`DIR_MODE`]);
-/// directories that already exist keep their mode. Returns true when `dir` itself was created.
+/// Creates `dir` and any missing parents, each one it creates owner-only ([`DIR_MODE`]) and
+/// durable (its parent fsynced), so that what is later stored durably inside survives a power
+/// loss (found by the power-loss tests: a fresh data directory or `--fallback-path` vanished
+/// with the messages in it); directories that already exist keep their mode. Returns true when
+/// `dir` itself was created.
 pub fn create_private_dir_all(dir: &Path) -> Result<bool, FileError> {
     if dir.is_dir() {
         return Ok(false);
     }
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
         create_private_dir_all(parent)?;
     }
     match DirBuilder::new().mode(DIR_MODE).create(dir) {
         Ok(()) => {}
-        // Another process created it meanwhile: theirs, with their mode.
+        // Another process created it meanwhile: theirs, with their mode (and durability).
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(false),
         Err(e) => return Err(FileError::new(dir, e)),
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE)).map_err(FileError::at(dir))?;
+    sync_dir(parent.unwrap_or(Path::new(".")))?;
     Ok(true)
 }
 

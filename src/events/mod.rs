@@ -95,9 +95,9 @@ pub struct EventQueue {
 impl EventQueue {
     pub fn open(data_dir: &Path) -> Result<EventQueue, FileError> {
         let dir = data_dir.join("events");
+        // Durable as created (create_private_dir_all fsyncs the data directory).
         if !dir.is_dir() {
             durable::create_private_dir_all(&dir)?;
-            sync_dir(data_dir)?;
         }
         Ok(EventQueue { dir })
     }

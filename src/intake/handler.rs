@@ -313,6 +313,14 @@ fn log_results(caller: &Caller, n: usize, results: &[ItemResult]) {
         );
     }
     tracing::debug!(client = %caller.client, run = %caller.run, messages = n, stored, "transfer");
+    // One line per message this answer acknowledges (durable by now), for tracing a message
+    // through a receiver (`RUST_LOG=drain::intake::handler=trace`; the power-loss harness's
+    // mail servers deliver what they see here).
+    for r in results.iter().filter(|r| r.outcome.is_acked()) {
+        if let Some(id) = r.id {
+            tracing::trace!(client = %caller.client, run = %caller.run, id = %id, "acknowledged");
+        }
+    }
 }
 
 /// `POST /v1/query`.
@@ -361,11 +369,18 @@ pub(crate) async fn query(
             "transfers still in progress; ask again".into(),
         ));
     }
+    // Kept only to trace what the answer acknowledges (see `log_results`).
+    let traced = tracing::enabled!(tracing::Level::TRACE).then(|| asked.clone());
     let held = state
         .store
         .held(&caller.sender, &caller.run, asked)
         .await
         .map_err(|e| Reject::failed(format!("query failed: {e}")))?;
+    for (id, h) in traced.iter().flatten() {
+        if held.contains(h) {
+            tracing::trace!(client = %caller.client, run = %caller.run, id = %id, "acknowledged");
+        }
+    }
     Ok(json(
         StatusCode::OK,
         &QueryResponse {

@@ -184,10 +184,10 @@ impl Spool {
             .map(|q| spool.queue_dir(*q))
             .chain([spool.tmp_dir()])
         {
+            // Durable as created: create_private_dir_all fsyncs the parent of each directory
+            // it makes (`spool/` in the data directory, each queue directory in `spool/`).
             if !dir.is_dir() {
                 durable::create_private_dir_all(&dir)?;
-                sync_dir(&spool.root)?;
-                sync_dir(data_dir)?;
             }
         }
         Ok(spool)

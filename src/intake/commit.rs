@@ -16,7 +16,8 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
 use super::handler::{
-    Caller, State, check_caller, check_content_type, discard_body, read_body, refuse_misdirected,
+    Caller, State, check_caller, check_content_type, discard_body, log_results, read_body,
+    refuse_misdirected,
 };
 use super::reply::{Reject, Resp, json};
 use super::verdicts::{check_frame, held_already, not_parked, parked};
@@ -154,6 +155,7 @@ pub(crate) async fn commit(
         })
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| Reject::failed("a commit's results do not match its messages".into()))?;
+    log_results(&caller, results.len(), &results);
     Ok(json(
         StatusCode::OK,
         &TransferResponse {

@@ -298,7 +298,7 @@ pub(super) async fn store_transfer(
     ))
 }
 
-fn log_results(caller: &Caller, n: usize, results: &[ItemResult]) {
+pub(super) fn log_results(caller: &Caller, n: usize, results: &[ItemResult]) {
     let stored = results
         .iter()
         .filter(|r| r.outcome == wire::Outcome::Stored)

@@ -15,11 +15,11 @@ use std::sync::atomic::Ordering;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
-use super::handler::{
+use super::reply::{Reject, Resp, json};
+use super::request::{
     Caller, State, check_caller, check_content_type, discard_body, log_results, read_body,
     refuse_misdirected,
 };
-use super::reply::{Reject, Resp, json};
 use super::verdicts::{check_frame, held_already, not_parked, parked};
 use crate::base::{ContentHash, MessageId};
 use crate::wire::{self, Frame, ItemResult, QueryRequest, TransferResponse};

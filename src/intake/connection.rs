@@ -19,9 +19,10 @@ use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::handler::{self, State};
+use super::handler;
 use super::options::Timeouts;
 use super::reply::{Reject, Resp};
+use super::request::State;
 use crate::wire;
 
 /// The HTTP server every connection uses: over HTTP/1 a request's header must arrive within

@@ -28,11 +28,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::connection;
-use super::handler::State;
 use super::metrics::ConnRefusal;
 use super::peer_warn::{PeerWarn, held_back_note};
 use super::peers::PeerSlot;
 use super::proxy_header::{self, Start};
+use super::request::State;
 use crate::control::ServeControl;
 
 /// At most one warning per peer this often about its failed connections.

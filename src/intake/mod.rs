@@ -13,9 +13,10 @@
 //! - `listener`: accept loop, PROXY header (`proxy_header`), TLS handshake, graceful
 //!   shutdown, rate-limited warnings about failed connections (`peer_warn`);
 //! - `connection`: HTTP on one connection, routing to the endpoints;
-//! - `commit`: parking a transfer meant for another instance and `POST /v1/commit` (the parked
-//!   messages themselves are kept by `parked`);
-//! - `handler`: the endpoints and the [`handler::State`] they share; `reply`: answers; `body`:
+//! - `handler`: the endpoints; `commit`: parking a transfer meant for another instance and
+//!   `POST /v1/commit` (the parked messages themselves are kept by `parked`); both start with
+//!   `request`: the [`request::State`] they share, the caller and target checks, bodies;
+//!   `reply`: answers; `body`:
 //!   reading a body within its own size and idle limits, discarding refused ones; `peers`:
 //!   connections per address; `peer_warn`: rate-limited warnings per peer; `proxy_header`: the
 //!   PROXY protocol;
@@ -40,6 +41,7 @@ mod peer_warn;
 mod peers;
 pub mod proxy_header;
 mod reply;
+mod request;
 pub mod store;
 mod tasks;
 mod verdicts;
@@ -57,8 +59,8 @@ pub use access::{Access, NetList};
 pub use options::{ServeOptions, Timeouts};
 pub use store::Store;
 
-use handler::State;
 use listener::{Listener, Stop};
+use request::State;
 use tasks::Tasks;
 
 /// Invariant 6: an instance whose last drain run is unfinished does not serve, because a

@@ -5,7 +5,7 @@
 //! cannot flood the log too.
 //!
 //! Peers in `http_trusted_proxy_ips` are exempt: a balancer's connections carry many senders.
-//! Owned by `handler::State`; `listener` asks [`Peers::admit`] for each accepted connection
+//! Owned by `request::State`; `listener` asks [`Peers::admit`] for each accepted connection
 //! and keeps the [`PeerSlot`] for as long as the connection lives.
 
 use std::collections::HashMap;

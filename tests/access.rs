@@ -7,13 +7,11 @@ mod common;
 
 use std::io::{Read, Write};
 
+use common::ask::{RUN, SENDER, post};
 use common::haproxy::HaProxy;
 use common::*;
 use drain::base::QueueKind;
 use drain::wire::{self, RejectCode};
-
-const SENDER: &str = "00000000000000000000000000000abc";
-const RUN: &str = "11111111111111111111111111111111";
 
 /// A client from `bind` trusting the PEM certificate(s) in `ca`.
 fn client(ca: &std::path::Path, bind: &str) -> reqwest::Client {
@@ -23,24 +21,16 @@ fn client(ca: &std::path::Path, bind: &str) -> reqwest::Client {
 /// POST a one-message transfer to `https://{addr}` with extra header lines: (status, body).
 fn transfer(c: &reqwest::Client, addr: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let m = message(QueueKind::BounceLite, 1, addr.as_bytes());
-    let mut r = c
-        .post(format!("https://{addr}{}", wire::TRANSFER_PATH))
-        .header(wire::HDR_SENDER, SENDER)
-        .header(wire::HDR_RUN, RUN)
-        .header("content-type", wire::BATCH_CONTENT_TYPE)
-        .body(batch(&[(&m, m.hash)]));
-    for (k, v) in headers {
-        r = r.header(*k, *v); // appends: a second line of the same header stays a line
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let resp = r.send().await.expect("request");
-        let st = resp.status().as_u16();
-        (st, resp.text().await.unwrap_or_default())
-    })
+    let body = batch(&[(&m, m.hash)]);
+    let (st, _, text) = post(
+        c,
+        addr,
+        wire::TRANSFER_PATH,
+        wire::BATCH_CONTENT_TYPE,
+        body,
+        headers,
+    );
+    (st, text)
 }
 
 fn code_of(text: &str) -> Option<RejectCode> {

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use common::ask::instance_of;
 use common::balancers::*;
-use common::haproxy::HaProxy;
 use common::*;
 use drain::wire;
 
@@ -132,14 +131,7 @@ fn killed_drains_through_a_tcp_balancer_duplicate_nothing() {
         &["127.0.0.51", "127.0.0.52", "127.0.0.53"],
         "127.0.0.1",
     );
-    let lb = HaProxy::start(
-        &tmp,
-        "haproxy-tcp.cfg",
-        "127.0.0.1",
-        &server_lines(&servers),
-    );
-    let refs: Vec<&Server> = servers.iter().collect();
-    let ca = ca_bundle(&tmp, &refs);
+    let (lb, ca) = tcp_balancer(&tmp, &servers);
     let (expected, _, _) = drain_with_kills(&tmp, &lb, &ca, &mut rng);
     census_of(&servers, &tmp, &expected);
     finish_reached_all(&servers);

@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::balancers::*;
-use common::haproxy::HaProxy;
 use common::*;
 use drain::base::QueueKind;
 
@@ -18,14 +17,8 @@ use drain::base::QueueKind;
 /// through `lb`: what it took stays pinned to it until it answers again (what it had parked is
 /// gone with the restart, so its commit is answered `not_parked` and sent anew), so nothing is
 /// lost or duplicated.
-fn backends_killed(
-    tmp: &TempDir,
-    servers: &mut [Server],
-    lb: &dyn Balancer,
-    ca: &Path,
-    seed: &str,
-) {
-    let mut rng = Rng::from_env(seed);
+fn backends_killed(tmp: &TempDir, servers: &mut [Server], lb: &dyn Balancer, ca: &Path) {
+    let mut rng = Rng::from_env("DRAIN_BALANCER_SEED");
     let ca = ca.display().to_string();
     let src = tmp.sub("src");
     let expected = fill(&src, 300);
@@ -73,15 +66,8 @@ fn backends_killed_behind_a_tcp_balancer_duplicate_nothing() {
         &["127.0.0.70", "127.0.0.71", "127.0.0.72"],
         "127.0.0.1",
     );
-    let lb = HaProxy::start(
-        &tmp,
-        "haproxy-tcp.cfg",
-        "127.0.0.1",
-        &server_lines(&servers),
-    );
-    let refs: Vec<&Server> = servers.iter().collect();
-    let ca = ca_bundle(&tmp, &refs);
-    backends_killed(&tmp, &mut servers, &lb, &ca, "DRAIN_BALANCER_SEED");
+    let (lb, ca) = tcp_balancer(&tmp, &servers);
+    backends_killed(&tmp, &mut servers, &lb, &ca);
 }
 
 #[test]
@@ -93,7 +79,7 @@ fn backends_killed_behind_an_http_balancer_duplicate_nothing() {
         "127.0.0.1",
     );
     let (lb, cert) = http_balancer(&tmp, &servers);
-    backends_killed(&tmp, &mut servers, &lb, &cert, "DRAIN_BALANCER_SEED");
+    backends_killed(&tmp, &mut servers, &lb, &cert);
 }
 
 #[test]
@@ -105,7 +91,7 @@ fn backends_killed_behind_nginx_duplicate_nothing() {
         "127.0.0.1",
     );
     let (lb, cert) = nginx_balancer(&tmp, &servers);
-    backends_killed(&tmp, &mut servers, &lb, &cert, "DRAIN_BALANCER_SEED");
+    backends_killed(&tmp, &mut servers, &lb, &cert);
 }
 
 /// A backend draining itself behind the balancer answers 503 (its intake is stopped while its
@@ -139,14 +125,8 @@ fn a_backend_draining_itself_is_skipped_and_the_others_take_everything() {
     let (waiting, lines) = spawn_watched(&own, &["--max-event-wait", "300s", &away]);
     wait_line(&lines, "waiting for the event processor");
 
-    let lb = HaProxy::start(
-        &tmp,
-        "haproxy-tcp.cfg",
-        "127.0.0.1",
-        &server_lines(&servers),
-    );
+    let (lb, ca) = tcp_balancer(&tmp, &servers);
     let refs: Vec<&Server> = servers.iter().collect();
-    let ca = ca_bundle(&tmp, &refs);
     let src = tmp.sub("src");
     let expected = fill(&src, 120);
     let o = drain(&src, &["--ca-cert", ca.to_str().unwrap(), &lb.dest()]);
@@ -176,14 +156,9 @@ fn recover_asks_every_instance_behind_a_balancer() {
         &["127.0.0.73", "127.0.0.74", "127.0.0.75"],
         "127.0.0.1",
     );
-    let lb = HaProxy::start(
-        &tmp,
-        "haproxy-tcp.cfg",
-        "127.0.0.1",
-        &server_lines(&servers),
-    );
+    let (lb, ca) = tcp_balancer(&tmp, &servers);
+    let ca = ca.display().to_string();
     let refs: Vec<&Server> = servers.iter().collect();
-    let ca = ca_bundle(&tmp, &refs).display().to_string();
     let src = tmp.sub("src");
     // Many small requests on many connections: every backend takes some long before the end.
     let expected = fill(&src, 3000);

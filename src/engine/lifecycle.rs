@@ -30,8 +30,8 @@ pub(crate) enum Begun {
     NothingToResume(Report),
 }
 
-/// Continues the unfinished run, or starts a new one, and journals its record (the run's
-/// marker first: see `journal::marker`).
+/// Continues the unfinished run, or starts a new one, and journals its record (then the run's
+/// marker: see `journal::marker`).
 pub(crate) async fn begin(
     journal: &Journal,
     opts: &DrainOptions,
@@ -59,9 +59,12 @@ pub(crate) async fn begin(
         .iter()
         .map(|d| opts.destinations.is_empty() || opts.destinations.contains(d))
         .collect();
+    // The record first, then the marker, both before anything is sent: a kill between them
+    // leaves a run the journal knows and nothing sent (the next drain continues it), never a
+    // marker naming a run the journal does not know (which only a lost journal may mean).
+    ledger::put_run(journal, record.clone()).await?;
     let marker = RunMarker::new(sender, &record.id, record.seq, record.destinations.clone());
     journal::write_marker(&opts.data_dir, &marker)?;
-    ledger::put_run(journal, record.clone()).await?;
     Ok(Begun::Run {
         record,
         continuing,

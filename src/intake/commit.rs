@@ -17,8 +17,7 @@ use hyper::{Request, StatusCode};
 
 use super::reply::{Reject, Resp, json};
 use super::request::{
-    Caller, State, check_caller, check_content_type, discard_body, log_results, read_body,
-    refuse_misdirected,
+    Caller, State, admit, discard_body, log_results, read_body, refuse_misdirected,
 };
 use super::verdicts::{check_frame, held_already, not_parked, parked};
 use crate::base::{ContentHash, MessageId};
@@ -84,15 +83,7 @@ pub(crate) async fn commit(
     req: Request<Incoming>,
 ) -> Result<Resp, Reject> {
     let req = refuse_misdirected(state, req)?;
-    let checked = check_caller(state, peer, &req)
-        .and_then(|c| check_content_type(&req, wire::QUERY_CONTENT_TYPE).map(|()| c));
-    let caller = match checked {
-        Ok(c) => c,
-        Err(r) => {
-            discard_body(req);
-            return Err(r);
-        }
-    };
+    let (caller, req) = admit(state, peer, req, wire::QUERY_CONTENT_TYPE)?;
     // Registered before anything parked is taken: a query of this run fences or waits for it.
     let arriving = state.store.arriving(&caller.sender, &caller.run);
     if !state.accepting.load(Ordering::Relaxed) {

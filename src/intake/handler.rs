@@ -20,8 +20,8 @@ use hyper::{Request, StatusCode};
 use super::body;
 use super::reply::{Reject, Resp, json};
 use super::request::{
-    Caller, State, check_caller, check_content_type, check_target, discard_body, log_results,
-    read_body, refuse_misdirected, wants_park,
+    Caller, State, admit, check_caller, check_target, discard_body, log_results, read_body,
+    refuse_misdirected, wants_park,
 };
 use super::store::{Fence, Storing};
 use crate::base::ContentHash;
@@ -74,15 +74,7 @@ pub(crate) async fn transfer(
             "request body declares more than {limit} bytes (Content-Length)"
         )));
     }
-    let checked = check_caller(state, peer, &req)
-        .and_then(|c| check_content_type(&req, wire::BATCH_CONTENT_TYPE).map(|()| c));
-    let caller = match checked {
-        Ok(c) => c,
-        Err(r) => {
-            discard_body(req);
-            return Err(r);
-        }
-    };
+    let (caller, req) = admit(state, peer, req, wire::BATCH_CONTENT_TYPE)?;
     // From here until its body is decoded, a query of this run fences this transfer.
     let arriving = state.store.arriving(&caller.sender, &caller.run);
     if !state.accepting.load(Ordering::Relaxed) {
@@ -145,15 +137,7 @@ pub(crate) async fn query(
     req: Request<Incoming>,
 ) -> Result<Resp, Reject> {
     let req = refuse_misdirected(state, req)?;
-    let checked = check_caller(state, peer, &req)
-        .and_then(|c| check_content_type(&req, wire::QUERY_CONTENT_TYPE).map(|()| c));
-    let caller = match checked {
-        Ok(c) => c,
-        Err(r) => {
-            discard_body(req);
-            return Err(r);
-        }
-    };
+    let (caller, req) = admit(state, peer, req, wire::QUERY_CONTENT_TYPE)?;
     let body = read_body(state, peer, req, MAX_QUERY_BYTES).await?;
     let q: QueryRequest = serde_json::from_slice(&body)
         .map_err(|e| Reject::bad_request(format!("malformed query: {e}")))?;

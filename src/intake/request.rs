@@ -143,13 +143,32 @@ pub(super) fn refuse_misdirected(
 }
 
 /// `415` unless the body is of the endpoint's media type (`wire`'s table).
-pub(super) fn check_content_type(req: &Request<Incoming>, expected: &str) -> Result<(), Reject> {
+fn check_content_type(req: &Request<Incoming>, expected: &str) -> Result<(), Reject> {
     match header(req, "content-type")? {
         Some(v) if wire::media_type_is(v, expected) => Ok(()),
         got => Err(Reject::unsupported_type(format!(
             "Content-Type {} is not accepted here: send {expected}",
             got.map_or_else(|| "(none)".to_string(), |v| format!("{v:?}"))
         ))),
+    }
+}
+
+/// The caller of a request with a body of `content_type`: its access check and identity
+/// ([`check_caller`]) and its media type, or the refusal, with the body discarded unread.
+pub(super) fn admit(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    content_type: &str,
+) -> Result<(Caller, Request<Incoming>), Reject> {
+    let checked = check_caller(state, peer, &req)
+        .and_then(|c| check_content_type(&req, content_type).map(|()| c));
+    match checked {
+        Ok(c) => Ok((c, req)),
+        Err(r) => {
+            discard_body(req);
+            Err(r)
+        }
     }
 }
 

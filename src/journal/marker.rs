@@ -9,8 +9,10 @@
 //! is sent again.
 //!
 //! Format (JSON, one object): `version` (1), `sender` (instance id), `run_id`, `run_seq`,
-//! `started_at` (RFC 3339), `destinations` (as given). Invariant: while a run is not finished
-//! in the journal, the marker exists. Written and removed by the drain engine (`lifecycle`),
+//! `started_at` (RFC 3339), `destinations` (as given). Invariant: before a run sends anything,
+//! its record is in the journal and then the marker exists, until the run is finished. (The
+//! record goes first: a marker written before it would, after a kill between the two, name a
+//! run the journal does not know, which must mean a lost journal.) Written and removed by the drain engine (`lifecycle`),
 //! read by the engine, `drain recover` and `drain serve`'s start-up check.
 
 use std::io;

@@ -28,8 +28,21 @@ pub fn ask(
     headers: &[(&str, &str)],
 ) -> (u16, Option<String>, String) {
     let c = super::https_client(&s.cert, "127.0.0.1");
+    post(&c, &s.dest(), path, content_type, body, headers)
+}
+
+/// As [`ask`], through client `c` to `addr` (a server or a balancer in front of it); extra
+/// header lines are appended (a second line of the same header stays a line).
+pub fn post(
+    c: &reqwest::Client,
+    addr: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>, String) {
     let mut r = c
-        .post(format!("https://{}{path}", s.dest()))
+        .post(format!("https://{addr}{path}"))
         .header(wire::HDR_SENDER, SENDER)
         .header(wire::HDR_RUN, RUN)
         .header("content-type", content_type)

@@ -131,3 +131,12 @@ pub fn http_balancer(tmp: &TempDir, servers: &[Server]) -> (HaProxy, std::path::
         cert,
     )
 }
+
+/// HAProxy from `examples/haproxy-tcp.cfg` (passthrough, PROXY v2) on 127.0.0.1 in front of
+/// `servers`; returns it and the bundle of the backends' certificates (what senders trust:
+/// their TLS ends at the backend).
+pub fn tcp_balancer(tmp: &TempDir, servers: &[Server]) -> (HaProxy, std::path::PathBuf) {
+    let lb = HaProxy::start(tmp, "haproxy-tcp.cfg", "127.0.0.1", &server_lines(servers));
+    let refs: Vec<&Server> = servers.iter().collect();
+    (lb, ca_bundle(tmp, &refs))
+}

@@ -11,6 +11,7 @@ use super::failure::{Failure, FailureKind};
 use super::item::Item;
 use super::ledger::{self, Rejection};
 use super::run::Run;
+use crate::tls::HandshakeRefusal;
 use crate::wire::{ItemResult, Outcome, RejectCode};
 
 /// What became of the items of one request.
@@ -55,6 +56,65 @@ impl Step {
             rest: Sorted::default(),
         }
     }
+}
+
+/// The request certainly did not reach the destination's storage (not connected, 503, 507):
+/// back to `read`, and the destination counts as failed for the round.
+pub(crate) async fn not_taken(
+    run: &Run,
+    d: usize,
+    items: Vec<Item>,
+    reason: &Failure,
+) -> anyhow::Result<Sorted> {
+    let dname = run.set.name(d);
+    tracing::warn!(dest = %dname, "{dname} did not take {} messages: {reason}; failing over", items.len());
+    run.state.note_failure(&dname, reason);
+    ledger::not_delivered(run, &dname, ledger::ids(&items), &reason.to_string()).await?;
+    Ok(Sorted {
+        retry: items,
+        dest_failed: true,
+        ..Sorted::default()
+    })
+}
+
+/// The whole request refused with `status` (a 413 on several messages: sent again one per
+/// request).
+pub(crate) async fn refused_request(
+    run: &Run,
+    d: usize,
+    items: Vec<Item>,
+    status: u16,
+    permanent: bool,
+    reason: &Failure,
+) -> anyhow::Result<Sorted> {
+    let dname = run.set.name(d);
+    tracing::warn!(dest = %dname, "{dname} refused {} messages: {reason}", items.len());
+    run.state.note_failure(&dname, reason);
+    let reason = reason.to_string();
+    if status == 413 && items.len() > 1 {
+        ledger::not_delivered(run, &dname, ledger::ids(&items), &reason).await?;
+        return Ok(Sorted {
+            retry: items,
+            split: true,
+            ..Sorted::default()
+        });
+    }
+    refused(run, d, items, &reason, permanent).await
+}
+
+/// Its TLS layer refused our client certificate: as a 403, permanent for this destination,
+/// and nothing reached its storage.
+pub(crate) async fn handshake_refused(
+    run: &Run,
+    d: usize,
+    items: Vec<Item>,
+    r: &HandshakeRefusal,
+) -> anyhow::Result<Sorted> {
+    let dname = run.set.name(d);
+    let reason = r.to_string();
+    tracing::error!(dest = %dname, "{dname} {reason}: it takes none of our messages");
+    run.state.note_failure(&dname, &super::client::refused(r));
+    refused(run, d, items, &reason, true).await
 }
 
 /// A whole request refused: back to `read`; a permanent refusal excludes `d` for these.

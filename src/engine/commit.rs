@@ -81,32 +81,23 @@ async fn commit(run: &Run, d: usize, instance: &str, items: Vec<Item>) -> anyhow
             Delivery::Answered(results) => {
                 return Ok(Step::Done(answer::answered(run, d, items, results).await?));
             }
+            // Never reached it, or it is not accepting: nothing committed; the parked copies
+            // expire there.
             Delivery::NotDelivered(reason) => {
-                // Never reached it, or it is not accepting: nothing committed; the parked
-                // copies expire there.
-                tracing::warn!(dest = %dname, "committing {} messages at instance {instance} behind {dname} failed: {reason}; sending them again", items.len());
-                run.state.note_failure(&dname, &reason);
-                let reason = reason.to_string();
-                ledger::not_delivered(run, &dname, ledger::ids(&items), &reason).await?;
-                return Ok(Step::Done(Sorted {
-                    retry: items,
-                    dest_failed: true,
-                    ..Sorted::default()
-                }));
+                return Ok(Step::Done(answer::not_taken(run, d, items, &reason).await?));
             }
             Delivery::Refused {
-                permanent, reason, ..
+                status,
+                permanent,
+                reason,
             } => {
-                run.state.note_failure(&dname, &reason);
-                let reason = reason.to_string();
-                let s = answer::refused(run, d, items, &reason, permanent).await?;
+                let s = answer::refused_request(run, d, items, status, permanent, &reason).await?;
                 return Ok(Step::Done(s));
             }
             Delivery::HandshakeRefused(r) => {
-                let failure = super::client::refused(&r);
-                run.state.note_failure(&dname, &failure);
-                let s = answer::refused(run, d, items, &r.to_string(), true).await?;
-                return Ok(Step::Done(s));
+                return Ok(Step::Done(
+                    answer::handshake_refused(run, d, items, &r).await?,
+                ));
             }
             Delivery::Ambiguous(reason) => reason.to_string(),
             Delivery::Parked { .. } => "a commit answered \"parked\"".to_string(),

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use super::answer::{Sorted, Step, answered, refused};
+use super::answer::{Sorted, Step, answered, handshake_refused, not_taken, refused_request};
 use super::client::Delivery;
 use super::item::Item;
 use super::ledger;
@@ -50,38 +50,13 @@ pub(crate) async fn one_request(run: &Run, d: usize, items: Vec<Item>) -> anyhow
             sorted.misdirected = true;
             sorted.retry = items;
         }
-        Delivery::NotDelivered(reason) => {
-            tracing::warn!(dest = %dname, "{dname} did not take {} messages: {reason}; failing over", items.len());
-            run.state.note_failure(&dname, &reason);
-            let reason = reason.to_string();
-            ledger::not_delivered(run, &dname, ledger::ids(&items), &reason).await?;
-            sorted.dest_failed = true;
-            sorted.retry = items;
-        }
+        Delivery::NotDelivered(reason) => sorted = not_taken(run, d, items, &reason).await?,
         Delivery::Refused {
             status,
             permanent,
             reason,
-        } => {
-            tracing::warn!(dest = %dname, "{dname} refused {} messages: {reason}", items.len());
-            run.state.note_failure(&dname, &reason);
-            let reason = reason.to_string();
-            if status == 413 && items.len() > 1 {
-                ledger::not_delivered(run, &dname, ledger::ids(&items), &reason).await?;
-                sorted.split = true;
-                sorted.retry = items;
-            } else {
-                sorted = refused(run, d, items, &reason, permanent).await?;
-            }
-        }
-        Delivery::HandshakeRefused(r) => {
-            // As a 403: this sender may not drain there, and nothing reached its storage.
-            let failure = super::client::refused(&r);
-            let reason = r.to_string();
-            tracing::error!(dest = %dname, "{dname} {reason}: it takes none of our messages");
-            run.state.note_failure(&dname, &failure);
-            sorted = refused(run, d, items, &reason, true).await?;
-        }
+        } => sorted = refused_request(run, d, items, status, permanent, &reason).await?,
+        Delivery::HandshakeRefused(r) => sorted = handshake_refused(run, d, items, &r).await?,
         Delivery::Ambiguous(reason) => {
             tracing::warn!(
                 dest = %dname,

@@ -142,7 +142,10 @@ impl EventQueue {
                 names.push(name.to_string());
             }
         }
+        // A file system may list a name twice while the directory changes (seen on a FUSE
+        // mount); one event must never go out twice in one batch.
         names.sort();
+        names.dedup();
         Ok(names)
     }
 

@@ -4,7 +4,8 @@
 //! so a command written to the control file runs after every request queued before it.
 //! Called by fuser; built by [`crate::mount`].
 
-use std::ffi::OsStr;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -16,12 +17,21 @@ use fuser::{
 
 use crate::attr::{self, TTL};
 use crate::files::SetAttr;
-use crate::state::{CONTROL, Ino, OpResult, ROOT, State};
+use crate::state::{CONTROL, Ino, Kind, OpResult, ROOT, State};
+
+/// A directory's entries as listed for one open handle.
+type Listing = Vec<(Ino, Kind, OsString)>;
 
 /// The mounted file system.
 #[derive(Debug)]
 pub struct PowerlossFs {
     state: Mutex<State>,
+    /// Open directory handles: the listing each reads from. A listing is taken when reading
+    /// starts (offset 0) and served by position, so entries created or removed while a reader
+    /// pages through the directory cannot shift the others; otherwise an entry is returned
+    /// twice or skipped, which POSIX forbids for entries that did not change (and which made
+    /// `drain` see one event or spool file twice).
+    listings: Mutex<(u64, HashMap<u64, Listing>)>,
 }
 
 /// A command written to the control file.
@@ -54,7 +64,12 @@ impl PowerlossFs {
     pub fn new(state: State) -> PowerlossFs {
         PowerlossFs {
             state: Mutex::new(state),
+            listings: Mutex::new((1, HashMap::new())),
         }
+    }
+
+    fn listings(&self) -> MutexGuard<'_, (u64, HashMap<u64, Listing>)> {
+        self.listings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -314,30 +329,51 @@ impl Filesystem for PowerlossFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.lock().node(ino.0) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Err(e) => reply.error(e),
+        if let Err(e) = self.lock().node(ino.0) {
+            return reply.error(e);
         }
+        // The listing is taken by the first readdir (offset 0).
+        let mut listings = self.listings();
+        let fh = listings.0;
+        listings.0 += 1;
+        reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.lock().entries(ino.0) {
-            Ok(entries) => entries,
-            Err(e) => return reply.error(e),
-        };
+        let mut listings = self.listings();
+        // Reading from the start (a new handle, or rewinddir) sees the directory as it is now.
+        if offset == 0 || !listings.1.contains_key(&fh.0) {
+            match self.lock().entries(ino.0) {
+                Ok(entries) => listings.1.insert(fh.0, entries),
+                Err(e) => return reply.error(e),
+            };
+        }
+        let entries = listings.1.get(&fh.0).map_or(&[][..], |l| &l[..]);
         let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(skip) {
-            if reply.add(INodeNo(child), i as u64 + 1, attr::file_type(kind), name) {
+        for (i, (child, kind, name)) in entries.iter().enumerate().skip(skip) {
+            if reply.add(INodeNo(*child), i as u64 + 1, attr::file_type(*kind), name) {
                 break;
             }
         }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.listings().1.remove(&fh.0);
         reply.ok();
     }
 

@@ -186,7 +186,8 @@ pub(crate) async fn answered(
         }
     }
     ledger::rejected_each(run, &dname, rejections).await?;
-    ledger::acked(run, &dname, acked).await?;
+    let acked = acked.into_iter().map(|(i, n)| i.into_acked(n)).collect();
+    run.retire(&dname, acked).await?;
     Ok(sorted)
 }
 

@@ -25,16 +25,17 @@ use crate::base::MessageId;
 use crate::journal::MessageRecord;
 use crate::spool::Entry;
 
-/// Moves `items` (journaled `read`) into the fallback directory.
+/// Moves `items` (journaled `read`, or `new`: not journaled yet) into the fallback directory.
 pub(crate) async fn move_items(
     run: &Run,
     fb: &FallbackDir,
     mut items: Vec<Item>,
+    new: bool,
 ) -> anyhow::Result<()> {
     if items.is_empty() {
         return Ok(());
     }
-    ledger::sent(run, &fb.name, None, &mut items).await?;
+    ledger::sent(run, &fb.name, None, &mut items, new.then_some(&[])).await?;
     copy_and_remove(run, fb, items, Move::New).await
 }
 

@@ -5,7 +5,8 @@
 //! invocation (a destination that rejected a message permanently is not asked again); at most
 //! one file per message id is on its way at a time (its [`Claim`], released when the item is
 //! dropped), so two files with one id in two queues can never both travel. Uses no other engine module; built by
-//! `scan`, `resume` and `fallback`, carried through `route`, `deliver`, `settle` and `ledger`.
+//! `scan`, `resume` and `fallback`, carried through `route`, `deliver`, `settle` and `ledger`;
+//! [`Acked`] is what is left of an acknowledged item until `retire` removed its local copy.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -105,4 +106,25 @@ impl Item {
     pub fn rehash(&mut self) {
         self.hash = self.msg.hash;
     }
+
+    /// The item acknowledged by a destination (`note`: how): its bytes are let go, its claim
+    /// is kept until the local copy is removed.
+    pub fn into_acked(self, note: String) -> Acked {
+        Acked {
+            size: self.size(),
+            entry: self.entry,
+            note,
+            _claim: self._claim,
+        }
+    }
+}
+
+/// A message a destination acknowledged, on its way to `acked` and the removal of its local
+/// copy (`retire`), without its bytes.
+pub(crate) struct Acked {
+    pub entry: Entry,
+    pub size: u64,
+    /// How it was acknowledged (the journal's `acked` note).
+    pub note: String,
+    _claim: Option<Claim>,
 }

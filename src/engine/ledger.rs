@@ -1,21 +1,22 @@
 //! The ledger: the only code that writes a message's journal records and removes local copies.
 //!
 //! Every state change of a message goes through one function here, each one commit (one
-//! durable group) of one kind of record: `read`, `sent`, `parked`, `not delivered`, `rejected`,
-//! `reassigned`, `acked`, `deleted` / `remove failed`, and `unreadable` for files; plus the
-//! run record (`put_run`). The report's counts of what was delivered, removed or failed follow
+//! durable group) of one kind of record: `sent` (with `read` first for a batch just read from
+//! the spool, so a new batch costs one commit before it leaves), `parked`, `not delivered`,
+//! `rejected`, `reassigned`, `acked`, `deleted` / `remove failed`, and `unreadable` for files;
+//! plus the run record (`put_run`). The report's counts of what was delivered, removed or failed follow
 //! the records they describe.
 //!
 //! Invariants (product.md): callers journal `sent` (and wait for it) before a request leaves;
 //! a local file is removed only after its `acked` record is durable, and only here
 //! ([`acked`], [`acked_entries`], [`moved_to_fallback`], [`remove_local`]).
 //! Uses `run`, `item`, `report` and `fallback_dir`; called by `scan`, `route`, `deliver`,
-//! `settle`, `commit`, `fallback`, `resume` and `lifecycle`.
+//! `settle`, `commit`, `fallback`, `resume`, `retire` and `lifecycle`.
 
 use super::fallback_dir::FallbackDir;
 use super::item::Item;
 use super::report::Problem;
-use super::run::Run;
+use super::run::{Retiring, Run};
 use crate::base::MessageId;
 use crate::journal::{Journal, Op, RunRecord};
 use crate::spool::{Entry, SpoolError};
@@ -25,38 +26,39 @@ pub(crate) fn ids(items: &[Item]) -> impl Iterator<Item = MessageId> + '_ {
     items.iter().map(Item::id)
 }
 
-/// New or re-read messages: `read`, with the content's hash and size.
-pub(crate) async fn read(run: &Run, items: &[Item]) -> anyhow::Result<()> {
-    let ops = items
-        .iter()
-        .map(|i| Op::Read {
-            run: run.set.run_seq,
-            id: i.id(),
-            queue: i.entry.queue,
-            hash: i.hash,
-            size: i.size(),
-        })
-        .collect();
-    Ok(run.journal.commit(ops).await?)
+/// `read` records for new or re-read messages, with the content's hash and size.
+fn read_ops<'a>(run: &'a Run, items: &'a [Item]) -> impl Iterator<Item = Op> + 'a {
+    items.iter().map(|i| Op::Read {
+        run: run.set.run_seq,
+        id: i.id(),
+        queue: i.entry.queue,
+        hash: i.hash,
+        size: i.size(),
+    })
 }
 
 /// `read` -> `sent(dest)` addressed to `instance` behind it, durably, before anything leaves
-/// (invariant 2); the items then carry the instance they are pinned to.
+/// (invariant 2); the items then carry the instance they are pinned to. `new`: the batch is
+/// not journaled yet (just read from the spool); `items` and `new` are journaled `read` in the
+/// same commit, so a new batch costs one durable commit before it is sent.
 pub(crate) async fn sent(
     run: &Run,
     dest: &str,
     instance: Option<&str>,
     items: &mut [Item],
+    new: Option<&[Item]>,
 ) -> anyhow::Result<()> {
-    let ops = ids(items)
-        .map(|id| Op::Sent {
-            run: run.set.run_seq,
-            id,
-            dest: dest.to_string(),
-            possible_duplicate: false,
-            instance: instance.map(String::from),
-        })
-        .collect();
+    let mut ops: Vec<Op> = match new {
+        Some(rest) => read_ops(run, items).chain(read_ops(run, rest)).collect(),
+        None => Vec::new(),
+    };
+    ops.extend(ids(items).map(|id| Op::Sent {
+        run: run.set.run_seq,
+        id,
+        dest: dest.to_string(),
+        possible_duplicate: false,
+        instance: instance.map(String::from),
+    }));
     run.journal.commit(ops).await?;
     for i in items {
         i.instance = instance.map(String::from);
@@ -195,27 +197,43 @@ async fn commit_acked(
     Ok(run.journal.commit(ops).await?)
 }
 
-/// `acked(dest)` (durable) -> remove the local files (durable) -> `deleted`.
-pub(crate) async fn acked(run: &Run, dest: &str, acked: Vec<(Item, String)>) -> anyhow::Result<()> {
-    if acked.is_empty() {
+/// For a group of acknowledged batches (of any destinations): `acked(dest)` in one commit
+/// (durable) -> remove the local files (one directory sync per queue) -> `deleted`.
+pub(crate) async fn acked(run: &Run, group: Vec<Retiring>) -> anyhow::Result<()> {
+    let seq = run.set.run_seq;
+    let ops: Vec<Op> = group
+        .iter()
+        .flat_map(|b| {
+            b.acked.iter().map(|a| Op::Acked {
+                run: seq,
+                id: a.entry.id,
+                dest: b.dest.clone(),
+                note: a.note.clone(),
+            })
+        })
+        .collect();
+    if ops.is_empty() {
         return Ok(());
     }
-    commit_acked(run, dest, acked.iter().map(|(i, n)| (i.id(), n.clone()))).await?;
-    run.state.answering(dest);
+    run.journal.commit(ops).await?;
     {
         let mut r = run.state.report();
-        for (i, _) in &acked {
-            r.delivered
-                .entry(dest.to_string())
-                .or_default()
-                .add(i.size());
-            r.by_queue
-                .entry(i.entry.queue.to_string())
-                .or_default()
-                .add(i.size());
+        for b in &group {
+            for a in &b.acked {
+                r.delivered.entry(b.dest.clone()).or_default().add(a.size);
+                r.by_queue
+                    .entry(a.entry.queue.to_string())
+                    .or_default()
+                    .add(a.size);
+            }
         }
     }
-    remove_local(run, acked.into_iter().map(|(i, _)| i.entry).collect()).await
+    // The claims go with the entries' removal (dropped with `group` below).
+    let entries = group
+        .iter()
+        .flat_map(|b| b.acked.iter().map(|a| a.entry.clone()))
+        .collect();
+    remove_local(run, entries).await
 }
 
 /// `acked(dest)` for messages known only by their entries (settling after an interruption),

@@ -9,7 +9,7 @@
 //! | given a destination (round-robin, failover, backoff) | `route` |
 //! | encoded, sent, the answer classified | `deliver` (over `client`), answers applied by `answer` |
 //! | parked by another instance behind a balancer: journaled `parked`, then committed there | `commit` |
-//! | acknowledged: `acked` durable, then the local copy removed | `ledger` (called by `deliver` and `settle`) |
+//! | acknowledged: `acked` durable, then the local copy removed, in groups off the workers' path | `retire` (through `ledger`; fed by `answer` and `settle`) |
 //! | in doubt (ambiguous end, or left by a killed attempt): asked about | `settle`; at start-up `resume` |
 //! | moved to `--fallback-path` when time is up | `fallback` (`fallback_dir` owns the directory) |
 //! | counted and shown | `report`, `progress` |
@@ -21,7 +21,7 @@
 //! way. A process-level wrapper with the instance lock and signal handling is [`session`].
 //!
 //! Imports flow one way (each module uses only those listed before it):
-//! `options`, `report`, `client`, `item`, `fallback_dir` -> `run` -> `ledger` -> `answer` ->
+//! `options`, `report`, `client`, `item`, `fallback_dir` -> `run` -> `ledger` -> `retire` -> `answer` ->
 //! `commit` -> `deliver`, `settle`, `fallback` -> `route` -> `scan`, `resume` -> `progress`, `lifecycle` ->
 //! `mod.rs` (`run`) -> `session`.
 //!
@@ -47,6 +47,7 @@ mod progress;
 pub mod recover;
 pub mod report;
 mod resume;
+mod retire;
 mod route;
 mod run;
 mod scan;
@@ -101,7 +102,9 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
             Begun::NothingToResume(report) => return Ok(report),
         };
     let set = Settings::new(&opts, record.seq, dests, active, started);
+    let (retire_tx, retire_rx) = tokio::sync::mpsc::channel(retire::QUEUE);
     let run = Arc::new(assemble(&opts, &inst, &record, set, &journal, spool, stop)?);
+    *run.retiring.lock().unwrap_or_else(|p| p.into_inner()) = Some(retire_tx);
     tracing::info!(
         run = %record.id,
         destinations = %run.set.dests.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","),
@@ -112,17 +115,25 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
     );
     progress::count_spool(&run);
     let progress = tokio::spawn(progress::show(run.clone(), opts.progress));
+    let retiring = retire::start(&run, retire_rx);
 
-    if continuing {
-        resume::resume_in_doubt(&run).await?;
+    let moved = async {
+        if continuing {
+            resume::resume_in_doubt(&run).await?;
+        }
+        if opts.mode != Mode::SettleOnly {
+            scan::drain_spool(&run).await?;
+        }
+        // Messages in doubt are settled beside the scan; the run ends when they are placed.
+        wait_for_settling(&run).await
     }
-    if opts.mode != Mode::SettleOnly {
-        scan::drain_spool(&run).await?;
-    }
-    // Messages in doubt are settled beside the scan; the run ends when they are placed.
-    wait_for_settling(&run).await?;
+    .await;
+    // Everything acknowledged is retired before the report is counted, even after an error.
+    let retired = retire::close(&run, retiring).await;
     progress.abort();
     let _ = progress.await;
+    moved?;
+    retired?;
 
     let mut report = lifecycle::finish(&run, record, opts.mode).await?;
     report.events = crate::events::EventCounts::of(&opts.data_dir);
@@ -204,5 +215,6 @@ fn assemble(
         stop,
         fallback,
         state,
+        retiring: std::sync::Mutex::new(None),
     })
 }

@@ -51,9 +51,9 @@ pub(crate) async fn process_batch(
     if items.is_empty() {
         return Ok(());
     }
-    if recorded == Recorded::Nothing {
-        ledger::read(run, &items).await?;
-    }
+    // A new batch is journaled `read` together with its first `sent`: one durable commit
+    // before it leaves.
+    let mut unrecorded = recorded == Recorded::Nothing;
     let mut pending = items;
     let mut failed_round: HashSet<usize> = HashSet::new();
     let mut round = 0u32;
@@ -61,11 +61,12 @@ pub(crate) async fn process_batch(
     let mut single = false;
     while !pending.is_empty() {
         if run.stopped() {
-            // Not sent: journaled `read`, still in the spool; a later run takes them.
+            // Not sent: still in the spool (journaled `read`, or not yet); a later run takes
+            // them.
             return Ok(());
         }
         if let Some(fb) = run.fallback_due() {
-            return fallback::move_items(run, fb, pending).await;
+            return fallback::move_items(run, fb, pending, unrecorded).await;
         }
         pending = drop_dead(run, pending);
         if pending.is_empty() {
@@ -98,7 +99,9 @@ pub(crate) async fn process_batch(
             rest.extend(sub.split_off(1));
         }
         let target = run.client.target(&run.set.dests[d]).await;
-        ledger::sent(run, &run.set.name(d), target.as_deref(), &mut sub).await?;
+        let new = unrecorded.then_some(&rest[..]);
+        ledger::sent(run, &run.set.name(d), target.as_deref(), &mut sub, new).await?;
+        unrecorded = false;
         let sorted = match deliver::one_request(run, d, sub).await? {
             Step::Done(sorted) => sorted,
             Step::Ambiguous { pinned, rest } => {

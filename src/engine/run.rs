@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::client::Client;
 use super::failure::Failure;
 use super::fallback_dir::FallbackDir;
+use super::item::Acked;
 use super::options::DrainOptions;
 use super::report::Report;
 use crate::base::Destination;
@@ -257,9 +258,40 @@ pub(crate) struct Run {
     /// Where the remaining messages go when the destinations have not taken them in time.
     pub fallback: Option<FallbackDir>,
     pub state: RunState,
+    /// Acknowledged messages on their way to `retire` (closed when the run ends).
+    pub retiring: Mutex<Option<mpsc::Sender<Retiring>>>,
+}
+
+/// Messages one destination acknowledged, handed to `retire`.
+pub(crate) struct Retiring {
+    pub dest: String,
+    pub acked: Vec<Acked>,
 }
 
 impl Run {
+    /// Hands messages `dest` acknowledged to `retire`, which journals them `acked` and then
+    /// removes their local copies, off the caller's path (it waits only when `retire` is
+    /// behind). Until that commit they are `sent` in the journal: a crash leaves them in doubt,
+    /// settled by asking `dest`, as after any interrupted request.
+    pub async fn retire(&self, dest: &str, acked: Vec<Acked>) -> anyhow::Result<()> {
+        if acked.is_empty() {
+            return Ok(());
+        }
+        self.state.answering(dest);
+        let tx = lock(&self.retiring).clone();
+        let Some(tx) = tx else {
+            anyhow::bail!("internal: acknowledged messages after the run closed retiring");
+        };
+        let batch = Retiring {
+            dest: dest.to_string(),
+            acked,
+        };
+        if tx.send(batch).await.is_err() {
+            anyhow::bail!("retiring acknowledged messages stopped (a journal failure, reported)");
+        }
+        Ok(())
+    }
+
     /// Reads and hashes `entries` on a blocking thread, each within the largest message read
     /// (the caller holds the byte budget for them); the results are in `entries`' order.
     pub async fn read_entries(

@@ -49,10 +49,14 @@ async fn one_pass(run: &Arc<Run>) -> anyhow::Result<()> {
                 break;
             }
             // lstat: the size of the file itself, never of what a symlink points to.
-            let item = item.and_then(|e| match std::fs::symlink_metadata(&e.path) {
-                Ok(m) => Ok((e, m.len())),
-                Err(err) => Err(SpoolError::io(&e.path, err)),
-            });
+            let item = match item.map(|e| (std::fs::symlink_metadata(&e.path), e)) {
+                Ok((Ok(m), e)) => Ok((e, m.len())),
+                // Listed, then removed: retired by this run (acknowledged in an earlier pass
+                // or settled beside the scan) or taken by the mail server. Not a failure.
+                Ok((Err(err), _)) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Ok((Err(err), e)) => Err(SpoolError::io(&e.path, err)),
+                Err(err) => Err(err),
+            };
             if tx.blocking_send(item).is_err() {
                 break;
             }
@@ -107,21 +111,28 @@ async fn worker(run: Arc<Run>, rx: Feed) -> anyhow::Result<()> {
     }
 }
 
+/// How long a batch waits for the scan to fill it once it has its first message.
+const FILL_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The next batch from the scan (up to the batch's count and bytes) and its size in bytes.
 async fn take_batch(run: &Run, rx: &Feed) -> anyhow::Result<(Vec<Entry>, u64)> {
     let mut batch = Vec::new();
     let mut bytes = 0u64;
     let mut rx = rx.lock().await;
+    let mut deadline = tokio::time::Instant::now();
     while batch.len() < run.set.batch_max && bytes < run.set.batch_bytes {
         let next = if batch.is_empty() {
+            deadline = tokio::time::Instant::now() + FILL_WAIT;
             match rx.recv().await {
                 Some(n) => n,
                 None => break,
             }
         } else {
-            match rx.try_recv() {
-                Ok(n) => n,
-                Err(_) => break,
+            // A full batch from the start: the scan may be just behind (a request and its
+            // syncs cost the same for 1 message or 64); a slow scan is not waited for long.
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(n)) => n,
+                Ok(None) | Err(_) => break,
             }
         };
         match next {

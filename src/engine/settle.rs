@@ -154,9 +154,9 @@ pub(crate) async fn confirm(
                 );
                 let acked = yes
                     .into_iter()
-                    .map(|i| (i, "held (confirmed by query)".to_string()))
+                    .map(|i| i.into_acked("held (confirmed by query)".to_string()))
                     .collect();
-                ledger::acked(run, &dname, acked).await?;
+                run.retire(&dname, acked).await?;
                 return Ok(Confirmed::NotHeld(no));
             }
         }

@@ -1,0 +1,73 @@
+//! Retiring acknowledged messages: the one task of a run that journals `acked`, removes local
+//! copies and journals `deleted`, off the workers' path.
+//!
+//! Workers and settling tasks hand what a destination acknowledged to this task
+//! ([`Run::retire`]) and go on with the next batch; the task folds everything queued meanwhile
+//! into one group: one `acked` commit, one removal pass (one directory sync per queue
+//! directory, not one per request), one `deleted` commit (`ledger::acked`). So a request no
+//! longer waits for two commits and the removals of the one before it, and syncs per message
+//! fall as the drain gets faster.
+//!
+//! Invariants: a local copy is still removed only after its `acked` record is durable (the
+//! ledger's order within a group); until that commit the messages are `sent` in the journal,
+//! which a crash leaves in doubt and `resume` settles by asking the destination, as after any
+//! interrupted request (journal-format.md, crash table). The run closes the queue and waits for
+//! this task ([`close`]) before it counts the report, so a stop (SIGTERM) retires everything
+//! acknowledged before the process ends. A journal failure here stops the run.
+//!
+//! Uses `run` and `ledger`; started and closed by `engine::run`, fed by `answer` and `settle`.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::ledger;
+use super::run::{Retiring, Run};
+
+/// Acknowledged batches that may wait for the task before workers wait for it.
+pub(crate) const QUEUE: usize = 256;
+
+/// Most batches folded into one group (bounds a group's commits and removal pass).
+const GROUP_MAX: usize = 256;
+
+/// Starts the task on the receiving end of `run.retiring`.
+pub(crate) fn start(
+    run: &Arc<Run>,
+    rx: mpsc::Receiver<Retiring>,
+) -> JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(retire_all(run.clone(), rx))
+}
+
+async fn retire_all(run: Arc<Run>, mut rx: mpsc::Receiver<Retiring>) -> anyhow::Result<()> {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(more) => group.push(more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = ledger::acked(&run, group).await {
+            // Nothing more may be sent: the journal cannot record what comes back.
+            run.stop.cancel();
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Closes the queue (nothing more is acknowledged: every worker and settling task ended) and
+/// waits until everything queued is retired.
+pub(crate) async fn close(run: &Run, task: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    run.retiring
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match task.await {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!(
+            "retiring acknowledged messages failed: {e}"
+        )),
+    }
+}

@@ -3,7 +3,7 @@
 # one `drain serve` during a release drain of W1 messages, then `strace -c -w -f` of the same
 # (a second drain), then a summary of both perf profiles and the syncs per message.
 #
-#   benches/profile.sh [MESSAGES] [OUT_DIR]      # defaults: 20000, target/drain-profile
+#   benches/profile.sh [MESSAGES] [OUT_DIR]      # defaults: 20000, $CARGO_TARGET_DIR/drain-profile
 #
 # Needs perf and strace (apt-get install -y linux-perf strace); CARGO_TARGET_DIR is honoured.
 # The release profile has debug = 1, so perf resolves the drain's symbols. Everything printed
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 messages=${1:-20000}
-out=${2:-target/drain-profile}
+out=${2:-${CARGO_TARGET_DIR:-target}/drain-profile}
 rm -rf "$out"
 mkdir -p "$out"
 cargo bench --bench drain -- --messages "$messages" --profile "$out" | tee "$out/summary.txt"

@@ -1,12 +1,20 @@
-//! Drain benchmark: throughput and memory of a real `drain` run on loopback, as ratios.
+//! Drain benchmark: throughput and memory of a real `drain` run on loopback, against what an
+//! operator could do instead, as ratios. `benches/README.md` says how to run it and what each
+//! line means.
 //!
 //! In one temporary directory it starts two `drain serve` destinations (127.0.0.2 and
-//! 127.0.0.3, self-signed certificates), then measures:
-//! - a baseline: a spool of N messages (typical email sizes, all four queue kinds, filled by
-//!   `drain::demo::fill`) moved to a local directory with the spool's durability: read, write a
-//!   temp file, fsync, rename, fsync the directories once per batch of 64, delete the originals;
-//! - `drain` as a child process draining a fresh spool of N messages to both destinations:
-//!   wall time, msg/s, MB/s (10^6 bytes) and the child's peak RSS (wait4 `ru_maxrss`);
+//! 127.0.0.3, self-signed certificates). Every case gets a fresh spool of N messages filled by
+//! `drain::demo::fill_with`: by default issue 15's workload W1 (log-normal sizes, median
+//! 12 KiB, 200 B to 256 KiB, all four queue kinds, fixed seed; `--sizes typical` for the demo's
+//! sizes). It measures:
+//! - `local move`: the spool's files moved to a local directory with the spool's durability:
+//!   read, write a temp file, fsync, rename, fsync the directories once per batch of 64,
+//!   delete the originals;
+//! - `rsync --fsync`: `rsync -a --fsync --remove-source-files` of the spool to an rsync daemon
+//!   on 127.0.0.4 (what an operator would otherwise script); skipped with a note when `rsync`
+//!   is missing (`apt-get install -y rsync`);
+//! - `drain` as a child process draining to both destinations: wall time, msg/s, MB/s (10^6
+//!   bytes) and the child's peak RSS (wait4 `ru_maxrss`);
 //! - the same drain of N/10 messages, to show whether memory grows with the spool;
 //! - the same drain of N messages through a round-robin load balancer in front of the same two
 //!   destinations: Debian's HAProxy from `examples/haproxy-http.cfg` (TLS-terminating, a
@@ -14,50 +22,35 @@
 //!   name and are parked and committed there); skipped with a note when `haproxy` is missing
 //!   (`apt-get install -y haproxy`).
 //!
-//! Each drain must exit 0 and the destinations must gain exactly N (N/10) message files.
-//! The summary gives drain/baseline throughput, big/small peak RSS (ideal: 1.0) and
-//! balancer/direct throughput (issue 11's target: at least 0.7).
+//! Each case must end with exactly N (N/10) files at the destination and none left in the
+//! source. The summary gives drain/rsync and drain/local-move throughput (the same files, so
+//! equal in msg/s and MB/s; issue 15's goal: drain at least 20x rsync --fsync), big/small peak
+//! RSS (ideal: 1.0) and balancer/direct throughput (issue 11's target: at least 0.7).
 //!
 //! Run: `cargo bench --bench drain` (N = 20000) or `cargo bench --bench drain -- --messages N`;
-//! `DRAIN_BENCH_ARGS="--concurrency 32"` passes extra options to the drain.
+//! `DRAIN_BENCH_ARGS="--concurrency 32"` passes extra options to the drain. `--profile DIR`
+//! runs only the drain, under `perf record` and then `strace -c` (see `profile.rs`).
 
-use std::collections::BTreeSet;
-use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
+#[path = "drain/baselines.rs"]
+mod baselines;
+#[path = "drain/profile.rs"]
+mod profile;
+#[path = "drain/setup.rs"]
+mod setup;
+
+use std::ffi::OsString;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
+use drain::demo::Sizes;
 
-const DRAIN: &str = env!("CARGO_BIN_EXE_drain");
-/// Files per directory fsync in the baseline.
-const BASELINE_BATCH: usize = 64;
-
-/// Removes the benchmark's directory however the run ends.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills the `drain serve` processes however the run ends.
-struct Servers(Vec<Child>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use setup::{Servers, TempDir, drain_command, fill, message_files};
 
 /// One measured run.
-struct Run {
+pub struct Run {
     label: &'static str,
     messages: u64,
     bytes: u64,
@@ -80,37 +73,119 @@ impl Run {
         self.messages as f64 / self.secs
     }
 
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.secs
+    }
+
+    fn print_header() {
+        println!(
+            "{:<14} {:>9} {:>9} {:>8} {:>8} {:>7} {:>13}",
+            "run", "messages", "MB", "secs", "msg/s", "MB/s", "peak RSS MiB"
+        );
+    }
+
     fn print(&self) {
         let rss = self
             .rss_kib
             .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
         let (label, messages, secs) = (self.label, self.messages, self.secs);
-        let (mb, rate) = (self.bytes as f64 / 1e6, self.msg_per_s());
-        let mbs = mb / secs;
+        let (mb, rate, mbs) = (self.bytes as f64 / 1e6, self.msg_per_s(), self.mb_per_s());
         println!(
             "{label:<14} {messages:>9} {mb:>9.1} {secs:>8.2} {rate:>8.0} {mbs:>7.1} {rss:>13}"
         );
     }
 }
 
+/// The command line after `cargo bench --bench drain --`.
+struct Args {
+    messages: usize,
+    sizes: Sizes,
+    profile: Option<PathBuf>,
+}
+
+/// `--messages N`, `--sizes w1|typical`, `--profile DIR` (also as `--opt=value`); anything
+/// else (cargo passes `--bench`) is ignored.
+fn parse_args() -> anyhow::Result<Args> {
+    let mut out = Args {
+        messages: 20_000,
+        sizes: Sizes::W1,
+        profile: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (a, None),
+        };
+        if !["--messages", "--sizes", "--profile"].contains(&name.as_str()) {
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => args
+                .next()
+                .with_context(|| format!("{name} needs a value"))?,
+        };
+        match name.as_str() {
+            "--messages" => {
+                out.messages = value
+                    .parse()
+                    .with_context(|| format!("--messages {value}"))?
+            }
+            "--sizes" => {
+                out.sizes = match value.as_str() {
+                    "w1" => Sizes::W1,
+                    "typical" => Sizes::Typical,
+                    _ => anyhow::bail!("--sizes {value}: w1 or typical"),
+                }
+            }
+            _ => out.profile = Some(value.into()),
+        }
+    }
+    ensure!(out.messages >= 10, "--messages must be at least 10");
+    Ok(out)
+}
+
 fn main() -> anyhow::Result<()> {
-    let n = parse_messages()?;
+    let args = parse_args()?;
+    let (n, sizes) = (args.messages, args.sizes);
     let tmp = TempDir(std::env::temp_dir().join(format!("drain-bench-{}", std::process::id())));
     let base = tmp.0.clone();
-    fs::create_dir_all(&base)?;
+    std::fs::create_dir_all(&base)?;
+    if let Some(out) = &args.profile {
+        return profile::run(&base, out, n, sizes);
+    }
     // Declared after `tmp`, so dropped first: the servers stop before their files go.
     let mut servers = Servers(Vec::new());
-    let (dests, ca) = start_destinations(&base, &mut servers)?;
+    let (dests, ca) = setup::start_destinations(&base, &mut servers, &[])?;
+    let workload = match sizes {
+        Sizes::W1 => "W1 sizes (log-normal, median 12 KiB, 200 B..256 KiB)",
+        Sizes::Typical => "typical sizes (2..50 KiB, 0.5% up to 1 MiB)",
+    };
     println!(
-        "drain bench: {n} messages, destinations {}",
+        "drain bench: {n} messages, {workload}, destinations {}",
         dests.join(" and ")
     );
 
-    let baseline = baseline_run(&base, n)?;
-    let big = drain_run(&base, "drain", n, &dests, &ca)?;
-    let small = drain_run(&base, "drain (N/10)", (n / 10).max(1), &dests, &ca)?;
-    let balanced = match start_balancer(&base, &dests, &mut servers)? {
-        Some((lb, lb_ca)) => Some(drain_run(&base, "via HAProxy", n, &[lb], &lb_ca)?),
+    let local = baselines::local_move(&base, n, sizes)?;
+    let rsync = baselines::rsync(&base, n, sizes)?;
+    let pids: Vec<u32> = servers.0.iter().map(|c| c.id()).collect();
+    let to = (dests.as_slice(), ca.as_path());
+    let big = drain_run(&base, "drain", n, sizes, to, &pids, &[])?;
+    let small = drain_run(
+        &base,
+        "drain (N/10)",
+        (n / 10).max(1),
+        sizes,
+        to,
+        &pids,
+        &[],
+    )?;
+    let balanced = match setup::start_balancer(&base, &dests, &mut servers)? {
+        Some((lb, lb_ca)) => {
+            let to = (std::slice::from_ref(&lb), lb_ca.as_path());
+            Some(drain_run(&base, "via HAProxy", n, sizes, to, &pids, &[])?)
+        }
         None => {
             println!(
                 "haproxy not found: the balancer case is skipped (apt-get install -y haproxy)"
@@ -120,18 +195,25 @@ fn main() -> anyhow::Result<()> {
     };
 
     println!();
-    println!(
-        "{:<14} {:>9} {:>9} {:>8} {:>8} {:>7} {:>13}",
-        "run", "messages", "MB", "secs", "msg/s", "MB/s", "peak RSS MiB"
-    );
-    for r in [Some(&baseline), Some(&big), Some(&small), balanced.as_ref()]
-        .into_iter()
-        .flatten()
+    Run::print_header();
+    for r in [
+        Some(&big),
+        rsync.as_ref(),
+        Some(&local),
+        Some(&small),
+        balanced.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         r.print();
     }
     println!();
-    let ratio = big.msg_per_s() / baseline.msg_per_s();
+    if let Some(r) = &rsync {
+        let ratio = big.msg_per_s() / r.msg_per_s();
+        println!("throughput, drain / rsync --fsync: {ratio:.2}x (issue 15's goal: at least 20x)");
+    }
+    let ratio = big.msg_per_s() / local.msg_per_s();
     println!("throughput, drain / local durable move: {ratio:.2}x");
     if let (Some(b), Some(s)) = (big.rss_kib, small.rss_kib) {
         let (bn, sn, ratio) = (big.messages, small.messages, b as f64 / s as f64);
@@ -146,234 +228,32 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// HAProxy (`examples/haproxy-http.cfg`) on 127.0.0.4 in front of `dests`, round-robin per
-/// request; returns its `IP:PORT` and its certificate (for `--ca-cert`), or None without
-/// `haproxy`.
-fn start_balancer(
-    base: &Path,
-    dests: &[String],
-    servers: &mut Servers,
-) -> anyhow::Result<Option<(String, PathBuf)>> {
-    let ip = "127.0.0.4";
-    let (cert, key) = drain::tls::write_self_signed(&[ip.into()], base, "lb")?;
-    let both = base.join("lb-both.pem");
-    fs::write(
-        &both,
-        fs::read_to_string(&cert)? + &fs::read_to_string(&key)?,
-    )?;
-    let port = std::net::TcpListener::bind((ip, 0))?.local_addr()?.port();
-    let listen = format!("{ip}:{port}");
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/haproxy-http.cfg");
-    let lines: Vec<String> = dests
-        .iter()
-        .enumerate()
-        .map(|(i, d)| format!("server drain{} {d}", i + 1))
-        .collect();
-    let cfg = fs::read_to_string(example)?
-        .replace("@LISTEN@", &listen)
-        .replace("@CERT@", &both.display().to_string())
-        .replace("server drain1 @BACKEND1@", &lines.join("\n    "))
-        // Access logs of every request would cost the balancer, not the drain.
-        .replace("    option httplog\n", "    option dontlog-normal\n");
-    let path = base.join("haproxy.cfg");
-    fs::write(&path, cfg)?;
-    let child = match Command::new("haproxy")
-        .arg("-f")
-        .arg(&path)
-        .arg("-db")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).context("cannot start haproxy"),
-    };
-    servers.0.push(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "haproxy is not accepting on {listen}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(Some((listen, cert)))
-}
-
-/// `--messages N` or `--messages=N`; anything else (cargo passes `--bench`) is ignored.
-fn parse_messages() -> anyhow::Result<usize> {
-    let mut n = 20_000;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let value = match a.strip_prefix("--messages") {
-            Some("") => args.next().context("--messages needs a value")?,
-            Some(v) if v.starts_with('=') => v[1..].to_string(),
-            _ => continue,
-        };
-        n = value
-            .parse()
-            .with_context(|| format!("--messages {value}"))?;
-    }
-    ensure!(n >= 10, "--messages must be at least 10");
-    Ok(n)
-}
-
-/// `drain --data-dir DIR --quiet`, killed if this process dies (e.g. on Ctrl-C).
-fn drain_command(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(DRAIN);
-    cmd.arg("--data-dir")
-        .arg(data_dir)
-        .arg("--quiet")
-        .stdin(Stdio::null());
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd
-}
-
-/// Starts the two destinations; returns their `IP:PORT` and the CA bundle trusting both.
-fn start_destinations(
-    base: &Path,
-    servers: &mut Servers,
-) -> anyhow::Result<(Vec<String>, PathBuf)> {
-    let (mut addrs, mut bundle) = (Vec::new(), String::new());
-    for (i, ip) in ["127.0.0.2", "127.0.0.3"].into_iter().enumerate() {
-        let name = format!("d{}", i + 1);
-        let dir = base.join(&name);
-        // Private, as `drain serve` wants a data directory holding mail.
-        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
-            .create(&dir)?;
-        let (cert, key) = drain::tls::write_self_signed(&[ip.into()], base, &name)?;
-        bundle.push_str(&fs::read_to_string(&cert)?);
-        let child = drain_command(&dir)
-            .args(["serve", "--listen", &format!("{ip}:0")])
-            .args(["--accept-drain-from", "127.0.0.0/8"])
-            .arg("--tls-cert")
-            .arg(&cert)
-            .arg("--tls-key")
-            .arg(&key)
-            .spawn()
-            .context("cannot start `drain serve`")?;
-        servers.0.push(child);
-        addrs.push(wait_for_addr(&dir.join("serve.addr"), &mut servers.0[i])?);
-    }
-    let ca = base.join("ca.pem");
-    fs::write(&ca, bundle)?;
-    Ok((addrs, ca))
-}
-
-/// Waits for `drain serve` to write `IP:PORT\n` (it does so once it accepts connections).
-fn wait_for_addr(path: &Path, child: &mut Child) -> anyhow::Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(s) = fs::read_to_string(path)
-            && s.ends_with('\n')
-        {
-            return Ok(s.trim().to_string());
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("`drain serve` exited early ({status})");
-        }
-        ensure!(Instant::now() < deadline, "`drain serve` not ready in 30s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Fills a fresh spool under `dir` with `n` messages; returns their total size in bytes.
-fn fill(dir: &Path, n: usize) -> anyhow::Result<u64> {
-    Ok(drain::demo::fill(dir, n)?
-        .values()
-        .map(|(_, _, size)| size)
-        .sum())
-}
-
-/// Message files under `<dir>/spool/*/*.msg` (not `spool/.tmp`).
-fn message_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let spool = dir.join("spool");
-    let mut out = Vec::new();
-    for q in fs::read_dir(&spool).with_context(|| spool.display().to_string())? {
-        let q = q?.path();
-        if q.is_dir() && !q.file_name().unwrap().to_string_lossy().starts_with('.') {
-            for f in fs::read_dir(&q)? {
-                let f = f?.path();
-                if f.extension().is_some_and(|e| e == "msg") {
-                    out.push(f);
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    let sync = fs::File::open(dir).and_then(|d| d.sync_all());
-    sync.with_context(|| format!("fsync {}", dir.display()))
-}
-
-/// Moves a spool's files into a local directory with the spool's durability, timed.
-fn baseline_run(base: &Path, n: usize) -> anyhow::Result<Run> {
-    let src = base.join("baseline-src");
-    let bytes = fill(&src, n)?;
-    let dst = base.join("baseline-dst");
-    let tmp = dst.join("spool/.tmp");
-    fs::create_dir_all(&tmp)?;
-    let start = Instant::now();
-    for batch in message_files(&src)?.chunks(BASELINE_BATCH) {
-        let (mut dst_dirs, mut src_dirs) = (BTreeSet::new(), BTreeSet::new());
-        for path in batch {
-            let (name, queue) = (path.file_name().unwrap(), path.parent().unwrap());
-            let t = tmp.join(name);
-            let mut f = fs::File::create_new(&t)?;
-            f.write_all(&fs::read(path)?)?;
-            f.sync_all()?;
-            let d = dst.join("spool").join(queue.file_name().unwrap());
-            if dst_dirs.insert(d.clone()) {
-                fs::create_dir_all(&d)?;
-            }
-            fs::rename(&t, d.join(name))?;
-            src_dirs.insert(queue);
-        }
-        for d in &dst_dirs {
-            sync_dir(d)?;
-        }
-        for path in batch {
-            fs::remove_file(path)?;
-        }
-        for d in src_dirs {
-            sync_dir(d)?;
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    ensure!(message_files(&dst)?.len() == n, "baseline lost files");
-    Ok(Run::new("local move", n, bytes, secs, None))
-}
-
-/// Drains a fresh spool of `n` messages to the destinations as a child process, timed.
+/// Drains a fresh spool of `n` messages to the destinations as a child process (its command
+/// prefixed with `wrap`, for the profile), timed; the destinations' data directories are
+/// `base/d1` and `base/d2`, their processes `serve_pids` (for their CPU time).
 fn drain_run(
     base: &Path,
     label: &'static str,
     n: usize,
-    dests: &[String],
-    ca: &Path,
+    sizes: Sizes,
+    (dests, ca): (&[String], &Path),
+    serve_pids: &[u32],
+    wrap: &[OsString],
 ) -> anyhow::Result<Run> {
     let src = base.join(format!("src-{n}"));
-    let bytes = fill(&src, n)?;
+    let bytes = fill(&src, n, sizes)?;
     let count = || -> anyhow::Result<usize> {
         let dirs = [base.join("d1"), base.join("d2")];
         dirs.iter().map(|d| Ok(message_files(d)?.len())).sum()
     };
     let before = count()?;
+    let serve_cpu = |pid: &u32| setup::cpu_secs(*pid).unwrap_or(f64::NAN);
+    let serves_before: Vec<f64> = serve_pids.iter().map(serve_cpu).collect();
 
     let start = Instant::now();
     // DRAIN_BENCH_ARGS: extra drain options to compare settings ("--concurrency 32").
     let extra = std::env::var("DRAIN_BENCH_ARGS").unwrap_or_default();
-    let mut child = drain_command(&src)
+    let mut child = drain_command(&src, wrap)
         .arg("--ca-cert")
         .arg(ca)
         .arg("--json")
@@ -387,7 +267,7 @@ fn drain_run(
     if read.is_err() {
         let _ = child.kill();
     }
-    let (code, rss_kib) = wait4(child.id() as libc::pid_t)?;
+    let (code, usage) = setup::wait4(child.id() as libc::pid_t)?;
     let secs = start.elapsed().as_secs_f64();
     read.context("reading drain's report")?;
 
@@ -404,22 +284,23 @@ fn drain_run(
          {delivered}, {gained}, {left}; report: {out}"
     );
     let own = &report["elapsed_secs"];
-    println!("{label}: {n} messages in {secs:.2}s wall ({own}s by drain's report)");
-    Ok(Run::new(label, n, bytes, secs, Some(rss_kib)))
-}
-
-/// Reaps `pid`; returns its exit code (None if killed by a signal) and peak RSS in KiB.
-fn wait4(pid: libc::pid_t) -> anyhow::Result<(Option<i32>, u64)> {
-    let mut status = 0;
-    // SAFETY: rusage is plain data, valid when zeroed.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are to live locals.
-    while unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err).context("wait4");
-        }
-    }
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-    Ok((code, usage.ru_maxrss as u64)) // ru_maxrss is in KiB on Linux
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+    let serves: Vec<String> = serve_pids
+        .iter()
+        .zip(serves_before)
+        .map(|(pid, b)| format!("{:.1}", serve_cpu(pid) - b))
+        .collect();
+    println!(
+        "{label}: {n} messages in {secs:.2}s wall ({own}s by drain's report); CPU seconds \
+         (user+sys): drain {cpu:.1}, each drain serve {}",
+        serves.join(" and ")
+    );
+    Ok(Run::new(
+        label,
+        n,
+        bytes,
+        secs,
+        Some(usage.ru_maxrss as u64),
+    )) // KiB on Linux
 }

@@ -191,11 +191,31 @@ fn wait_for_file(path: &Path, child: &mut Child) -> anyhow::Result<String> {
     }
 }
 
+/// How `fill_with` sizes the sample messages' bodies (the spool file adds its header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sizes {
+    /// `fill`'s: most 2-50 KiB, one in 200 from 256 KiB to 1 MiB.
+    Typical,
+    /// Issue 15's workload W1 (the benchmark's default): log-normal, median 12 KiB,
+    /// sigma 0.97, clamped to 200 B..=256 KiB; 20,000 messages make about 397 MB of files.
+    W1,
+}
+
 /// Sample messages: sizes typical of email (most 2-50 KiB, a few up to 1 MiB), every queue
 /// kind, some attempted with a retry time. Returns id -> (queue, hash, size).
 pub fn fill(
     dir: &Path,
     n: usize,
+) -> anyhow::Result<HashMap<MessageId, (QueueKind, crate::base::ContentHash, u64)>> {
+    fill_with(dir, n, Sizes::Typical)
+}
+
+/// `fill` with the size distribution chosen; sizes, queues and attempts come from a fixed
+/// seed, so the same `n` and `sizes` give the same workload (ids are random).
+pub fn fill_with(
+    dir: &Path,
+    n: usize,
+    sizes: Sizes,
 ) -> anyhow::Result<HashMap<MessageId, (QueueKind, crate::base::ContentHash, u64)>> {
     let spool = Spool::open(dir)?;
     let mut out = HashMap::new();
@@ -209,10 +229,16 @@ pub fn fill(
     let mut chunk = Vec::new();
     for i in 0..n {
         let r = next();
-        let size = if r % 200 == 0 {
-            256 * 1024 + (next() % (768 * 1024)) as usize
-        } else {
-            2048 + (next() % (48 * 1024)) as usize
+        let size = match sizes {
+            Sizes::Typical if r % 200 == 0 => 256 * 1024 + (next() % (768 * 1024)) as usize,
+            Sizes::Typical => 2048 + (next() % (48 * 1024)) as usize,
+            Sizes::W1 => {
+                // Box-Muller: a standard normal from two uniforms, u1 in (0, 1].
+                let unit = |x: u64| (x >> 11) as f64 / (1u64 << 53) as f64;
+                let (u1, u2) = (1.0 - unit(next()), unit(next()));
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                (12_288.0 * (0.97 * z).exp()).clamp(200.0, 262_144.0) as usize
+            }
         };
         let queue = QueueKind::ALL[i % 4];
         let attempts = (r % 5) as u32;

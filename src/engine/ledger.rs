@@ -4,8 +4,8 @@
 //! durable group) of one kind of record: `sent` (with `read` first for a batch just read from
 //! the spool, so a new batch costs one commit before it leaves), `parked`, `not delivered`,
 //! `rejected`, `reassigned`, `acked`, `deleted` / `remove failed`, and `unreadable` for files;
-//! plus the run record (`put_run`). The report's counts of what was delivered, removed or failed follow
-//! the records they describe.
+//! plus the run record (`put_run`). The report's counts of what was delivered, removed or
+//! failed follow the records they describe.
 //!
 //! Invariants (product.md): callers journal `sent` (and wait for it) before a request leaves;
 //! a local file is removed only after its `acked` record is durable, and only here

@@ -49,7 +49,9 @@ fn drain_with_kills(
         }
         let mut child = spawn_logged(&src, &args, &out, &log);
         if kills < KILLS {
-            let delay = Duration::from_millis(30 + rng.below(400));
+            // Short enough that a release build (300 messages in well under a second) is
+            // still killed mid-drain.
+            let delay = Duration::from_millis(20 + rng.below(250));
             if wait_up_to(&mut child, delay).is_none() {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -157,7 +157,12 @@ fn a_run_marker_survives_a_power_cut_and_a_lost_journal_stops_the_next_drain() {
     let mut child = spawn_drain(src, &args, &log);
     let marker = src.join(drain::journal::MARKER_FILE);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !marker.exists() {
+    // Logged once `begin` returned, i.e. after the marker's directory fsync: the marker's name
+    // appearing is not enough (a kill between its rename and that fsync loses it, rightly).
+    while !fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("drain run #1 started")
+    {
         assert!(
             wait_up_to(&mut child, Duration::from_millis(5)).is_none(),
             "the drain ended: {}",
@@ -165,6 +170,7 @@ fn a_run_marker_survives_a_power_cut_and_a_lost_journal_stops_the_next_drain() {
         );
         assert!(Instant::now() < deadline, "no run marker");
     }
+    assert!(marker.exists(), "no run marker once the run started");
     let _ = child.kill();
     let _ = child.wait();
     source.cut().unwrap();

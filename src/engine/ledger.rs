@@ -180,17 +180,14 @@ pub(crate) async fn reassigned(
     Ok(())
 }
 
-/// Commits `acked(dest)` for `ids`, each with its note.
-async fn commit_acked(
-    run: &Run,
-    dest: &str,
-    acked: impl Iterator<Item = (MessageId, String)>,
-) -> anyhow::Result<()> {
+/// Commits `acked(dest)` for each (dest, id, note), in one commit.
+async fn commit_acked(run: &Run, acked: Vec<(String, MessageId, String)>) -> anyhow::Result<()> {
     let ops = acked
-        .map(|(id, note)| Op::Acked {
+        .into_iter()
+        .map(|(dest, id, note)| Op::Acked {
             run: run.set.run_seq,
             id,
-            dest: dest.to_string(),
+            dest,
             note,
         })
         .collect();
@@ -200,22 +197,18 @@ async fn commit_acked(
 /// For a group of acknowledged batches (of any destinations): `acked(dest)` in one commit
 /// (durable) -> remove the local files (one directory sync per queue) -> `deleted`.
 pub(crate) async fn acked(run: &Run, group: Vec<Retiring>) -> anyhow::Result<()> {
-    let seq = run.set.run_seq;
-    let ops: Vec<Op> = group
-        .iter()
-        .flat_map(|b| {
-            b.acked.iter().map(|a| Op::Acked {
-                run: seq,
-                id: a.entry.id,
-                dest: b.dest.clone(),
-                note: a.note.clone(),
-            })
-        })
-        .collect();
-    if ops.is_empty() {
+    if group.iter().all(|b| b.acked.is_empty()) {
         return Ok(());
     }
-    run.journal.commit(ops).await?;
+    let each = group
+        .iter()
+        .flat_map(|b| {
+            b.acked
+                .iter()
+                .map(|a| (b.dest.clone(), a.entry.id, a.note.clone()))
+        })
+        .collect();
+    commit_acked(run, each).await?;
     {
         let mut r = run.state.report();
         for b in &group {
@@ -247,7 +240,10 @@ pub(crate) async fn acked_entries(
     if entries.is_empty() {
         return Ok(());
     }
-    commit_acked(run, dest, entries.iter().map(|e| (e.id, note.to_string()))).await?;
+    let each = entries
+        .iter()
+        .map(|e| (dest.to_string(), e.id, note.to_string()));
+    commit_acked(run, each.collect()).await?;
     remove_local(run, entries).await
 }
 
@@ -264,7 +260,8 @@ pub(crate) async fn moved_to_fallback(
         return Ok(());
     }
     let note = "moved to the fallback path";
-    commit_acked(run, &fb.name, ids(&items).map(|id| (id, note.to_string()))).await?;
+    let each = ids(&items).map(|id| (fb.name.clone(), id, note.to_string()));
+    commit_acked(run, each.collect()).await?;
     {
         let mut r = run.state.report();
         r.fallback_path = Some(fb.dir.display().to_string());

@@ -122,8 +122,10 @@ async fn take_batch(run: &Run, rx: &Feed) -> anyhow::Result<(Vec<Entry>, u64)> {
     let mut deadline = tokio::time::Instant::now();
     while batch.len() < run.set.batch_max && bytes < run.set.batch_bytes {
         let next = if batch.is_empty() {
+            let first = rx.recv().await;
+            // Counted from the first message, however long the scan took to list it.
             deadline = tokio::time::Instant::now() + FILL_WAIT;
-            match rx.recv().await {
+            match first {
                 Some(n) => n,
                 None => break,
             }

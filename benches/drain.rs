@@ -35,6 +35,8 @@
 mod baselines;
 #[path = "drain/profile.rs"]
 mod profile;
+#[path = "drain/scale.rs"]
+mod scale;
 #[path = "drain/setup.rs"]
 mod setup;
 
@@ -77,14 +79,14 @@ impl Run {
         self.bytes as f64 / 1e6 / self.secs
     }
 
-    fn print_header() {
+    pub fn print_header() {
         println!(
             "{:<14} {:>9} {:>9} {:>8} {:>8} {:>7} {:>13}",
             "run", "messages", "MB", "secs", "msg/s", "MB/s", "peak RSS MiB"
         );
     }
 
-    fn print(&self) {
+    pub fn print(&self) {
         let rss = self
             .rss_kib
             .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
@@ -101,18 +103,24 @@ struct Args {
     messages: usize,
     sizes: Sizes,
     profile: Option<PathBuf>,
+    scale: bool,
 }
 
-/// `--messages N`, `--sizes w1|typical`, `--profile DIR` (also as `--opt=value`); anything
-/// else (cargo passes `--bench`) is ignored.
+/// `--messages N`, `--sizes w1|typical|small`, `--profile DIR` (also as `--opt=value`),
+/// `--scale`; anything else (cargo passes `--bench`) is ignored.
 fn parse_args() -> anyhow::Result<Args> {
     let mut out = Args {
         messages: 20_000,
         sizes: Sizes::W1,
         profile: None,
+        scale: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--scale" {
+            out.scale = true;
+            continue;
+        }
         let (name, inline) = match a.split_once('=') {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
             None => (a, None),
@@ -136,7 +144,8 @@ fn parse_args() -> anyhow::Result<Args> {
                 out.sizes = match value.as_str() {
                     "w1" => Sizes::W1,
                     "typical" => Sizes::Typical,
-                    _ => anyhow::bail!("--sizes {value}: w1 or typical"),
+                    "small" => Sizes::Small,
+                    _ => anyhow::bail!("--sizes {value}: w1, typical or small"),
                 }
             }
             _ => out.profile = Some(value.into()),
@@ -155,12 +164,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(out) = &args.profile {
         return profile::run(&base, out, n, sizes);
     }
+    if args.scale {
+        return scale::run(&base, n, sizes);
+    }
     // Declared after `tmp`, so dropped first: the servers stop before their files go.
     let mut servers = Servers(Vec::new());
-    let (dests, ca) = setup::start_destinations(&base, &mut servers, &[])?;
+    let d = setup::start_destinations(&base, &mut servers, &[])?;
+    let (dests, ca) = (d.addrs, d.ca);
     let workload = match sizes {
         Sizes::W1 => "W1 sizes (log-normal, median 12 KiB, 200 B..256 KiB)",
         Sizes::Typical => "typical sizes (2..50 KiB, 0.5% up to 1 MiB)",
+        Sizes::Small => "1 KiB bodies",
     };
     println!(
         "drain bench: {n} messages, {workload}, destinations {}",
@@ -231,7 +245,7 @@ fn main() -> anyhow::Result<()> {
 /// Drains a fresh spool of `n` messages to the destinations as a child process (its command
 /// prefixed with `wrap`, for the profile), timed; the destinations' data directories are
 /// `base/d1` and `base/d2`, their processes `serve_pids` (for their CPU time).
-fn drain_run(
+pub fn drain_run(
     base: &Path,
     label: &'static str,
     n: usize,

@@ -199,6 +199,8 @@ pub enum Sizes {
     /// Issue 15's workload W1 (the benchmark's default): log-normal, median 12 KiB,
     /// sigma 0.97, clamped to 200 B..=256 KiB; 20,000 messages make about 397 MB of files.
     W1,
+    /// 1 KiB bodies: a million messages in little disk, for the benchmark's `--scale`.
+    Small,
 }
 
 /// Sample messages: sizes typical of email (most 2-50 KiB, a few up to 1 MiB), every queue
@@ -239,6 +241,7 @@ pub fn fill_with(
                 let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
                 (12_288.0 * (0.97 * z).exp()).clamp(200.0, 262_144.0) as usize
             }
+            Sizes::Small => 1024,
         };
         let queue = QueueKind::ALL[i % 4];
         let attempts = (r % 5) as u32;

@@ -197,3 +197,83 @@ fn sigterm_on_a_large_spool_stops_at_once_with_a_report() {
     let v = inspect_json(&src, &[]);
     assert_eq!(v["run"]["status"], "interrupted", "{v:#}");
 }
+
+/// A power cut after a removal but before the invocation's closing directory fsync brings back
+/// a file whose record in the unfinished run says `deleted` (simulated here by putting the
+/// original bytes back). The continuing run removes each such file again without sending it;
+/// a file back with the same id but other content is left and reported `reappeared` (exit 11).
+#[test]
+fn files_back_after_a_lost_unlink_are_removed_again_and_other_content_is_reported() {
+    let tmp = TempDir::new("back");
+    let a = Server::start(&tmp, "a", ServeConfig::on("127.0.0.43"));
+    let src = tmp.sub("src");
+    let originals = fill(&src, 40);
+    // The original bytes of every file, to put back as a lost unlink would.
+    let mut saved = Vec::new();
+    for dir in queue_dirs(&src).into_iter().skip(1) {
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let path = f.unwrap().path();
+            saved.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    assert!(saved.len() >= 20, "fill spreads over the queues");
+    let ca = ca_bundle(&tmp, &[&a]);
+    // Removals in `queue` fail, so the run stays unfinished (exit 40); the others are `deleted`.
+    let guard = Immutable::set(queue_dirs(&src)[..1].to_vec());
+    let o = drain(
+        &src,
+        &["--ca-cert", ca.to_str().unwrap(), "--json", &a.dest()],
+    );
+    assert_eq!(code(&o), 40, "{}", show(&o));
+    drop(guard);
+    for (path, bytes) in &saved {
+        assert!(!path.exists(), "{} was removed", path.display());
+        std::fs::write(path, bytes).unwrap();
+    }
+    // One of them comes back with other content under the same id.
+    let (forged_path, bytes) = &saved[0];
+    let m = drain::spool::Message::from_bytes(bytes.clone().into()).unwrap();
+    let forged = drain::spool::format::encode(&m.header, b"other content\r\n").unwrap();
+    std::fs::write(forged_path, forged).unwrap();
+
+    let o = drain(
+        &src,
+        &["--ca-cert", ca.to_str().unwrap(), "--json", "resume"],
+    );
+    assert_eq!(code(&o), 11, "{}", show(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("report");
+    assert!(
+        report["delivered"].as_object().unwrap().is_empty(),
+        "nothing sent again: {report}"
+    );
+    let unreadable = report["unreadable"].as_array().unwrap();
+    assert_eq!(unreadable.len(), 1, "{report}");
+    assert_eq!(
+        unreadable[0]["what"].as_str(),
+        Some(forged_path.to_str().unwrap())
+    );
+    assert!(
+        unreadable[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("delivered and removed earlier in this run"),
+        "{report}"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.matches("removed again, not sent").count(),
+        saved.len() - 1,
+        "{err}"
+    );
+    let left = spool_ls(&src);
+    assert_eq!(left.len(), 1, "only the forged file is left: {left:?}");
+    assert_eq!(
+        forged_path.file_stem().unwrap().to_str(),
+        Some(&*left[0].id)
+    );
+    let all = census(&[&a]);
+    assert_eq!(all.len(), originals.len());
+    for (id, (_, hash)) in &originals {
+        assert_eq!(&all[id].1.hash, hash, "{id}");
+    }
+}

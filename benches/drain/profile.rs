@@ -57,7 +57,8 @@ pub fn run(base: &Path, out: &Path, n: usize, sizes: Sizes) -> anyhow::Result<()
         let dir = base.join(name);
         fs::create_dir_all(&dir)?;
         let mut servers = Servers(Vec::new());
-        let (dests, ca) = start_destinations(&dir, &mut servers, &wrap_serve)?;
+        let d = start_destinations(&dir, &mut servers, &wrap_serve)?;
+        let (dests, ca) = (d.addrs, d.ca);
         let label = if name == "perf" {
             "under perf"
         } else {

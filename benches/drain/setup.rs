@@ -94,14 +94,22 @@ pub fn wait_accepting(addr: &str, child: &mut Child, what: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// The two destinations: their `IP:PORT`, the CA bundle trusting both, and where each serves
+/// its metrics (plain HTTP).
+pub struct Destinations {
+    pub addrs: Vec<String>,
+    pub ca: PathBuf,
+    pub metrics: Vec<String>,
+}
+
 /// Starts the two destinations on 127.0.0.2 and 127.0.0.3 (the first one's command prefixed
-/// with `wrap_first`, for the profile); returns their `IP:PORT` and the CA bundle trusting both.
+/// with `wrap_first`, for the profile).
 pub fn start_destinations(
     base: &Path,
     servers: &mut Servers,
     wrap_first: &[OsString],
-) -> anyhow::Result<(Vec<String>, PathBuf)> {
-    let (mut addrs, mut bundle) = (Vec::new(), String::new());
+) -> anyhow::Result<Destinations> {
+    let (mut addrs, mut bundle, mut metrics) = (Vec::new(), String::new(), Vec::new());
     for (i, ip) in ["127.0.0.2", "127.0.0.3"].into_iter().enumerate() {
         let name = format!("d{}", i + 1);
         let dir = base.join(&name);
@@ -111,8 +119,10 @@ pub fn start_destinations(
         let (cert, key) = drain::tls::write_self_signed(&[ip.into()], base, &name)?;
         bundle.push_str(&fs::read_to_string(&cert)?);
         let wrap = if i == 0 { wrap_first } else { &[] };
+        metrics.push(format!("{ip}:{}", free_port(ip)?));
         let child = drain_command(&dir, wrap)
             .args(["serve", "--listen", &format!("{ip}:0")])
+            .args(["--metrics-listen", &metrics[i]])
             .args(["--accept-drain-from", "127.0.0.0/8"])
             .arg("--tls-cert")
             .arg(&cert)
@@ -126,7 +136,33 @@ pub fn start_destinations(
     }
     let ca = base.join("ca.pem");
     fs::write(&ca, bundle)?;
-    Ok((addrs, ca))
+    Ok(Destinations { addrs, ca, metrics })
+}
+
+/// `drain_intake_messages_stored_total` of a destination, from its metrics listener.
+pub fn stored_total(metrics: &str) -> anyhow::Result<u64> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(metrics).with_context(|| format!("metrics at {metrics}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("drain_intake_messages_stored_total "))
+        .with_context(|| format!("no stored counter in the metrics of {metrics}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("the stored counter of {metrics}"))
+}
+
+/// Peak resident memory of the live process `pid` so far, in KiB (`VmHWM`).
+pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM in /proc/PID/status")
 }
 
 /// Waits for `drain serve` to write `IP:PORT\n` (it does so once it accepts connections).

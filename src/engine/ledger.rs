@@ -278,10 +278,15 @@ pub(crate) async fn moved_to_fallback(
 
 /// Removes acknowledged local copies and journals the result of each (`deleted` or
 /// `remove failed`). Callers: only after the `acked` records are durable.
+///
+/// The unlinks are not synced here: `retire::close` syncs the queue directories once at the
+/// end of the invocation, before the run can be recorded finished. A power cut before that
+/// may bring a file back whose record says `deleted`; the continuing run removes it again
+/// ([`removed_again`]), as the journal says it is delivered.
 pub(crate) async fn remove_local(run: &Run, entries: Vec<Entry>) -> anyhow::Result<()> {
     let spool = run.spool.clone();
     let (entries, results) = tokio::task::spawn_blocking(move || {
-        let r = spool.remove_many(&entries);
+        let r = spool.unlink_many(&entries);
         (entries, r)
     })
     .await?;
@@ -311,6 +316,40 @@ pub(crate) async fn remove_local(run: &Run, entries: Vec<Entry>) -> anyhow::Resu
     }
     run.journal.commit(ops).await?;
     run.state.report().removed += removed;
+    Ok(())
+}
+
+/// Files back in the spool whose record in this run says `deleted` with the same content: a
+/// power cut undid their unlink (see [`remove_local`]). Delivered already, so removed again
+/// and not sent; the journal keeps `deleted`. A failure is reported like any removal failure.
+pub(crate) async fn removed_again(run: &Run, entries: Vec<Entry>) -> anyhow::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let spool = run.spool.clone();
+    let (entries, results) = tokio::task::spawn_blocking(move || {
+        let r = spool.unlink_many(&entries);
+        (entries, r)
+    })
+    .await?;
+    for (e, r) in entries.iter().zip(results) {
+        match r {
+            Ok(()) => tracing::warn!(
+                id = %e.id,
+                "{}: delivered and removed earlier in this run, back after a crash with the \
+                 same content: removed again, not sent",
+                e.path.display()
+            ),
+            Err(err) => {
+                tracing::error!(id = %e.id, "delivered, but removing the local copy failed: {err}");
+                run.state.mark_failed(e.id.to_string());
+                run.state.report().remove_failed.push(Problem {
+                    what: e.id.to_string(),
+                    reason: err.to_string(),
+                });
+            }
+        }
+    }
     Ok(())
 }
 

@@ -3,8 +3,8 @@
 //!
 //! Workers and settling tasks hand what a destination acknowledged to this task
 //! ([`Run::retire`]) and go on with the next batch; the task folds everything queued meanwhile
-//! into one group: one `acked` commit, one removal pass (one directory sync per queue
-//! directory, not one per request), one `deleted` commit (`ledger::acked`). So a request no
+//! into one group: one `acked` commit, one removal pass (unlinks only: the queue directories
+//! are synced once, when the run closes this task), one `deleted` commit (`ledger::acked`). So a request no
 //! longer waits for two commits and the removals of the one before it, and syncs per message
 //! fall as the drain gets faster.
 //!
@@ -57,17 +57,32 @@ async fn retire_all(run: Arc<Run>, mut rx: mpsc::Receiver<Retiring>) -> anyhow::
     Ok(())
 }
 
-/// Closes the queue (nothing more is acknowledged: every worker and settling task ended) and
-/// waits until everything queued is retired.
+/// Closes the queue (nothing more is acknowledged: every worker and settling task ended),
+/// waits until everything queued is retired, then makes this invocation's removals durable:
+/// one fsync per queue directory (`ledger::remove_local` does not sync), before the run can
+/// be recorded finished.
 pub(crate) async fn close(run: &Run, task: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
     run.retiring
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take();
-    match task.await {
+    let retired = match task.await {
         Ok(r) => r,
         Err(e) => Err(anyhow::anyhow!(
             "retiring acknowledged messages failed: {e}"
         )),
-    }
+    };
+    // Even after an error: whatever was removed should stay removed.
+    let spool = run.spool.clone();
+    let synced = tokio::task::spawn_blocking(move || spool.sync_queue_dirs())
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .map_err(|e| {
+            e.context(
+                "the removals of delivered messages are not known durable (a power cut may \
+                 bring some back; `drain resume` removes them again)",
+            )
+        });
+    retired.and(synced)
 }

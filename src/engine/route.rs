@@ -72,6 +72,8 @@ pub(crate) async fn process_batch(
         if pending.is_empty() {
             break;
         }
+        // Subscribed before looking, so an answer that comes in between is not missed.
+        let mut trust = run.state.trust_changes();
         let Some(d) = run.next_dest(|d| {
             !failed_round.contains(&d)
                 && !run.state.is_suspect(d)
@@ -79,18 +81,28 @@ pub(crate) async fn process_batch(
         }) else {
             round += 1;
             let wait = run.until_fallback(backoff(round));
-            tracing::warn!(
-                round,
-                waiting = ?wait,
-                "every destination failed for {} messages (or is settling messages in doubt); \
-                 retrying in {:?}",
-                pending.len(),
-                wait
-            );
-            if run.pause(wait).await {
-                return Ok(());
+            if failed_round.is_empty() {
+                tracing::debug!("waiting up to {wait:?} for destinations in doubt to answer");
+            } else {
+                tracing::warn!(
+                    round,
+                    waiting = ?wait,
+                    "every destination failed for {} messages (or is settling messages in \
+                     doubt); retrying in {:?}",
+                    pending.len(),
+                    wait
+                );
             }
-            failed_round.clear();
+            tokio::select! {
+                // A destination in doubt answered its query: not a failed round.
+                Ok(()) = trust.changed() => round -= 1,
+                stopped = run.pause(wait) => {
+                    if stopped {
+                        return Ok(());
+                    }
+                    failed_round.clear();
+                }
+            }
             continue;
         };
         let (mut sub, mut rest): (Vec<Item>, Vec<Item>) =

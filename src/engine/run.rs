@@ -144,6 +144,8 @@ pub(crate) struct RunState {
     /// Destinations with messages in doubt that have not answered a query since: no new
     /// messages go there until they do (a request in doubt says nothing about the next one).
     suspect: Mutex<HashSet<usize>>,
+    /// Bumped whenever a destination is trusted again, so batches waiting for one wake at once.
+    trust: tokio::sync::watch::Sender<u64>,
     /// Settling tasks running beside the workers (in-doubt messages never hold a worker).
     settling: Mutex<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>>,
     /// Destinations whose latest attempt failed, with the failure's kind (for progress).
@@ -183,7 +185,14 @@ impl RunState {
 
     /// `d` answered a query (or was given up on): it may take new messages again.
     pub fn trusted(&self, d: usize) {
-        lock(&self.suspect).remove(&d);
+        if lock(&self.suspect).remove(&d) {
+            self.trust.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Changes when a destination is trusted again (subscribe before looking for one).
+    pub fn trust_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.trust.subscribe()
     }
 
     pub fn is_suspect(&self, d: usize) -> bool {

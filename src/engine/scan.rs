@@ -170,12 +170,14 @@ async fn read_batch(run: &Run, batch: Vec<Entry>) -> anyhow::Result<Vec<Item>> {
     let ids: Vec<_> = read.iter().map(|(e, _)| e.id).collect();
     let records = run.journal.messages(run.set.run_seq, &ids)?;
     let mut items = Vec::with_capacity(read.len());
+    let mut again = Vec::new();
     for (((entry, r), rec), claim) in read.into_iter().zip(records).zip(claims) {
         match r {
             Ok(msg) => match admit(run, entry, msg, rec, claim) {
                 Admit::Send(item) => items.push(*item),
                 Admit::Skip => {}
                 Admit::Refuse(err) => ledger::unreadable(run, err).await?,
+                Admit::RemoveAgain(entry, claim) => again.push((entry, claim)),
             },
             Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 tracing::debug!(id = %entry.id, "gone before it was read");
@@ -183,6 +185,9 @@ async fn read_batch(run: &Run, batch: Vec<Entry>) -> anyhow::Result<Vec<Item>> {
             Err(err) => ledger::unreadable(run, err).await?,
         }
     }
+    // Each claim holds until its file is gone.
+    let (again, _claims): (Vec<Entry>, Vec<Claim>) = again.into_iter().unzip();
+    ledger::removed_again(run, again).await?;
     Ok(items)
 }
 
@@ -201,6 +206,8 @@ enum Admit {
     Skip,
     /// Left in place and reported (exit 11).
     Refuse(SpoolError),
+    /// Delivered and removed in this run, back after a power cut: removed again.
+    RemoveAgain(Entry, Claim),
 }
 
 /// A message may already be journaled in this run (a continued run, or a rescan): only `read`
@@ -220,6 +227,8 @@ fn admit(run: &Run, entry: Entry, msg: Message, rec: Option<MessageRecord>, clai
                 }
             }
             State::Sent | State::Acked => return Admit::Skip,
+            // The same content: a power cut undid its unlink (`ledger::removed_again`).
+            State::Deleted if rec.hash == msg.hash => return Admit::RemoveAgain(entry, claim),
             State::Deleted => {
                 return Admit::Refuse(SpoolError::Reappeared {
                     path: entry.path,

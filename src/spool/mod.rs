@@ -335,14 +335,7 @@ impl Spool {
     /// Removes message files durably: unlink each, then fsync each directory once.
     /// Returns, per entry, the error if its removal failed (a file already gone is removed).
     pub fn remove_many(&self, entries: &[Entry]) -> Vec<Result<(), SpoolError>> {
-        let mut out: Vec<Result<(), SpoolError>> = entries
-            .iter()
-            .map(|e| match fs::remove_file(&e.path) {
-                Ok(()) => Ok(()),
-                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(err) => Err(SpoolError::io(&e.path, err)),
-            })
-            .collect();
+        let mut out = self.unlink_many(entries);
         for q in QueueKind::ALL {
             if entries.iter().any(|e| e.queue == q)
                 && let Err(err) = sync_dir(&self.queue_dir(q))
@@ -357,6 +350,31 @@ impl Spool {
             }
         }
         out
+    }
+
+    /// Unlinks message files without syncing their directories: a power cut may bring them
+    /// back until [`Spool::sync_queue_dirs`]. For a caller whose journal says what to do with
+    /// a file that comes back (the drain engine). A file already gone counts as removed.
+    pub fn unlink_many(&self, entries: &[Entry]) -> Vec<Result<(), SpoolError>> {
+        entries
+            .iter()
+            .map(|e| match fs::remove_file(&e.path) {
+                Ok(()) => Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(err) => Err(SpoolError::io(&e.path, err)),
+            })
+            .collect()
+    }
+
+    /// Fsyncs every queue directory that exists: every earlier unlink in them is durable.
+    pub fn sync_queue_dirs(&self) -> Result<(), SpoolError> {
+        for q in QueueKind::ALL {
+            let dir = self.queue_dir(q);
+            if dir.is_dir() {
+                sync_dir(&dir)?;
+            }
+        }
+        Ok(())
     }
 
     /// Streams every file in the spool, queue by queue, without reading them. A name that is

@@ -170,6 +170,8 @@ struct Cluster {
     resume: Vec<String>,
     log: PathBuf,
     expected: BTreeMap<String, (String, String)>,
+    /// Files the cuts brought back after their removal, removed again by a resume.
+    removed_again: usize,
     // Last: removed after the mounts are gone.
     _tmp: Tmp,
 }
@@ -226,6 +228,7 @@ impl Cluster {
             resume,
             log: tmp.0.join("drain.log"),
             expected: BTreeMap::new(),
+            removed_again: 0,
             _tmp: tmp,
         }
     }
@@ -296,6 +299,9 @@ impl Cluster {
         self.mail.start();
         until_success(self.src(), &self.resume, &self.log);
         self.mail.stop();
+        // Files a cut brought back after their removal (journaled `deleted`), removed again.
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        self.removed_again += log.matches("removed again, not sent").count();
         census(self.src(), &self.receivers, &self.sinks, &self.expected);
         let after = inspect(self.src());
         for r in after["runs"].as_array().into_iter().flatten() {
@@ -358,9 +364,11 @@ fn power_cut_at_random_moments_loses_and_duplicates_nothing() {
     }
     cluster.finish();
     eprintln!(
-        "{cuts} power cuts over {rounds} rounds, {} messages, {} delivered by the mail servers",
+        "{cuts} power cuts over {rounds} rounds, {} messages, {} delivered by the mail servers, \
+         {} brought back by a cut after their removal and removed again",
         cluster.expected.len(),
-        cluster.mail.delivered()
+        cluster.mail.delivered(),
+        cluster.removed_again
     );
 }
 

@@ -128,9 +128,9 @@ impl EventQueue {
         sync_dir(&self.dir)
     }
 
-    /// Names of all pending events, in name order. (Memory: one short string per event.)
-    pub fn pending(&self) -> Result<Vec<String>, FileError> {
-        let mut names = Vec::new();
+    /// Calls `f` with the name of every pending event, in directory order, streaming (memory
+    /// does not grow with the queue). A name may come twice while the directory changes.
+    pub fn for_each_pending(&self, mut f: impl FnMut(&str)) -> Result<(), FileError> {
         for de in fs::read_dir(&self.dir).map_err(|e| FileError::new(&self.dir, e))? {
             let de = de.map_err(|e| FileError::new(&self.dir, e))?;
             if let Some(name) = de
@@ -139,9 +139,17 @@ impl EventQueue {
                 .and_then(|n| n.strip_suffix(".json"))
                 .filter(|n| !n.starts_with('.'))
             {
-                names.push(name.to_string());
+                f(name);
             }
         }
+        Ok(())
+    }
+
+    /// Names of all pending events, in name order. (Memory: one short string per event; the
+    /// event processor uses [`EventQueue::oldest`] instead.)
+    pub fn pending(&self) -> Result<Vec<String>, FileError> {
+        let mut names = Vec::new();
+        self.for_each_pending(|n| names.push(n.to_string()))?;
         // A file system may list a name twice while the directory changes (seen on a FUSE
         // mount); one event must never go out twice in one batch.
         names.sort();
@@ -149,9 +157,37 @@ impl EventQueue {
         Ok(names)
     }
 
-    /// How many events are waiting.
+    /// The `limit` oldest pending events, in name order, among those `wanted` keeps: one
+    /// streaming pass over the directory holding at most `limit` names, so a backlog of a
+    /// million events costs neither memory nor a sort of all of them.
+    pub fn oldest(
+        &self,
+        limit: usize,
+        mut wanted: impl FnMut(&str) -> bool,
+    ) -> Result<Vec<String>, FileError> {
+        let mut heap = std::collections::BinaryHeap::<String>::new();
+        self.for_each_pending(|n| {
+            if heap.len() >= limit && heap.peek().is_some_and(|max| n >= max.as_str()) {
+                return;
+            }
+            if wanted(n) {
+                heap.push(n.to_string());
+                if heap.len() > limit {
+                    heap.pop();
+                }
+            }
+        })?;
+        let mut names = heap.into_vec();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// How many events are waiting (streaming).
     pub fn count(&self) -> Result<usize, FileError> {
-        Ok(self.pending()?.len())
+        let mut n = 0;
+        self.for_each_pending(|_| n += 1)?;
+        Ok(n)
     }
 
     /// Reads one event.
@@ -314,8 +350,46 @@ impl EventCounts {
         let q = EventQueue::read_only(data_dir);
         EventCounts {
             dir: q.dir.display().to_string(),
-            pending: q.pending().map_or(0, |p| p.len() as u64),
+            pending: q.count().map_or(0, |n| n as u64),
             dead_letter: q.dead_letters().map_or(0, |d| d.len() as u64),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `oldest` keeps the `limit` smallest names `wanted` accepts, in order, from one pass.
+    #[test]
+    fn oldest_is_the_smallest_wanted_names_in_order() {
+        let data = std::env::temp_dir().join(format!(
+            "drain-events-oldest-{}",
+            MessageId::random().unwrap()
+        ));
+        let q = EventQueue::open(&data).unwrap();
+        let mut events: Vec<Event> = (0..50)
+            .map(|_| Event::new("t", "i", MessageId::random().unwrap(), QueueKind::Queue))
+            .collect();
+        for (i, e) in events.iter_mut().enumerate() {
+            e.id = format!("{:020}-{:016x}", 1_000 + (i * 37) % 50, i);
+        }
+        q.record(&events).unwrap();
+        let mut all: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        all.sort();
+        assert_eq!(q.oldest(10, |_| true).unwrap(), all[..10]);
+        assert_eq!(q.oldest(100, |_| true).unwrap(), all);
+        let odd: Vec<String> = all.iter().skip(1).step_by(2).cloned().collect();
+        let mut asked = 0;
+        let got = q
+            .oldest(5, |n| {
+                asked += 1;
+                odd.iter().any(|o| o == n)
+            })
+            .unwrap();
+        assert_eq!(got, odd[..5]);
+        assert!(asked <= 50, "each name at most once");
+        assert_eq!(q.count().unwrap(), 50);
+        let _ = fs::remove_dir_all(&data);
     }
 }

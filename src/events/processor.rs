@@ -4,7 +4,9 @@
 //! for the dead-letter directory).
 //!
 //! Each endpoint has its own task, its own backoff and its own request timeout
-//! (`--event-timeout`), so a slow or failing endpoint never holds up the others. Answers: a 2xx
+//! (`--event-timeout`), so a slow or failing endpoint never holds up the others. A task goes
+//! through the queue in name order, a window of the oldest names at a time ([`Cursor`]), so a
+//! backlog of a million events costs it neither memory nor a listing per batch. Answers: a 2xx
 //! delivers the batch; a 4xx other than 408/429 is a permanent failure for that batch (logged
 //! with the status, counted, dead-lettered for that endpoint); anything else (3xx, 408, 429,
 //! 5xx, no answer) is retried with backoff.
@@ -14,8 +16,9 @@
 //! so a crash can repeat a delivery but never lose one; an event is never deleted unless every
 //! endpoint took it or it is kept in the dead-letter directory.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -98,8 +101,18 @@ pub async fn run(
         }
     };
     let keys: Arc<Vec<String>> = Arc::new(endpoints.iter().map(|e| e.key.clone()).collect());
-    // Events every endpoint is done with but a crash left behind are removed once, at start.
-    remove_done(&queue, &keys, &queue.pending().unwrap_or_default());
+    // Events every endpoint is done with but a crash left behind are removed once, at start
+    // (streaming: a large queue is not held in memory).
+    let swept = queue.for_each_pending(|n| {
+        if keys.iter().all(|k| queue.is_done(n, k))
+            && let Err(e) = queue.remove(n, &keys)
+        {
+            tracing::error!("event processor: cannot remove delivered event {n}: {e}");
+        }
+    });
+    if let Err(e) = swept {
+        tracing::error!("event processor: cannot list events: {e}");
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for ep in endpoints {
         let w = Worker {
@@ -127,18 +140,26 @@ struct Worker {
 impl Worker {
     async fn run(self) {
         let mut fails = 0u32;
+        let mut cursor = Cursor::new();
         loop {
-            let names = match self.queue.pending() {
-                Ok(n) => n,
+            match cursor.fill(&self.queue, &self.ep.key) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!("event processor: cannot list events: {e}");
-                    Vec::new()
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
                 }
-            };
-            let Some((events, sent)) = self.next_batch(&names) else {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let (events, sent, used) = self.next_batch(&cursor.window);
+            if events.is_empty() {
+                // Every name looked at was done already or moved aside.
+                cursor.advance(used);
                 continue;
-            };
+            }
             match self.post(&events).await {
                 Outcome::Delivered => {
                     fails = 0;
@@ -151,6 +172,7 @@ impl Worker {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
+                    cursor.advance(used);
                     self.stats.delivered.inc_by(sent.len() as u64);
                     trace_done(&self.ep, &sent);
                     tracing::debug!(endpoint = %self.ep.url, events = sent.len(), "events delivered");
@@ -158,7 +180,9 @@ impl Worker {
                 }
                 Outcome::Refused(why) => {
                     fails = 0;
-                    if !self.dead_letter(&sent, why) {
+                    if self.dead_letter(&sent, why) {
+                        cursor.advance(used);
+                    } else {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
@@ -178,16 +202,20 @@ impl Worker {
         }
     }
 
-    /// The next events (at most [`BATCH`]) this endpoint is not done with, read; unreadable
-    /// ones are quarantined. `None` when there is nothing to send.
-    fn next_batch(&self, names: &[String]) -> Option<(Vec<Event>, Vec<String>)> {
-        let todo = names
-            .iter()
-            .filter(|n| !self.queue.is_done(n, &self.ep.key))
-            .take(BATCH);
+    /// The next events (at most [`BATCH`]) of the window this endpoint is not done with, read;
+    /// unreadable ones are quarantined. Also returns how many names of the window it used up.
+    fn next_batch(&self, window: &VecDeque<String>) -> (Vec<Event>, Vec<String>, usize) {
         let mut events: Vec<Event> = Vec::new();
         let mut sent: Vec<String> = Vec::new();
-        for n in todo {
+        let mut used = 0;
+        for n in window {
+            if events.len() >= BATCH {
+                break;
+            }
+            used += 1;
+            if self.queue.is_done(n, &self.ep.key) {
+                continue;
+            }
             match self.queue.read(n) {
                 Ok(e) => {
                     events.push(e);
@@ -196,7 +224,7 @@ impl Worker {
                 Err(e) => quarantine(&self.queue, n, &e.to_string()),
             }
         }
-        (!events.is_empty()).then_some((events, sent))
+        (events, sent, used)
     }
 
     /// POSTs one batch and classifies the answer.
@@ -265,6 +293,74 @@ impl Worker {
     }
 }
 
+/// Oldest events an endpoint's task lists at a time (its memory: this many names).
+const WINDOW: usize = 4096;
+
+/// Events named up to this long before the last one a task finished with are still looked
+/// at: an event is named when it is created, a moment before its file appears.
+const LATE: Duration = Duration::from_secs(10);
+
+/// How often a task looks through the whole queue again (an event moved back from the
+/// dead-letter directory keeps its old name).
+const FULL_PASS: Duration = Duration::from_secs(60);
+
+/// Where an endpoint's task is in the queue. Events go out in name order, so those named well
+/// before the last one it finished with are neither listed again nor their markers checked
+/// until the next full pass: each listing is one streaming pass over the directory, and a
+/// backlog costs neither memory nor a sort of all of it (as listing everything per batch did).
+struct Cursor {
+    /// The last name this task finished with (delivered, found done, or moved aside).
+    done_to: Option<String>,
+    /// The oldest names after it, not done for this endpoint when listed.
+    window: VecDeque<String>,
+    full_pass_at: Instant,
+}
+
+impl Cursor {
+    fn new() -> Cursor {
+        Cursor {
+            done_to: None,
+            window: VecDeque::new(),
+            full_pass_at: Instant::now() + FULL_PASS,
+        }
+    }
+
+    /// Lists the next window if the current one is used up; false when nothing is pending.
+    fn fill(&mut self, queue: &EventQueue, key: &str) -> Result<bool, super::FileError> {
+        if !self.window.is_empty() {
+            return Ok(true);
+        }
+        if Instant::now() >= self.full_pass_at {
+            self.done_to = None;
+            self.full_pass_at = Instant::now() + FULL_PASS;
+        }
+        let low = self.done_to.as_deref().map(earlier_by_late);
+        let names = queue.oldest(WINDOW, |n| {
+            low.as_deref().is_none_or(|low| n > low) && !queue.is_done(n, key)
+        })?;
+        self.window = names.into();
+        Ok(!self.window.is_empty())
+    }
+
+    /// The first `used` names of the window are finished with.
+    fn advance(&mut self, used: usize) {
+        for _ in 0..used {
+            if let Some(n) = self.window.pop_front() {
+                self.done_to = Some(n);
+            }
+        }
+    }
+}
+
+/// The name an event created [`LATE`] before `name`'s would have (`<20-digit unix
+/// nanoseconds>-...`); `name` itself if it does not have that form.
+fn earlier_by_late(name: &str) -> String {
+    match name.get(..20).and_then(|d| d.parse::<u128>().ok()) {
+        Some(ns) => format!("{:020}", ns.saturating_sub(LATE.as_nanos())),
+        None => name.to_string(),
+    }
+}
+
 /// One line per event the endpoint is now done with (its marker durable), for tracing an event
 /// (`RUST_LOG=drain::events::processor=trace`; the power-loss harness checks that none is sent
 /// to that endpoint again).
@@ -296,4 +392,19 @@ fn quarantine(queue: &EventQueue, name: &str, why: &str) {
         to.display()
     );
     let _ = std::fs::rename(&from, &to);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn earlier_by_late_moves_the_time_prefix_back_by_late() {
+        let name = "00000000020000000000-00000000000000ab";
+        assert_eq!(super::earlier_by_late(name), "00000000010000000000");
+        assert!(super::earlier_by_late(name).as_str() < name);
+        assert_eq!(
+            super::earlier_by_late("00000000000000000005-x"),
+            "00000000000000000000"
+        );
+        assert_eq!(super::earlier_by_late("not-a-time"), "not-a-time");
+    }
 }

@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
-pub const DRAIN: &str = env!("CARGO_BIN_EXE_drain");
+/// The `drain` binary: this build's, or `DRAIN_BENCH_BIN` (to compare two builds in the same
+/// conditions).
+pub fn drain_bin() -> OsString {
+    std::env::var_os("DRAIN_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_drain").into())
+}
 
 /// Removes the benchmark's directory however the run ends.
 pub struct TempDir(pub PathBuf);
@@ -54,10 +58,10 @@ pub fn drain_command(data_dir: &Path, wrap: &[OsString]) -> Command {
     let mut cmd = match wrap.split_first() {
         Some((program, args)) => {
             let mut c = command(program);
-            c.args(args).arg(DRAIN);
+            c.args(args).arg(drain_bin());
             c
         }
-        None => command(DRAIN),
+        None => command(drain_bin()),
     };
     cmd.arg("--data-dir").arg(data_dir).arg("--quiet");
     cmd

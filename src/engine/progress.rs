@@ -18,9 +18,15 @@ use crate::base::units::human_bytes;
 pub(crate) fn count_spool(run: &Run) {
     // Holds only the spool and the totals: it may outlive the run by a little.
     let (spool, totals) = (run.spool.clone(), run.state.totals.clone());
+    let stop = run.stop.clone();
     tokio::task::spawn_blocking(move || {
         let (mut n, mut b) = (0u64, 0u64);
         for e in spool.scan().flatten() {
+            // The process waits for this task before it exits: a stop must not wait for a
+            // count of a million files.
+            if stop.is_cancelled() {
+                return;
+            }
             n += 1;
             b += std::fs::metadata(&e.path).map(|m| m.len()).unwrap_or(0);
         }

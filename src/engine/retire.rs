@@ -4,9 +4,9 @@
 //! Workers and settling tasks hand what a destination acknowledged to this task
 //! ([`Run::retire`]) and go on with the next batch; the task folds everything queued meanwhile
 //! into one group: one `acked` commit, one removal pass (unlinks only: the queue directories
-//! are synced once, when the run closes this task), one `deleted` commit (`ledger::acked`). So a request no
-//! longer waits for two commits and the removals of the one before it, and syncs per message
-//! fall as the drain gets faster.
+//! are synced once, when the run closes this task), one `deleted` commit (`ledger::acked`).
+//! So a request no longer waits for two commits and the removals of the one before it, and
+//! syncs per message fall as the drain gets faster.
 //!
 //! Invariants: a local copy is still removed only after its `acked` record is durable (the
 //! ledger's order within a group); until that commit the messages are `sent` in the journal,

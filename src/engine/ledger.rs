@@ -284,12 +284,7 @@ pub(crate) async fn moved_to_fallback(
 /// may bring a file back whose record says `deleted`; the continuing run removes it again
 /// ([`removed_again`]), as the journal says it is delivered.
 pub(crate) async fn remove_local(run: &Run, entries: Vec<Entry>) -> anyhow::Result<()> {
-    let spool = run.spool.clone();
-    let (entries, results) = tokio::task::spawn_blocking(move || {
-        let r = spool.unlink_many(&entries);
-        (entries, r)
-    })
-    .await?;
+    let (entries, results) = unlink(run, entries).await?;
     let seq = run.set.run_seq;
     let mut ops = Vec::with_capacity(entries.len());
     let mut removed = 0;
@@ -300,17 +295,12 @@ pub(crate) async fn remove_local(run: &Run, entries: Vec<Entry>) -> anyhow::Resu
                 ops.push(Op::Deleted { run: seq, id: e.id });
             }
             Err(err) => {
-                tracing::error!(id = %e.id, "delivered, but removing the local copy failed: {err}");
-                run.state.mark_failed(e.id.to_string());
                 ops.push(Op::RemoveFailed {
                     run: seq,
                     id: e.id,
                     reason: err.to_string(),
                 });
-                run.state.report().remove_failed.push(Problem {
-                    what: e.id.to_string(),
-                    reason: err.to_string(),
-                });
+                removal_failed(run, e, &err);
             }
         }
     }
@@ -326,12 +316,7 @@ pub(crate) async fn removed_again(run: &Run, entries: Vec<Entry>) -> anyhow::Res
     if entries.is_empty() {
         return Ok(());
     }
-    let spool = run.spool.clone();
-    let (entries, results) = tokio::task::spawn_blocking(move || {
-        let r = spool.unlink_many(&entries);
-        (entries, r)
-    })
-    .await?;
+    let (entries, results) = unlink(run, entries).await?;
     for (e, r) in entries.iter().zip(results) {
         match r {
             Ok(()) => tracing::warn!(
@@ -340,17 +325,34 @@ pub(crate) async fn removed_again(run: &Run, entries: Vec<Entry>) -> anyhow::Res
                  same content: removed again, not sent",
                 e.path.display()
             ),
-            Err(err) => {
-                tracing::error!(id = %e.id, "delivered, but removing the local copy failed: {err}");
-                run.state.mark_failed(e.id.to_string());
-                run.state.report().remove_failed.push(Problem {
-                    what: e.id.to_string(),
-                    reason: err.to_string(),
-                });
-            }
+            Err(err) => removal_failed(run, e, &err),
         }
     }
     Ok(())
+}
+
+/// Unlinks `entries` off the runtime's threads (no directory sync: see [`remove_local`]).
+async fn unlink(
+    run: &Run,
+    entries: Vec<Entry>,
+) -> anyhow::Result<(Vec<Entry>, Vec<Result<(), SpoolError>>)> {
+    let spool = run.spool.clone();
+    Ok(tokio::task::spawn_blocking(move || {
+        let r = spool.unlink_many(&entries);
+        (entries, r)
+    })
+    .await?)
+}
+
+/// Logs and reports a delivered message whose local copy could not be removed; it is not
+/// retried in this invocation.
+fn removal_failed(run: &Run, e: &Entry, err: &SpoolError) {
+    tracing::error!(id = %e.id, "delivered, but removing the local copy failed: {err}");
+    run.state.mark_failed(e.id.to_string());
+    run.state.report().remove_failed.push(Problem {
+        what: e.id.to_string(),
+        reason: err.to_string(),
+    });
 }
 
 /// Journals and reports a file that could not be read (once per invocation).

@@ -19,6 +19,8 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -74,15 +76,13 @@ pub(crate) async fn close(run: &Run, task: JoinHandle<anyhow::Result<()>>) -> an
     };
     // Even after an error: whatever was removed should stay removed.
     let spool = run.spool.clone();
-    let synced = tokio::task::spawn_blocking(move || spool.sync_queue_dirs())
-        .await
-        .map_err(anyhow::Error::from)
-        .and_then(|r| r.map_err(anyhow::Error::from))
-        .map_err(|e| {
-            e.context(
-                "the removals of delivered messages are not known durable (a power cut may \
-                 bring some back; `drain resume` removes them again)",
-            )
-        });
+    let synced = match tokio::task::spawn_blocking(move || spool.sync_queue_dirs()).await {
+        Ok(r) => r.map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    }
+    .context(
+        "the removals of delivered messages are not known durable (a power cut may bring some \
+         back; `drain resume` removes them again)",
+    );
     retired.and(synced)
 }

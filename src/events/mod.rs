@@ -145,18 +145,6 @@ impl EventQueue {
         Ok(())
     }
 
-    /// Names of all pending events, in name order. (Memory: one short string per event; the
-    /// event processor uses [`EventQueue::oldest`] instead.)
-    pub fn pending(&self) -> Result<Vec<String>, FileError> {
-        let mut names = Vec::new();
-        self.for_each_pending(|n| names.push(n.to_string()))?;
-        // A file system may list a name twice while the directory changes (seen on a FUSE
-        // mount); one event must never go out twice in one batch.
-        names.sort();
-        names.dedup();
-        Ok(names)
-    }
-
     /// The `limit` oldest pending events, in name order, among those `wanted` keeps: one
     /// streaming pass over the directory holding at most `limit` names, so a backlog of a
     /// million events costs neither memory nor a sort of all of them.
@@ -179,6 +167,8 @@ impl EventQueue {
         })?;
         let mut names = heap.into_vec();
         names.sort();
+        // A file system may list a name twice while the directory changes (seen on a FUSE
+        // mount); one event must never go out twice in one batch.
         names.dedup();
         Ok(names)
     }

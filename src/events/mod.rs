@@ -1,28 +1,34 @@
 //! The instance's event queue: delivery results and intake records waiting to be POSTed to the
 //! configured HTTP endpoints by the event processor (`processor`, run by `drain serve`).
 //!
-//! Layout: one file per event, `<data-dir>/events/<name>.json`, written atomically (temp file,
-//! fsync, rename, directory fsync) by any process (`drain serve`'s intake, `drain spool add`).
-//! `<name>` is `<20-digit unix nanoseconds>-<16 hex digits>`, so listing in name order is
-//! (roughly) time order. Per-endpoint delivery is recorded by an empty marker file
-//! `<name>.<endpoint-key>.ack`, created durably after the endpoint answered 2xx; an event is
-//! removed once every configured endpoint is done with it. So an acknowledged event is never
-//! sent again to that endpoint, and no event is removed before every endpoint took it (or
-//! refused it for good, below).
+//! Layout: one file per recorded group of events, `<data-dir>/events/<name>.json`, written
+//! atomically (temp file, fsync, rename, directory fsync) by any process (`drain serve`'s
+//! intake, `drain spool add`). A file holds one event (a JSON object; `<name>` is the event's
+//! `id`) or, for a group recorded together (every message of one transfer), a JSON array of
+//! `n` events (`<name>` is the first event's `id` followed by `-x<n>`), so a transfer costs
+//! one event fsync, not one per message. `<name>` starts with `<20-digit unix nanoseconds>-`,
+//! so listing in name order is (roughly) time order, and its `-x<n>` lets the queue be counted
+//! in events without reading any file. Per-endpoint delivery is recorded per file by an empty
+//! marker file `<name>.<endpoint-key>.ack`, created durably after the endpoint answered 2xx; a
+//! file is removed once every configured endpoint is done with it. So an acknowledged event is
+//! never sent again to that endpoint, and no event is removed before every endpoint took it
+//! (or refused it for good, below). A file's events always travel in one POST.
 //!
 //! **Permanent failures (the dead-letter directory).** An endpoint answering a 4xx other than
 //! 408 (timeout) and 429 (too many requests) refuses that batch for good: retrying the same
 //! POST cannot change the answer. Each event of the batch is then, durably and in this order,
-//! copied to `<data-dir>/events/dead-letter/<name>.json` (the event itself, unchanged), given a
-//! note `dead-letter/<name>.<endpoint-key>.why` (JSON: `endpoint`, `reason` with the HTTP
-//! status, `at`), and marked `<name>.<endpoint-key>.dead` in the queue, which counts as "done"
-//! for that endpoint only (the other endpoints still get the event). Dead-lettered events are
-//! never deleted by `drain`: they are counted (`drain_event_permanent_failures_total`,
-//! `drain inspect`'s `events.dead_letter`, the drain report) and named in `drain inspect`. To
-//! retry one after fixing the endpoint, move `dead-letter/<name>.json` back into `events/` and
-//! remove its `.dead` marker; endpoints may see it again (drop repeats by `id`).
+//! copied to `<data-dir>/events/dead-letter/<id>.json` (the event alone, as a JSON object,
+//! named by its `id`), given a note `dead-letter/<id>.<endpoint-key>.why` (JSON: `endpoint`,
+//! `reason` with the HTTP status, `at`), and its file is marked `<name>.<endpoint-key>.dead` in
+//! the queue, which counts as "done" for that endpoint only (the other endpoints still get the
+//! events). Dead-lettered events are never deleted by `drain`: they are counted
+//! (`drain_event_permanent_failures_total`, `drain inspect`'s `events.dead_letter`, the drain
+//! report) and named in `drain inspect`. To retry one after fixing the endpoint, move
+//! `dead-letter/<id>.json` back into `events/` (a file of one event is a valid queue file);
+//! endpoints may see it again (drop repeats by `id`). Remove the `<name>.<endpoint-key>.dead`
+//! marker too if its file is still queued and the endpoint should get all of it again.
 //!
-//! Event JSON (one object; the processor POSTs a JSON array of them):
+//! Event JSON (one object per event; the processor POSTs a JSON array of them):
 //!
 //! | field | type | meaning |
 //! | --- | --- | --- |
@@ -114,21 +120,26 @@ impl EventQueue {
         &self.dir
     }
 
-    /// Records events durably (one directory fsync for all of them).
+    /// Records events durably as one file (one file fsync and one directory fsync for all of
+    /// them; see the module's documentation for its name and form).
     pub fn record(&self, events: &[Event]) -> Result<(), FileError> {
-        if events.is_empty() {
+        let Some(first) = events.first() else {
             return Ok(());
-        }
-        for e in events {
-            let path = self.dir.join(format!("{}.json", e.id));
-            let tmp = self.dir.join(format!(".{}.tmp", e.id));
-            let bytes = serde_json::to_vec(e).map_err(|err| FileError::new(&path, err.into()))?;
-            durable::write_then_rename(&tmp, &path, &bytes)?;
-        }
+        };
+        let (name, bytes) = if events.len() == 1 {
+            (first.id.clone(), serde_json::to_vec(first))
+        } else {
+            let name = format!("{}-x{}", first.id, events.len());
+            (name, serde_json::to_vec(events))
+        };
+        let path = self.dir.join(format!("{name}.json"));
+        let bytes = bytes.map_err(|err| FileError::new(&path, err.into()))?;
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        durable::write_then_rename(&tmp, &path, &bytes)?;
         sync_dir(&self.dir)
     }
 
-    /// Calls `f` with the name of every pending event, in directory order, streaming (memory
+    /// Calls `f` with the name of every pending event file, in directory order, streaming (memory
     /// does not grow with the queue). A name may come twice while the directory changes.
     pub fn for_each_pending(&self, mut f: impl FnMut(&str)) -> Result<(), FileError> {
         for de in fs::read_dir(&self.dir).map_err(|e| FileError::new(&self.dir, e))? {
@@ -173,20 +184,27 @@ impl EventQueue {
         Ok(names)
     }
 
-    /// How many events are waiting (streaming).
+    /// How many events are waiting, counted from the names (streaming; no file is read).
     pub fn count(&self) -> Result<usize, FileError> {
         let mut n = 0;
-        self.for_each_pending(|_| n += 1)?;
+        self.for_each_pending(|name| n += events_in(name))?;
         Ok(n)
     }
 
-    /// Reads one event.
-    pub fn read(&self, name: &str) -> Result<Event, FileError> {
+    /// Reads one event file: its events, in order.
+    pub fn read(&self, name: &str) -> Result<Vec<Event>, FileError> {
         let path = self.dir.join(format!("{name}.json"));
         let bytes = fs::read(&path).map_err(|e| FileError::new(&path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| {
+        let corrupt = |e: serde_json::Error| {
             FileError::new(&path, std::io::Error::other(format!("corrupt event: {e}")))
-        })
+        };
+        if bytes.trim_ascii_start().starts_with(b"[") {
+            serde_json::from_slice(&bytes).map_err(corrupt)
+        } else {
+            serde_json::from_slice(&bytes)
+                .map(|e| vec![e])
+                .map_err(corrupt)
+        }
     }
 
     fn marker(&self, name: &str, key: &str) -> PathBuf {
@@ -211,8 +229,9 @@ impl EventQueue {
         self.dir.join(DEAD_LETTER)
     }
 
-    /// Records durably that endpoint `key` refused these events for good: each is copied into
-    /// the dead-letter directory with a note, then marked done for that endpoint.
+    /// Records durably that endpoint `key` refused these event files for good: each of their
+    /// events is copied into the dead-letter directory (one file per event, named by its `id`)
+    /// with a note, then each file is marked done for that endpoint.
     pub fn mark_dead(&self, names: &[String], key: &str, note: &DeadNote) -> Result<(), FileError> {
         let dead = self.dead_letter_dir();
         if !dead.is_dir() {
@@ -222,12 +241,17 @@ impl EventQueue {
         let note_bytes = serde_json::to_vec(note)
             .map_err(|e| FileError::new(&dead, std::io::Error::other(e)))?;
         for n in names {
-            let from = self.dir.join(format!("{n}.json"));
-            let bytes = fs::read(&from).map_err(|e| FileError::new(&from, e))?;
-            let copy = dead.join(format!("{n}.json"));
-            durable::write_then_rename(&dead.join(format!(".{n}.tmp")), &copy, &bytes)?;
-            let why = dead.join(format!("{n}.{key}.why"));
-            durable::write_then_rename(&dead.join(format!(".{n}.{key}.tmp")), &why, &note_bytes)?;
+            // One dead letter per event, so each can be inspected and moved back alone.
+            for ev in self.read(n)? {
+                let id = &ev.id;
+                let copy = dead.join(format!("{id}.json"));
+                let bytes = serde_json::to_vec(&ev)
+                    .map_err(|e| FileError::new(&copy, std::io::Error::other(e)))?;
+                durable::write_then_rename(&dead.join(format!(".{id}.tmp")), &copy, &bytes)?;
+                let why = dead.join(format!("{id}.{key}.why"));
+                let tmp = dead.join(format!(".{id}.{key}.tmp"));
+                durable::write_then_rename(&tmp, &why, &note_bytes)?;
+            }
         }
         sync_dir(&dead)?;
         for n in names {
@@ -303,6 +327,14 @@ impl EventQueue {
     }
 }
 
+/// How many events the file `name` holds, by its name: `n` for `...-x<n>`, else one.
+pub fn events_in(name: &str) -> usize {
+    name.rsplit_once("-x")
+        .and_then(|(_, n)| n.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
+}
+
 /// The dead-letter directory's name inside `events/`.
 const DEAD_LETTER: &str = "dead-letter";
 
@@ -364,7 +396,9 @@ mod tests {
         for (i, e) in events.iter_mut().enumerate() {
             e.id = format!("{:020}-{:016x}", 1_000 + (i * 37) % 50, i);
         }
-        q.record(&events).unwrap();
+        for e in &events {
+            q.record(std::slice::from_ref(e)).unwrap();
+        }
         let mut all: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         all.sort();
         assert_eq!(q.oldest(10, |_| true).unwrap(), all[..10]);
@@ -380,6 +414,54 @@ mod tests {
         assert_eq!(got, odd[..5]);
         assert!(asked <= 50, "each name at most once");
         assert_eq!(q.count().unwrap(), 50);
+        let _ = fs::remove_dir_all(&data);
+    }
+
+    /// A group is one file of all its events (counted by name), read back in order; a single
+    /// event stays a JSON object; a refused group becomes one dead letter per event.
+    #[test]
+    fn a_group_is_one_file_counted_by_name_and_dead_lettered_per_event() {
+        let data = std::env::temp_dir().join(format!(
+            "drain-events-group-{}",
+            MessageId::random().unwrap()
+        ));
+        let q = EventQueue::open(&data).unwrap();
+        let ev = || Event::new("t", "i", MessageId::random().unwrap(), QueueKind::Queue);
+        let group: Vec<Event> = (0..3).map(|_| ev()).collect();
+        let single = ev();
+        q.record(&group).unwrap();
+        q.record(std::slice::from_ref(&single)).unwrap();
+        let group_name = format!("{}-x3", group[0].id);
+        let mut names = q.oldest(10, |_| true).unwrap();
+        names.sort();
+        let mut want = vec![group_name.clone(), single.id.clone()];
+        want.sort();
+        assert_eq!(names, want);
+        assert_eq!(events_in(&group_name), 3);
+        assert_eq!(events_in(&single.id), 1);
+        assert_eq!(q.count().unwrap(), 4);
+        assert_eq!(q.read(&group_name).unwrap(), group);
+        assert_eq!(q.read(&single.id).unwrap(), vec![single.clone()]);
+        let raw = fs::read(data.join("events").join(format!("{}.json", single.id))).unwrap();
+        assert_eq!(raw.first(), Some(&b'{'));
+
+        let note = DeadNote {
+            endpoint: "e".into(),
+            reason: "HTTP 400".into(),
+            at: None,
+        };
+        q.mark_dead(std::slice::from_ref(&group_name), "k", &note)
+            .unwrap();
+        assert!(q.is_done(&group_name, "k"));
+        let dead: Vec<String> = q
+            .dead_letters()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        let mut ids: Vec<String> = group.iter().map(|e| e.id.clone()).collect();
+        ids.sort();
+        assert_eq!(dead, ids);
         let _ = fs::remove_dir_all(&data);
     }
 }

@@ -173,14 +173,14 @@ impl Worker {
                         continue;
                     }
                     cursor.advance(used);
-                    self.stats.delivered.inc_by(sent.len() as u64);
+                    self.stats.delivered.inc_by(events.len() as u64);
                     trace_done(&self.ep, &sent);
-                    tracing::debug!(endpoint = %self.ep.url, events = sent.len(), "events delivered");
+                    tracing::debug!(endpoint = %self.ep.url, events = events.len(), "events delivered");
                     remove_done(&self.queue, &self.keys, &sent);
                 }
                 Outcome::Refused(why) => {
                     fails = 0;
-                    if self.dead_letter(&sent, why) {
+                    if self.dead_letter(&sent, events.len(), why) {
                         cursor.advance(used);
                     } else {
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -193,7 +193,7 @@ impl Worker {
                     tracing::warn!(
                         endpoint = %self.ep.url,
                         "delivering {} events to {} failed ({why}); retrying in {wait:?}",
-                        sent.len(),
+                        events.len(),
                         self.ep.url
                     );
                     tokio::time::sleep(wait).await;
@@ -202,14 +202,15 @@ impl Worker {
         }
     }
 
-    /// The next events (at most [`BATCH`]) of the window this endpoint is not done with, read;
-    /// unreadable ones are quarantined. Also returns how many names of the window it used up.
+    /// The next events of the window this endpoint is not done with, read, whole files only:
+    /// at most [`BATCH`] events, or one file's if that holds more. Unreadable files are
+    /// quarantined. Also returns how many names of the window it used up.
     fn next_batch(&self, window: &VecDeque<String>) -> (Vec<Event>, Vec<String>, usize) {
         let mut events: Vec<Event> = Vec::new();
         let mut sent: Vec<String> = Vec::new();
         let mut used = 0;
         for n in window {
-            if events.len() >= BATCH {
+            if !events.is_empty() && events.len() + super::events_in(n) > BATCH {
                 break;
             }
             used += 1;
@@ -217,8 +218,8 @@ impl Worker {
                 continue;
             }
             match self.queue.read(n) {
-                Ok(e) => {
-                    events.push(e);
+                Ok(file) => {
+                    events.extend(file);
                     sent.push(n.clone());
                 }
                 Err(e) => quarantine(&self.queue, n, &e.to_string()),
@@ -262,7 +263,7 @@ impl Worker {
 
     /// A permanent failure: the batch goes to the dead-letter directory for this endpoint.
     /// False when that could not be recorded (the batch is tried again).
-    fn dead_letter(&self, sent: &[String], why: String) -> bool {
+    fn dead_letter(&self, sent: &[String], events: usize, why: String) -> bool {
         let note = DeadNote {
             endpoint: self.ep.url.clone(),
             reason: why,
@@ -273,18 +274,18 @@ impl Worker {
                 "event processor: {} refused {} events for good ({}), and keeping them in the \
                  dead-letter directory failed: {e}; retrying",
                 self.ep.url,
-                sent.len(),
+                events,
                 note.reason
             );
             return false;
         }
-        self.stats.permanent.inc_by(sent.len() as u64);
+        self.stats.permanent.inc_by(events as u64);
         trace_done(&self.ep, sent);
         tracing::error!(
             endpoint = %self.ep.url,
             "{} refused {} events for good ({}); they are kept in {} and not sent to it again",
             self.ep.url,
-            sent.len(),
+            events,
             note.reason,
             self.queue.dead_letter_dir().display()
         );

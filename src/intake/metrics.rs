@@ -42,7 +42,6 @@
 //! the connections (which count) and the metrics listener (which renders).
 
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -62,7 +61,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::events::processor;
+use crate::events::{EventQueue, processor};
 use crate::wire::{ItemResult, Outcome, RejectCode};
 
 /// Why something was refused: the `reason` label.
@@ -264,7 +263,7 @@ impl Metrics {
     pub fn new(
         accepting: Arc<AtomicBool>,
         events: Arc<processor::Stats>,
-        events_dir: PathBuf,
+        queue: EventQueue,
     ) -> Metrics {
         let mut registry = Registry::default();
         // Names without `_total`: the encoder appends it to counters. Help without the final
@@ -296,7 +295,7 @@ impl Metrics {
         registry.register_collector(Box::new(AtScrape {
             accepting,
             events,
-            events_dir,
+            queue,
         }));
         // Every reason is exported from the start, at 0.
         let refusals = Arc::new(Refusals::default());
@@ -418,23 +417,13 @@ fn register_slow_peers(registry: &mut Registry) -> (Counter, Counter) {
 struct AtScrape {
     accepting: Arc<AtomicBool>,
     events: Arc<processor::Stats>,
-    events_dir: PathBuf,
+    queue: EventQueue,
 }
 
 impl AtScrape {
     /// Events waiting, counted without holding their names (the queue may be large).
     fn events_pending(&self) -> Option<u64> {
-        let dir = std::fs::read_dir(&self.events_dir).ok()?;
-        let mut n = 0;
-        for de in dir {
-            let name = de.ok()?.file_name();
-            let name = name.to_string_lossy();
-            // The naming rule of `EventQueue::pending`.
-            if name.ends_with(".json") && !name.starts_with('.') {
-                n += 1;
-            }
-        }
-        Some(n)
+        self.queue.count().ok().map(|n| n as u64)
     }
 }
 

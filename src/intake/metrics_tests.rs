@@ -17,7 +17,7 @@ fn renders_counts_reasons_and_a_cumulative_histogram() {
     let m = Metrics::new(
         Arc::new(AtomicBool::new(true)),
         Arc::default(),
-        PathBuf::from("/nonexistent"),
+        crate::events::EventQueue::read_only(std::path::Path::new("/nonexistent")),
     );
     m.transfer_results(
         &[
@@ -63,7 +63,7 @@ fn a_fresh_exposition_is_exactly_this() {
     let m = Metrics::new(
         Arc::new(AtomicBool::new(false)),
         Arc::default(),
-        PathBuf::from("/nonexistent"),
+        crate::events::EventQueue::read_only(std::path::Path::new("/nonexistent")),
     );
     let mut want = String::from(
         "# HELP drain_intake_messages_stored_total Messages taken in and stored durably.\n\

@@ -198,7 +198,7 @@ fn open_state(
     let metrics = Arc::new(metrics::Metrics::new(
         accepting.clone(),
         event_stats,
-        events.dir().to_path_buf(),
+        events.clone(),
     ));
     let peers = Arc::new(peers::Peers::new(
         opts.max_connections_per_peer,

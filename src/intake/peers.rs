@@ -118,7 +118,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new(
             Arc::default(),
             Arc::default(),
-            std::path::PathBuf::from("/nonexistent"),
+            crate::events::EventQueue::read_only(std::path::Path::new("/nonexistent")),
         ));
         let peers = Arc::new(Peers::new(2, "10.0.0.9".parse().unwrap(), metrics.clone()));
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());

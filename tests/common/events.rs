@@ -72,13 +72,10 @@ impl EventSink {
     }
 }
 
-/// Files in `<data-dir>/events` that are pending events.
+/// Events pending in `<data-dir>/events`, counted by the queue's own rule (a file holds one
+/// event, or `n` for a name ending in `-x<n>`).
 pub fn pending_events(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("events"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                .count()
-        })
+    drain::events::EventQueue::read_only(dir)
+        .count()
         .unwrap_or(0)
 }

@@ -124,7 +124,12 @@ fn received_events(dir: &Path, receiver: &Receiver) -> BTreeMap<String, String> 
         };
         let v: serde_json::Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("event {} on {} is not whole: {e}", name, receiver.dest()));
-        if v["type"] == "message.received" {
+        // A file holds one event, or a group's as an array.
+        let group = match v {
+            serde_json::Value::Array(a) => a,
+            one => vec![one],
+        };
+        for v in group.iter().filter(|v| v["type"] == "message.received") {
             let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
             out.insert(s("id"), s("message_id"));
         }

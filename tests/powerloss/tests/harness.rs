@@ -254,27 +254,30 @@ impl Cluster {
 
     /// Starts a drain to every receiver; after `delay`, if it still runs, kills every process,
     /// cuts the power on every mount, restarts the receivers and resumes until exit 0, then
-    /// takes the census. Returns whether the power was cut.
+    /// takes the census. A drain that finished (exit 0) before `delay` gets the same cut after
+    /// it: a finished run's removals must be durable (the closing directory fsync), and the
+    /// next round's fill would otherwise make them durable by syncing the same directories.
     ///
     /// With `crash_first`, the first kill is a crash only (SIGKILL, the page cache survives:
     /// names and data not yet synced stay visible), the receivers restart and `drain resume`
     /// runs for `crash_first` before the kill and power cut. This reaches the paths that
     /// handle state a crash left behind unsynced (a copy found held in a receiver's spool).
+    /// Returns whether the drain had finished before its cut.
     fn round(&mut self, delay: Duration, crash_first: Option<Duration>, gap: Duration) -> bool {
         self.mail.start();
         let mut child = spawn_drain(self.src(), &self.with_dests, &self.log);
-        if let Some(code) = wait_up_to(&mut child, delay) {
-            self.mail.stop();
+        let finished = wait_up_to(&mut child, delay);
+        if let Some(code) = finished {
             let out = fs::read_to_string(&self.log).unwrap_or_default();
             assert_eq!(
                 code, 0,
                 "the drain ended with {code} before its cut:\n{out}"
             );
-            return false;
+            eprintln!("  the drain finished first; the cut comes after it");
         }
         let _ = child.kill();
         let _ = child.wait();
-        if let Some(resume_for) = crash_first {
+        if let Some(resume_for) = crash_first.filter(|_| finished.is_none()) {
             for r in &mut self.receivers {
                 r.kill();
                 r.spawn();
@@ -315,7 +318,7 @@ impl Cluster {
                 "a run is unsettled after resume: {after}"
             );
         }
-        true
+        finished.is_some()
     }
 
     /// Drains what is left at the source; then everything is on exactly one destination.
@@ -339,22 +342,26 @@ fn power_cut_at_random_moments_loses_and_duplicates_nothing() {
         .unwrap_or(24);
     let mut rng = Rng::from_env("DRAIN_POWERLOSS_SEED");
     let mut cluster = Cluster::new("harness");
-    let (mut cuts, mut rounds) = (0, 0);
-    while cuts < points {
-        rounds += 1;
-        assert!(rounds <= 10 * points + 10, "too many rounds without a cut");
+    let mut after_finish = 0;
+    for round in 1..=points {
         cluster.fill(40 + rng.below(80) as usize);
-        let delay = rng.below(350);
+        // One round in five lets the drain finish, and cuts right after it.
+        let to_end = rng.below(5) == 0;
+        let delay = if to_end { 5_000 } else { rng.below(350) };
         // Every other round (on average) crashes first and resumes for a while before the cut.
-        let crash_first = (rng.below(2) == 0).then(|| rng.below(350));
+        let crash_first = (rng.below(2) == 0 && !to_end).then(|| rng.below(350));
         let gap = rng.below(300);
         // Printed first, so that a failing census names its cut point.
         match crash_first {
+            None if to_end => eprintln!(
+                "round {round}: a drain to its end (at most {delay} ms), receivers {gap} ms \
+                 later, power cut"
+            ),
             None => eprintln!(
-                "round {rounds}: a drain, killed after {delay} ms, receivers {gap} ms later, power cut"
+                "round {round}: a drain, killed after {delay} ms, receivers {gap} ms later, power cut"
             ),
             Some(r) => eprintln!(
-                "round {rounds}: a drain, crash after {delay} ms, resume, killed after {r} ms, \
+                "round {round}: a drain, crash after {delay} ms, resume, killed after {r} ms, \
                  receivers {gap} ms later, power cut"
             ),
         }
@@ -363,14 +370,14 @@ fn power_cut_at_random_moments_loses_and_duplicates_nothing() {
             crash_first.map(Duration::from_millis),
             Duration::from_millis(gap),
         ) {
-            cuts += 1;
-            eprintln!("round {rounds}: power cut {cuts} after {delay} ms; census ok");
+            after_finish += 1;
         }
+        eprintln!("round {round}: power cut after {delay} ms; census ok");
     }
     cluster.finish();
     eprintln!(
-        "{cuts} power cuts over {rounds} rounds, {} messages, {} delivered by the mail servers, \
-         {} brought back by a cut after their removal and removed again",
+        "{points} power cuts ({after_finish} after a finished drain), {} messages, {} delivered \
+         by the mail servers, {} brought back by a cut after their removal and removed again",
         cluster.expected.len(),
         cluster.mail.delivered(),
         cluster.removed_again

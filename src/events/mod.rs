@@ -5,8 +5,8 @@
 //! atomically (temp file, fsync, rename, directory fsync) by any process (`drain serve`'s
 //! intake, `drain spool add`). A file holds one event (a JSON object; `<name>` is the event's
 //! `id`) or, for a group recorded together (every message of one transfer), a JSON array of
-//! `n` events (`<name>` is the first event's `id` followed by `-x<n>`), so a transfer costs
-//! one event fsync, not one per message. `<name>` starts with `<20-digit unix nanoseconds>-`,
+//! `n` events, at most [`MAX_PER_FILE`] (`<name>` is the first event's `id` followed by
+//! `-x<n>`), so a transfer costs one event fsync, not one per message. `<name>` starts with `<20-digit unix nanoseconds>-`,
 //! so listing in name order is (roughly) time order, and its `-x<n>` lets the queue be counted
 //! in events without reading any file. Per-endpoint delivery is recorded per file by an empty
 //! marker file `<name>.<endpoint-key>.ack`, created durably after the endpoint answered 2xx; a
@@ -120,22 +120,25 @@ impl EventQueue {
         &self.dir
     }
 
-    /// Records events durably as one file (one file fsync and one directory fsync for all of
-    /// them; see the module's documentation for its name and form).
+    /// Records events durably, [`MAX_PER_FILE`] to a file (one file fsync per file and one
+    /// directory fsync for all; see the module's documentation for their names and form).
     pub fn record(&self, events: &[Event]) -> Result<(), FileError> {
-        let Some(first) = events.first() else {
+        if events.is_empty() {
             return Ok(());
-        };
-        let (name, bytes) = if events.len() == 1 {
-            (first.id.clone(), serde_json::to_vec(first))
-        } else {
-            let name = format!("{}-x{}", first.id, events.len());
-            (name, serde_json::to_vec(events))
-        };
-        let path = self.dir.join(format!("{name}.json"));
-        let bytes = bytes.map_err(|err| FileError::new(&path, err.into()))?;
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        durable::write_then_rename(&tmp, &path, &bytes)?;
+        }
+        for group in events.chunks(MAX_PER_FILE) {
+            let (name, bytes) = match group {
+                [one] => (one.id.clone(), serde_json::to_vec(one)),
+                _ => (
+                    format!("{}-x{}", group[0].id, group.len()),
+                    serde_json::to_vec(group),
+                ),
+            };
+            let path = self.dir.join(format!("{name}.json"));
+            let bytes = bytes.map_err(|err| FileError::new(&path, err.into()))?;
+            let tmp = self.dir.join(format!(".{name}.tmp"));
+            durable::write_then_rename(&tmp, &path, &bytes)?;
+        }
         sync_dir(&self.dir)
     }
 
@@ -327,6 +330,11 @@ impl EventQueue {
     }
 }
 
+/// Most events in one file, and so in one POST (the processor never splits a file): a
+/// transfer of up to `wire::MAX_FRAMES` messages must not become a body an endpoint refuses
+/// for its size (nginx's default limit is 1 MiB; 100 events are about 30 KB).
+pub const MAX_PER_FILE: usize = 100;
+
 /// How many events the file `name` holds, by its name: `n` for `...-x<n>`, else one.
 pub fn events_in(name: &str) -> usize {
     name.rsplit_once("-x")
@@ -462,6 +470,18 @@ mod tests {
         let mut ids: Vec<String> = group.iter().map(|e| e.id.clone()).collect();
         ids.sort();
         assert_eq!(dead, ids);
+
+        // A large transfer's events are split into files of at most MAX_PER_FILE.
+        let big: Vec<Event> = (0..2 * MAX_PER_FILE + 50).map(|_| ev()).collect();
+        q.record(&big).unwrap();
+        let sizes: Vec<usize> = q
+            .oldest(10, |n| n.contains("-x") && n != group_name)
+            .unwrap()
+            .iter()
+            .map(|n| events_in(n))
+            .collect();
+        assert_eq!(sizes, [MAX_PER_FILE, MAX_PER_FILE, 50]);
+        assert_eq!(q.count().unwrap(), 4 + big.len());
         let _ = fs::remove_dir_all(&data);
     }
 }

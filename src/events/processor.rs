@@ -25,8 +25,8 @@ use prometheus_client::metrics::counter::Counter;
 use super::{DeadNote, Event, EventQueue};
 use crate::base::Timestamp;
 
-/// Most events in one POST.
-const BATCH: usize = 100;
+/// Most events in one POST: as many as one file may hold, so a file always fits.
+const BATCH: usize = super::MAX_PER_FILE;
 
 /// How long one POST may take when `--event-timeout` does not say.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -203,7 +203,7 @@ impl Worker {
     }
 
     /// The next events of the window this endpoint is not done with, read, whole files only:
-    /// at most [`BATCH`] events, or one file's if that holds more. Unreadable files are
+    /// at most [`BATCH`] events (a file never holds more). Unreadable files are
     /// quarantined. Also returns how many names of the window it used up.
     fn next_batch(&self, window: &VecDeque<String>) -> (Vec<Event>, Vec<String>, usize) {
         let mut events: Vec<Event> = Vec::new();

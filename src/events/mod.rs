@@ -2,17 +2,17 @@
 //! configured HTTP endpoints by the event processor (`processor`, run by `drain serve`).
 //!
 //! Layout: one file per recorded group of events, `<data-dir>/events/<name>.json`, written
-//! atomically (temp file, fsync, rename, directory fsync) by any process (`drain serve`'s
-//! intake, `drain spool add`). A file holds one event (a JSON object; `<name>` is the event's
-//! `id`) or, for a group recorded together (every message of one transfer), a JSON array of
-//! `n` events, at most [`MAX_PER_FILE`] (`<name>` is the first event's `id` followed by
-//! `-x<n>`), so a transfer costs one event fsync, not one per message. `<name>` starts with `<20-digit unix nanoseconds>-`,
-//! so listing in name order is (roughly) time order, and its `-x<n>` lets the queue be counted
-//! in events without reading any file. Per-endpoint delivery is recorded per file by an empty
-//! marker file `<name>.<endpoint-key>.ack`, created durably after the endpoint answered 2xx; a
-//! file is removed once every configured endpoint is done with it. So an acknowledged event is
-//! never sent again to that endpoint, and no event is removed before every endpoint took it
-//! (or refused it for good, below). A file's events always travel in one POST.
+//! atomically (temp file, fsync, rename, directory fsync) by any process (`drain serve`'s intake,
+//! `drain spool add`). A file holds one event (a JSON object; `<name>` is the event's `id`) or, for
+//! a group recorded together (every message of one transfer), a JSON array of `n` events, at most
+//! [`MAX_PER_FILE`] (`<name>` is the first event's `id` followed by `-x<n>`), so a transfer costs
+//! one event fsync, not one per message. `<name>` starts with `<20-digit unix nanoseconds>-`, so
+//! listing in name order is (roughly) time order, and its `-x<n>` lets the queue be counted in
+//! events without reading any file. Per-endpoint delivery is recorded per file by an empty marker
+//! file `<name>.<endpoint-key>.ack`, created durably after the endpoint answered 2xx; a file is
+//! removed once every configured endpoint is done with it. So an acknowledged event is never sent
+//! again to that endpoint, and no event is removed before every endpoint took it (or refused it for
+//! good, below). A file's events always travel in one POST.
 //!
 //! **Permanent failures (the dead-letter directory).** An endpoint answering a 4xx other than
 //! 408 (timeout) and 429 (too many requests) refuses that batch for good: retrying the same

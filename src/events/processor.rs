@@ -175,7 +175,8 @@ impl Worker {
                     cursor.advance(used);
                     self.stats.delivered.inc_by(events.len() as u64);
                     trace_done(&self.ep, &sent);
-                    tracing::debug!(endpoint = %self.ep.url, events = events.len(), "events delivered");
+                    let n = events.len();
+                    tracing::debug!(endpoint = %self.ep.url, events = n, "events delivered");
                     remove_done(&self.queue, &self.keys, &sent);
                 }
                 Outcome::Refused(why) => {
@@ -362,7 +363,7 @@ fn earlier_by_late(name: &str) -> String {
     }
 }
 
-/// One line per event the endpoint is now done with (its marker durable), for tracing an event
+/// One line per event file the endpoint is now done with (its marker durable), for tracing
 /// (`RUST_LOG=drain::events::processor=trace`; the power-loss harness checks that none is sent
 /// to that endpoint again).
 fn trace_done(ep: &Endpoint, names: &[String]) {

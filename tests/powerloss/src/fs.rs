@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -35,27 +36,38 @@ pub struct PowerlossFs {
 }
 
 /// A command written to the control file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Lose everything not durable.
     Cut,
     /// Make everything durable, as sync(2) would.
     Sync,
+    /// From now on, fsync of this directory (relative to the mount's root) fails with `EIO`
+    /// and makes nothing durable: a disk that refuses.
+    FailDirSync(PathBuf),
+    /// Directory fsyncs work again.
+    Heal,
 }
 
 impl Command {
     pub fn parse(text: &[u8]) -> Option<Command> {
-        match std::str::from_utf8(text).ok()?.trim() {
+        let text = std::str::from_utf8(text).ok()?.trim();
+        match text {
             "cut" => Some(Command::Cut),
             "sync" => Some(Command::Sync),
-            _ => None,
+            "heal" => Some(Command::Heal),
+            _ => text
+                .strip_prefix("fail-dir-sync ")
+                .map(|p| Command::FailDirSync(PathBuf::from(p))),
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub fn text(&self) -> String {
         match self {
-            Command::Cut => "cut",
-            Command::Sync => "sync",
+            Command::Cut => "cut".into(),
+            Command::Sync => "sync".into(),
+            Command::FailDirSync(p) => format!("fail-dir-sync {}", p.display()),
+            Command::Heal => "heal".into(),
         }
     }
 }
@@ -79,12 +91,21 @@ impl PowerlossFs {
 
     fn run(&self, command: Command) -> OpResult<()> {
         let mut state = self.lock();
-        let result = match command {
+        let result = match &command {
             Command::Cut => state.cut().map_err(Errno::from),
             Command::Sync => state.sync_all(),
+            Command::FailDirSync(p) => {
+                let p = state.backing.join(p);
+                state.failing_dir_syncs.push(p);
+                Ok(())
+            }
+            Command::Heal => {
+                state.failing_dir_syncs.clear();
+                Ok(())
+            }
         };
         if let Err(e) = &result {
-            eprintln!("powerloss-fs: {} failed: {e:?}", command.as_str());
+            eprintln!("powerloss-fs: {} failed: {e:?}", command.text());
         }
         result
     }
@@ -385,7 +406,14 @@ impl Filesystem for PowerlossFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.lock().sync_dir(ino.0));
+        let mut state = self.lock();
+        let failing = state
+            .path(ino.0)
+            .is_some_and(|p| state.failing_dir_syncs.contains(&p));
+        if failing {
+            return reply.error(Errno::EIO);
+        }
+        reply_empty(reply, state.sync_dir(ino.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -29,7 +29,9 @@
 //! # Control
 //!
 //! Writing `cut` or `sync` to the file [`CONTROL_NAME`] in the root of the mount (it is never
-//! listed by readdir) runs the command; the write returns when it is done. Kill every process
+//! listed by readdir) runs the command; the write returns when it is done. `fail-dir-sync
+//! <dir>` (relative to the root) makes every later fsync of that directory fail with `EIO`,
+//! making nothing durable (a disk that refuses); `heal` ends every such failure. Kill every process
 //! using the mount before a cut: their open descriptors die with the power (later requests on
 //! them fail with `EIO`). [`Mount`] does this for an in-process mount, [`command`] for a mount
 //! served by the `powerloss-fs` binary.

@@ -69,7 +69,7 @@ pub fn command(mountpoint: &Path, cmd: Command) -> io::Result<()> {
     let mut ctl = OpenOptions::new()
         .write(true)
         .open(mountpoint.join(crate::CONTROL_NAME))?;
-    ctl.write_all(cmd.as_str().as_bytes())
+    ctl.write_all(cmd.text().as_bytes())
 }
 
 /// A mount served by a thread of this process; unmounted on drop.
@@ -103,6 +103,16 @@ impl Mount {
     /// Makes everything durable, like sync(2).
     pub fn sync(&self) -> io::Result<()> {
         command(&self.mountpoint, Command::Sync)
+    }
+
+    /// From now on, fsync of the directory `rel` (relative to the mount) fails with `EIO`.
+    pub fn fail_dir_sync(&self, rel: &Path) -> io::Result<()> {
+        command(&self.mountpoint, Command::FailDirSync(rel.to_path_buf()))
+    }
+
+    /// Directory fsyncs work again.
+    pub fn heal(&self) -> io::Result<()> {
+        command(&self.mountpoint, Command::Heal)
     }
 
     /// Unmounts and waits for the serving thread.

@@ -111,6 +111,8 @@ pub struct State {
     pub handles: HashMap<u64, Handle>,
     next_ino: Ino,
     next_fh: u64,
+    /// Directories (backing paths) whose fsync fails with `EIO` ([`crate::Command`]).
+    pub failing_dir_syncs: Vec<PathBuf>,
 }
 
 impl State {
@@ -125,6 +127,7 @@ impl State {
             handles: HashMap::new(),
             next_ino: FIRST_INO,
             next_fh: 1,
+            failing_dir_syncs: Vec::new(),
         }
     }
 

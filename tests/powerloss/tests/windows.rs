@@ -14,6 +14,8 @@
 //!   journal, so it cannot see a marker that was not durable.
 //! - Directories drain creates (a fresh data directory, a fresh `--fallback-path`): what is
 //!   stored in them must survive a power cut right after the command that stored it.
+//! - A drain whose closing fsync of the queue directories fails: its removals are not durable,
+//!   so it must not call its run finished; after a power cut `drain resume` settles it.
 
 mod common;
 
@@ -263,4 +265,55 @@ fn a_fresh_fallback_path_survives_a_power_cut() {
     assert_eq!(spool(source.mountpoint()), Default::default());
     assert!(fallback.is_dir(), "the fallback directory is gone");
     assert_eq!(spool(&fallback), expected, "copies lost");
+}
+
+/// A drain's removals are made durable by one fsync of each queue directory as it ends
+/// (`retire::close`). When the disk refuses that fsync, the drain must fail and leave its run
+/// unfinished: a power cut then brings the removed files back, and `drain resume` removes them
+/// again (same content as journaled), sends nothing, and finishes the run.
+#[test]
+fn a_refused_closing_fsync_leaves_the_run_for_resume_after_a_power_cut() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = Tmp::new("closing-fsync");
+    let source = volume(&tmp, "src");
+    let mut receiver = Receiver::start(&tmp, "r0", "127.0.0.68");
+    drain::demo::fill(source.mountpoint(), 8).unwrap();
+    let expected = spool(source.mountpoint());
+    let src = source.mountpoint();
+    let ca = receiver.cert.display().to_string();
+    source.fail_dir_sync(Path::new("spool/queue")).unwrap();
+    let o = run(src, &["--ca-cert", &ca, &receiver.dest()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("spool/queue"),
+        "the error names the directory: {err}"
+    );
+    let runs = common::inspect(src);
+    assert_eq!(runs["runs"][0]["status"], "running", "{runs}");
+    source.heal().unwrap();
+
+    receiver.kill();
+    source.cut().unwrap();
+    receiver.mount.cut().unwrap();
+    assert_eq!(
+        spool(src),
+        expected,
+        "the unlinks were never durable: all back"
+    );
+    receiver.spawn();
+    let o = run(src, &["--ca-cert", &ca, "resume"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(err.matches("removed again, not sent").count(), 8, "{err}");
+    assert_eq!(spool(src), Default::default(), "left at the source");
+    assert_eq!(
+        spool(receiver.data_dir()),
+        expected,
+        "each once on the receiver"
+    );
+    let runs = common::inspect(src);
+    assert_eq!(runs["runs"][0]["status"], "finished", "{runs}");
 }

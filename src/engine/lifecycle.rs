@@ -224,8 +224,10 @@ pub(crate) async fn finish(run: &Run, mut record: RunRecord, mode: Mode) -> anyh
     report.exit_code = code;
     report.outcome = outcome.to_string();
     // Stopped by a signal: the rest of the spool belongs to this run, so it stays open for
-    // `drain resume` (same run id, same dedupe scope) even with nothing in doubt.
-    record.status = if in_doubt == 0 && !stopped {
+    // `drain resume` (same run id, same dedupe scope) even with nothing in doubt. So does a run
+    // whose removals are not known durable: a power cut may bring files back, which only this
+    // run's journal can tell apart (delivered: removed again) from new mail.
+    record.status = if in_doubt == 0 && !stopped && report.removals_not_durable.is_empty() {
         RunStatus::Finished
     } else {
         RunStatus::Interrupted

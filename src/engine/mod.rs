@@ -133,7 +133,9 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
     progress.abort();
     let _ = progress.await;
     moved?;
-    retired?;
+    if let Some(p) = retired? {
+        run.state.report().removals_not_durable.push(p);
+    }
 
     let mut report = lifecycle::finish(&run, record, opts.mode).await?;
     report.events = crate::events::EventCounts::of(&opts.data_dir);

@@ -51,6 +51,10 @@ pub struct Report {
     pub undelivered: Vec<Problem>,
     /// Acknowledged messages whose local copy could not be removed (exit 40/41).
     pub remove_failed: Vec<Problem>,
+    /// Queue directories whose fsync after the removals failed (exit 40/41): the removals are
+    /// not known durable, so the run stays open for `drain resume` (`what`: the spool).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removals_not_durable: Vec<Problem>,
     /// Files the final scan still found in the spool although nothing else reports them
     /// (exit 12): exit 0 means the final scan found the spool empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -233,6 +237,10 @@ impl Report {
                 &self.remove_failed,
             ),
             (
+                "spool whose removals could not be made durable (`drain resume` finishes them)",
+                &self.removals_not_durable,
+            ),
+            (
                 "still in the spool at the final scan (left in place)",
                 &self.left_behind,
             ),
@@ -259,7 +267,7 @@ impl Report {
 pub fn exit_code(r: &Report, stopped: bool, mode: Mode) -> (i32, &'static str) {
     if stopped {
         (42, "stopped by signal")
-    } else if !r.remove_failed.is_empty() {
+    } else if !r.remove_failed.is_empty() || !r.removals_not_durable.is_empty() {
         if r.undelivered.is_empty() && r.in_doubt == r.remove_failed.len() as u64 {
             (40, "delivered; removing some local copies failed")
         } else {
@@ -342,6 +350,17 @@ mod tests {
             42 => "stopped by signal",
             _ => "?",
         }
+    }
+
+    #[test]
+    fn removals_not_durable_give_40_or_41() {
+        let mut r = Report {
+            removals_not_durable: problems(1),
+            ..Report::default()
+        };
+        assert_eq!(exit_code(&r, false, Mode::Fresh).0, 40);
+        r.undelivered = problems(1);
+        assert_eq!(exit_code(&r, false, Mode::Fresh).0, 41);
     }
 
     #[test]

@@ -19,12 +19,11 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
-
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::ledger;
+use super::report::Problem;
 use super::run::{Retiring, Run};
 
 /// Acknowledged batches that may wait for the task before workers wait for it.
@@ -62,8 +61,12 @@ async fn retire_all(run: Arc<Run>, mut rx: mpsc::Receiver<Retiring>) -> anyhow::
 /// Closes the queue (nothing more is acknowledged: every worker and settling task ended),
 /// waits until everything queued is retired, then makes this invocation's removals durable:
 /// one fsync per queue directory (`ledger::remove_local` does not sync), before the run can
-/// be recorded finished.
-pub(crate) async fn close(run: &Run, task: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+/// be recorded finished. Returns the problem when only that fsync failed (the report's
+/// `removals_not_durable`: exit 40/41, the run left open for `drain resume`).
+pub(crate) async fn close(
+    run: &Run,
+    task: JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<Option<Problem>> {
     run.retiring
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -77,12 +80,21 @@ pub(crate) async fn close(run: &Run, task: JoinHandle<anyhow::Result<()>>) -> an
     // Even after an error: whatever was removed should stay removed.
     let spool = run.spool.clone();
     let synced = match tokio::task::spawn_blocking(move || spool.sync_queue_dirs()).await {
-        Ok(r) => r.map_err(anyhow::Error::from),
-        Err(e) => Err(e.into()),
-    }
-    .context(
-        "the removals of delivered messages are not known durable (a power cut may bring some \
-         back; `drain resume` removes them again)",
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let Err(why) = synced else {
+        return retired.map(|()| None);
+    };
+    let reason = format!(
+        "fsync after removing delivered messages failed ({why}): a power cut may bring some \
+         back; `drain resume` removes them again"
     );
-    retired.and(synced)
+    tracing::error!("{}: {reason}", run.spool.root().display());
+    retired.map(|()| {
+        Some(Problem {
+            what: run.spool.root().display().to_string(),
+            reason,
+        })
+    })
 }

@@ -268,9 +268,10 @@ fn a_fresh_fallback_path_survives_a_power_cut() {
 }
 
 /// A drain's removals are made durable by one fsync of each queue directory as it ends
-/// (`retire::close`). When the disk refuses that fsync, the drain must fail and leave its run
-/// unfinished: a power cut then brings the removed files back, and `drain resume` removes them
-/// again (same content as journaled), sends nothing, and finishes the run.
+/// (`retire::close`). When the disk refuses that fsync, the drain must say so (exit 40:
+/// delivered, removing local copies failed) and leave its run unfinished: a power cut then
+/// brings the removed files back, and `drain resume` removes them again (same content as
+/// journaled), sends nothing, and finishes the run.
 #[test]
 fn a_refused_closing_fsync_leaves_the_run_for_resume_after_a_power_cut() {
     if !fuse_available() {
@@ -284,15 +285,18 @@ fn a_refused_closing_fsync_leaves_the_run_for_resume_after_a_power_cut() {
     let src = source.mountpoint();
     let ca = receiver.cert.display().to_string();
     source.fail_dir_sync(Path::new("spool/queue")).unwrap();
-    let o = run(src, &["--ca-cert", &ca, &receiver.dest()]);
+    let o = run(src, &["--ca-cert", &ca, "--json", &receiver.dest()]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(o.status.code(), Some(40), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let reason = report["removals_not_durable"][0]["reason"].as_str();
     assert!(
-        err.contains("spool/queue"),
-        "the error names the directory: {err}"
+        reason.is_some_and(|r| r.contains("spool/queue")),
+        "the report names the directory: {report}"
     );
+    assert_eq!(report["removed"], 8, "{report}");
     let runs = common::inspect(src);
-    assert_eq!(runs["runs"][0]["status"], "running", "{runs}");
+    assert_eq!(runs["runs"][0]["status"], "interrupted", "{runs}");
     source.heal().unwrap();
 
     receiver.kill();

@@ -390,14 +390,20 @@ impl EventCounts {
 mod tests {
     use super::*;
 
-    /// `oldest` keeps the `limit` smallest names `wanted` accepts, in order, from one pass.
-    #[test]
-    fn oldest_is_the_smallest_wanted_names_in_order() {
+    /// A fresh queue in its own temporary data directory.
+    fn temp_queue(tag: &str) -> (std::path::PathBuf, EventQueue) {
         let data = std::env::temp_dir().join(format!(
-            "drain-events-oldest-{}",
+            "drain-events-{tag}-{}",
             MessageId::random().unwrap()
         ));
         let q = EventQueue::open(&data).unwrap();
+        (data, q)
+    }
+
+    /// `oldest` keeps the `limit` smallest names `wanted` accepts, in order, from one pass.
+    #[test]
+    fn oldest_is_the_smallest_wanted_names_in_order() {
+        let (data, q) = temp_queue("oldest");
         let mut events: Vec<Event> = (0..50)
             .map(|_| Event::new("t", "i", MessageId::random().unwrap(), QueueKind::Queue))
             .collect();
@@ -429,11 +435,7 @@ mod tests {
     /// event stays a JSON object; a refused group becomes one dead letter per event.
     #[test]
     fn a_group_is_one_file_counted_by_name_and_dead_lettered_per_event() {
-        let data = std::env::temp_dir().join(format!(
-            "drain-events-group-{}",
-            MessageId::random().unwrap()
-        ));
-        let q = EventQueue::open(&data).unwrap();
+        let (data, q) = temp_queue("group");
         let ev = || Event::new("t", "i", MessageId::random().unwrap(), QueueKind::Queue);
         let group: Vec<Event> = (0..3).map(|_| ev()).collect();
         let single = ev();

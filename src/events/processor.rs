@@ -211,13 +211,14 @@ impl Worker {
         let mut sent: Vec<String> = Vec::new();
         let mut used = 0;
         for n in window {
+            if self.queue.is_done(n, &self.ep.key) {
+                used += 1;
+                continue;
+            }
             if !events.is_empty() && events.len() + super::events_in(n) > BATCH {
                 break;
             }
             used += 1;
-            if self.queue.is_done(n, &self.ep.key) {
-                continue;
-            }
             match self.queue.read(n) {
                 Ok(file) => {
                     events.extend(file);

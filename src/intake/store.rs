@@ -16,9 +16,8 @@
 //! fenced is refused (code `fenced`) at step 1, never stored.
 //!
 //! Called by `handler` (transfer, query, finish) and by `serve`'s dedupe expiry; it calls the
-//! spool, the event queue (one `message.received` event per message, the transfer's in one
-//! file, durable before the
-//! answer) and the group commit. Each rejected message carries its [`RejectCode`].
+//! spool, the event queue (one `message.received` event per message, a transfer's sharing
+//! files, durable before the answer) and the group commit. Each rejected message carries its [`RejectCode`].
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;

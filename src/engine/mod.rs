@@ -80,6 +80,9 @@ pub async fn run(opts: DrainOptions, stop: CancellationToken) -> anyhow::Result<
     let inst = Instance::open(&opts.data_dir)?;
     let spool = Spool::open(&opts.data_dir)?;
     spool.clean_stale_tmp(Duration::from_secs(3600));
+    // Copies this instance's serve answered for but had not published yet are messages to
+    // drain too; the ones it never answered for go (their senders send them again).
+    crate::intake::settle_data_dir(&opts.data_dir, &inst.id)?;
     // Checked before a run is recorded, so a wrong --bind-ip leaves nothing to resume.
     if let Some(ip) = opts.bind_ip {
         crate::base::check_bind_ip(ip, &opts.destinations).map_err(anyhow::Error::msg)?;

@@ -20,8 +20,9 @@
 //!   reading a body within its own size and idle limits, discarding refused ones; `peers`:
 //!   connections per address; `peer_warn`: rate-limited warnings per peer; `proxy_header`: the
 //!   PROXY protocol;
-//! - `store` (with `inflight`: transfers in progress and the query fence, `claims`, and
-//!   `verdicts`: the per-frame checks and results):
+//! - `store` (with `inflight`: transfers in progress and the query fence, `claims`,
+//!   `verdicts`: the per-frame checks and results, and `staging`: publishing a copy only once
+//!   its dedupe record is durable, settling what a stop left staged):
 //!   durability and dedupe; `access`: who may drain;
 //!   `metrics`: counting and the Prometheus exposition; `config`: the settings.
 
@@ -42,6 +43,7 @@ mod peers;
 pub mod proxy_header;
 mod reply;
 mod request;
+mod staging;
 pub mod store;
 mod tasks;
 mod verdicts;
@@ -57,6 +59,7 @@ use crate::events::processor::{self, Endpoint};
 
 pub use access::{Access, NetList};
 pub use options::{ServeOptions, Timeouts};
+pub use staging::{Settled, settle_data_dir};
 pub use store::Store;
 
 use listener::{Listener, Stop};

@@ -5,10 +5,12 @@
 //! 1. verify the hash and the file format (nothing written yet);
 //! 2. already in the dedupe table for (sender, run, hash), or already in the spool with the
 //!    same hash: answer `already_held`, store nothing (invariant 3);
-//! 3. write the spool file durably (temp, fsync, rename, directory fsync) — a crash here
-//!    leaves either no file or a whole one; a retry then finds the file (step 2);
+//! 3. stage the copy durably under a name no mail server takes (`staging`): a crash here
+//!    leaves no record, so the next start removes the copy and the sender sends it again;
 //! 4. commit the dedupe record (group commit shared with concurrent requests);
-//! 5. only then acknowledge (invariant 1).
+//! 5. record its intake event, publish it as `<id>.msg` (`staging`), and only then
+//!    acknowledge (invariant 1). The copy is visible to the mail server only once its record
+//!    is durable, so a copy taken out of the spool is always one the receiver answers for.
 //!
 //! Dedupe keys are scoped to the sender's instance id and run id, so a message that comes back
 //! in a later run (A->B, B->A, A->B) is stored again rather than mistaken for a duplicate.
@@ -21,7 +23,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -30,15 +32,17 @@ use tokio::sync::Semaphore;
 use super::claims::{Claim, ClaimSet, Claims};
 use super::inflight::InFlight;
 pub use super::inflight::{Arriving, Fence, Storing};
-use super::verdicts::{check_frame, fenced, id_conflict, item, no_room};
+use super::staging::{self, Staging};
+use super::verdicts::{check_frame, fenced, id_conflict, item, room_for};
 use crate::base::{ContentHash, MessageId, QueueKind, Timestamp};
-use crate::events::{Event, EventQueue};
+use crate::events::EventQueue;
 use crate::groupcommit::Committer;
-use crate::spool::{Message, Spool, SpoolError};
+use crate::spool::{Message, Spool, SpoolError, Staged};
 use crate::wire::{Frame, ItemResult, Outcome, RejectCode};
 
 /// (sender instance id, sender run id, message hash) -> `DedupeRecord` JSON.
-const DEDUPE: TableDefinition<(&str, &str, [u8; 32]), &[u8]> = TableDefinition::new("dedupe");
+pub(super) const DEDUPE: TableDefinition<(&str, &str, [u8; 32]), &[u8]> =
+    TableDefinition::new("dedupe");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,17 +62,24 @@ struct DedupeRecord {
     stored_at: Timestamp,
 }
 
-struct DedupeEntry {
-    sender: String,
-    run: String,
-    hash: [u8; 32],
-    id: MessageId,
+#[derive(Clone)]
+pub(super) struct DedupeEntry {
+    pub sender: String,
+    pub run: String,
+    pub hash: [u8; 32],
+    pub id: MessageId,
     /// Not stored in the table; names the queue in the message's intake event.
-    queue: QueueKind,
+    pub queue: QueueKind,
 }
 
 impl DedupeEntry {
-    fn new(sender: &str, run: &str, hash: [u8; 32], id: MessageId, queue: QueueKind) -> Self {
+    pub(super) fn new(
+        sender: &str,
+        run: &str,
+        hash: [u8; 32],
+        id: MessageId,
+        queue: QueueKind,
+    ) -> Self {
         DedupeEntry {
             sender: sender.to_string(),
             run: run.to_string(),
@@ -105,6 +116,9 @@ pub struct Store {
     claims: Arc<Claims>,
     instance: String,
     events: EventQueue,
+    /// Transfers whose records are durable but whose copies could not be published yet
+    /// (their events failed): retried at the next request.
+    unpublished: Arc<Mutex<Vec<Staging>>>,
 }
 
 impl Store {
@@ -162,6 +176,8 @@ impl Store {
             Ok(())
         })
         .map_err(|e| dberr(&e))?;
+        // Before any request: what a stopped serve left staged is published or removed.
+        staging::settle(&db, &spool, &events, instance)?;
         let worker_count = workers.max(1);
         Ok(Store {
             spool,
@@ -174,14 +190,19 @@ impl Store {
             claims: Arc::default(),
             instance: instance.to_string(),
             events,
+            unpublished: Arc::default(),
         })
     }
 
-    /// Stops the writer after what is queued and closes the database cleanly if this is the
-    /// last handle.
+    /// Stops the writer after what is queued, makes the last publishes durable and closes the
+    /// database cleanly if this is the last handle.
     pub fn close(self) {
         self.committer.close();
         let Store { db, spool, .. } = self;
+        // The last publishes' renames (each is synced by the next transfer's staging).
+        if let Err(e) = spool.sync_queue_dirs() {
+            tracing::warn!("syncing the spool at shutdown: {e}");
+        }
         drop(spool);
         if let Ok(db) = Arc::try_unwrap(db)
             && let Err(e) = db.close()
@@ -243,6 +264,7 @@ impl Store {
         run: &str,
         asked: Vec<(MessageId, [u8; 32])>,
     ) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.retry_unpublished().await;
         let (s, r) = (sender.to_string(), run.to_string());
         let this = self.clone();
         let (held, entries) =
@@ -291,7 +313,8 @@ impl Store {
             crate::spool::sync_dir(&self.spool.queue_dir(q))?;
         }
         // Its intake event may have been lost with the dedupe record (best effort: see `held`).
-        if let Err(e) = self.record_events(&entries) {
+        let events = staging::received_events(&self.instance, &entries);
+        if let Err(e) = self.events.record(&events) {
             tracing::warn!("recording intake events of copies found held failed: {e}");
         }
         Ok((held, entries))
@@ -309,6 +332,7 @@ impl Store {
         frames: Vec<Frame>,
         guard: Storing,
     ) -> Result<Vec<ItemResult>, StoreError> {
+        self.retry_unpublished().await;
         let this = self.clone();
         let (s, r) = (sender.to_string(), run.to_string());
         tokio::spawn(async move {
@@ -321,8 +345,13 @@ impl Store {
                 .acquire_many_owned(permits)
                 .await
                 .map_err(|e| StoreError::Worker(e.to_string()))?;
-            this.blocking_then_record(move |st| st.store_frames(&s, &r, frames, &fence))
-                .await
+            let st = this.clone();
+            let (results, staging) =
+                tokio::task::spawn_blocking(move || st.store_frames(&s, &r, frames, &fence))
+                    .await
+                    .map_err(|e| StoreError::Worker(e.to_string()))??;
+            this.commit_then_publish(staging).await?;
+            Ok(results)
         })
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))?
@@ -334,7 +363,7 @@ impl Store {
         run: &str,
         frames: Vec<Frame>,
         fence: &Fence,
-    ) -> Result<(Vec<ItemResult>, Vec<DedupeEntry>), StoreError> {
+    ) -> Result<(Vec<ItemResult>, Staging), StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let dedupe = txn.open_table(DEDUPE).map_err(|e| self.db_err(e))?;
         let mut results = Vec::with_capacity(frames.len());
@@ -342,7 +371,7 @@ impl Store {
         let mut to_store = Vec::new();
         let mut seen = HashSet::new();
         let mut held_dirs = BTreeSet::new();
-        // Released once the files are durable: from then on the spool answers for the ids.
+        // Released once the copies are published: from then on the spool answers for the ids.
         let mut claims = ClaimSet::new(self.claims.clone());
         for frame in frames {
             let hash = frame.hash;
@@ -374,10 +403,16 @@ impl Store {
         }
         drop(dedupe);
         drop(txn);
-        let (to_store, entries) = self.room_for(to_store, entries, &mut results);
-        self.make_durable(&to_store, held_dirs, &entries)?;
-        drop(claims);
-        Ok((results, entries))
+        let (to_store, entries) = room_for(&self.spool, to_store, entries, &mut results);
+        let staged = self.make_durable(sender, run, &to_store, held_dirs)?;
+        Ok((
+            results,
+            Staging {
+                entries,
+                staged,
+                _claims: claims,
+            },
+        ))
     }
 
     /// What to do with a well-formed frame: already held (repeated in this request, in the
@@ -449,73 +484,24 @@ impl Store {
         })
     }
 
-    /// Keeps only the new messages the disk has room for (with a margin for the directory,
-    /// the events and the dedupe records); the others are answered `insufficient_storage`
-    /// before a byte of them is written: definitively not stored, so the sender may send them
-    /// elsewhere. Copies found held are not affected (they are here already).
-    fn room_for(
-        &self,
-        to_store: Vec<Message>,
-        entries: Vec<DedupeEntry>,
-        results: &mut [ItemResult],
-    ) -> (Vec<Message>, Vec<DedupeEntry>) {
-        const MARGIN: u64 = 4 << 20;
-        if to_store.is_empty() {
-            return (to_store, entries);
-        }
-        let dir = self.spool.queue_dir(to_store[0].header.queue);
-        let Ok(mut free) = crate::base::durable::available_bytes(&dir) else {
-            return (to_store, entries);
-        };
-        free = free.saturating_sub(MARGIN);
-        let mut keep = Vec::with_capacity(to_store.len());
-        let mut refused = HashSet::new();
-        for m in to_store {
-            let need = m.bytes.len() as u64 * 2;
-            if need <= free {
-                free -= need;
-                keep.push(m);
-            } else {
-                refused.insert(m.hash.0);
-            }
-        }
-        if refused.is_empty() {
-            return (keep, entries);
-        }
-        tracing::warn!(
-            "the disk holding {} is full: {} messages refused (507), nothing of them written",
-            dir.display(),
-            refused.len()
-        );
-        for r in results.iter_mut() {
-            if r.outcome == Outcome::Stored && refused.contains(&r.hash.0) {
-                *r = no_room(r.hash, &dir);
-            }
-        }
-        let entries = entries
-            .into_iter()
-            .filter(|e| !refused.contains(&e.hash))
-            .collect();
-        (keep, entries)
-    }
-
-    /// Writes the new messages durably, fsyncs the directories of copies found held (they
-    /// may predate a crash that lost their directory fsync), and records one event per
-    /// message taken in: all before the answer.
+    /// Stages the new messages durably (see `staging`) and fsyncs the directories of copies
+    /// found held (they may predate a crash that lost their directory fsync).
     fn make_durable(
         &self,
+        sender: &str,
+        run: &str,
         to_store: &[Message],
         held_dirs: BTreeSet<QueueKind>,
-        entries: &[DedupeEntry],
-    ) -> Result<(), StoreError> {
-        self.spool.store_many(to_store)?;
+    ) -> Result<Vec<Staged>, StoreError> {
+        let staged = self
+            .spool
+            .stage_each(to_store, sender, run)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         for q in held_dirs {
             crate::spool::sync_dir(&self.spool.queue_dir(q))?;
         }
-        // A message found in the spool without its dedupe record was stored by a request
-        // interrupted before its event could be recorded, so it gets one now (at least one
-        // event per message).
-        self.record_events(entries)
+        Ok(staged)
     }
 }
 
@@ -544,37 +530,64 @@ enum Verdict {
 }
 
 impl Store {
-    /// One `message.received` event per message taken in (or found held without its dedupe
-    /// record, whose event may have been lost with it), durable before the answer.
-    fn record_events(&self, entries: &[DedupeEntry]) -> Result<(), StoreError> {
-        let events: Vec<Event> = entries
-            .iter()
-            .map(|e| {
-                let mut ev = Event::new("message.received", &self.instance, e.id, e.queue);
-                ev.from_instance = Some(e.sender.clone());
-                ev.run = Some(e.run.clone());
-                ev
-            })
-            .collect();
-        Ok(self.events.record(&events)?)
+    /// Commits a transfer's dedupe records (group commit), then records its events and
+    /// publishes its copies (see `staging`). A copy found held without its record gets an
+    /// event too (its own may have been lost with the record: at least one per message).
+    /// If the commit fails, the copies stay staged without records (the next start removes
+    /// them); if publishing fails, they wait in `unpublished`, their ids still claimed.
+    async fn commit_then_publish(&self, staging: Staging) -> Result<(), StoreError> {
+        if staging.entries.is_empty() {
+            return Ok(());
+        }
+        self.committer
+            .submit(Write::Insert(staging.entries.clone()))
+            .await
+            .map_err(|e| self.db_err(e))?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let done = staging::publish(
+                &this.spool,
+                &this.events,
+                &this.instance,
+                &staging.entries,
+                &staging.staged,
+            );
+            if done.is_err() {
+                lock(&this.unpublished).push(staging);
+            }
+            done
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
     }
 
-    /// Runs `f` on a blocking thread, then commits the dedupe records it returns (group
-    /// commit), so its result is answered only once they are durable.
-    async fn blocking_then_record<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store) -> Result<(R, Vec<DedupeEntry>), StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        let this = self.clone();
-        let (result, entries) = tokio::task::spawn_blocking(move || f(&this))
-            .await
-            .map_err(|e| StoreError::Worker(e.to_string()))??;
-        if !entries.is_empty() {
-            self.committer
-                .submit(Write::Insert(entries))
-                .await
-                .map_err(|e| self.db_err(e))?;
+    /// Publishes what an earlier failure left unpublished, if anything; what fails again
+    /// waits for the next request (or the next start).
+    async fn retry_unpublished(&self) {
+        let waiting = std::mem::take(&mut *lock(&self.unpublished));
+        if waiting.is_empty() {
+            return;
         }
-        Ok(result)
+        let this = self.clone();
+        let retried = tokio::task::spawn_blocking(move || {
+            for staging in waiting {
+                let (entries, staged) = (&staging.entries, &staging.staged);
+                match staging::publish(&this.spool, &this.events, &this.instance, entries, staged) {
+                    Ok(()) => tracing::info!("published {} copies held back", staged.len()),
+                    Err(e) => {
+                        tracing::warn!("copies held back still cannot be published: {e}");
+                        lock(&this.unpublished).push(staging);
+                    }
+                }
+            }
+        })
+        .await;
+        if let Err(e) = retried {
+            tracing::warn!("publishing copies held back failed: {e}");
+        }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

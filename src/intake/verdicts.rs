@@ -1,14 +1,18 @@
-//! What the intake store answers for one frame of a transfer, decided without the disk: the
-//! frame's own checks (its bytes hash to the hash sent and form a valid spool file) and the
-//! per-message results it can end with (`id_conflict`, `fenced`, `insufficient_storage`).
+//! What the intake store answers for one frame of a transfer before anything is written: the
+//! frame's own checks (its bytes hash to the hash sent and form a valid spool file), the
+//! per-message results it can end with (`id_conflict`, `fenced`, `insufficient_storage`), and
+//! [`room_for`], which refuses what the disk has no room for.
 //!
 //! Each result carries its typed [`RejectCode`]; the human reasons only begin with fixed words.
 //! Used by `store` and `commit`.
 
 use std::path::Path;
 
+use std::collections::HashSet;
+
+use super::store::DedupeEntry;
 use crate::base::{ContentHash, MessageId};
-use crate::spool::Message;
+use crate::spool::{Message, Spool};
 use crate::wire::{Frame, ItemResult, Outcome, RejectCode};
 
 /// How the human reasons of rejected messages begin. Text only: senders and metrics act on
@@ -133,4 +137,53 @@ pub(super) fn not_parked(hash: ContentHash, id: MessageId) -> ItemResult {
             crate::wire::PARK_TTL.as_secs()
         )),
     )
+}
+/// Keeps only the new messages the disk has room for (with a margin for the directory,
+/// the events and the dedupe records); the others are answered `insufficient_storage`
+/// before a byte of them is written: definitively not stored, so the sender may send them
+/// elsewhere. Copies found held are not affected (they are here already).
+pub(super) fn room_for(
+    spool: &Spool,
+    to_store: Vec<Message>,
+    entries: Vec<DedupeEntry>,
+    results: &mut [ItemResult],
+) -> (Vec<Message>, Vec<DedupeEntry>) {
+    const MARGIN: u64 = 4 << 20;
+    if to_store.is_empty() {
+        return (to_store, entries);
+    }
+    let dir = spool.queue_dir(to_store[0].header.queue);
+    let Ok(mut free) = crate::base::durable::available_bytes(&dir) else {
+        return (to_store, entries);
+    };
+    free = free.saturating_sub(MARGIN);
+    let mut keep = Vec::with_capacity(to_store.len());
+    let mut refused = HashSet::new();
+    for m in to_store {
+        let need = m.bytes.len() as u64 * 2;
+        if need <= free {
+            free -= need;
+            keep.push(m);
+        } else {
+            refused.insert(m.hash.0);
+        }
+    }
+    if refused.is_empty() {
+        return (keep, entries);
+    }
+    tracing::warn!(
+        "the disk holding {} is full: {} messages refused (507), nothing of them written",
+        dir.display(),
+        refused.len()
+    );
+    for r in results.iter_mut() {
+        if r.outcome == Outcome::Stored && refused.contains(&r.hash.0) {
+            *r = no_room(r.hash, &dir);
+        }
+    }
+    let entries = entries
+        .into_iter()
+        .filter(|e| !refused.contains(&e.hash))
+        .collect();
+    (keep, entries)
 }

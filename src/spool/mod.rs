@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! spool/<queue-kind>/<id>.msg     one message (format in `format`), named only by a parsed id
+//! spool/<queue-kind>/.<id>.<sender>.<run>.staged
+//!                                 a received copy not yet answered for (see `staged`)
 //! spool/.tmp/                     files being written; never a message until renamed
 //! ```
 //!
@@ -15,12 +17,14 @@
 
 mod file;
 pub mod format;
+mod staged;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub use format::{FormatError, Header};
+pub use staged::Staged;
 
 use crate::base::durable::{self, FileError};
 use crate::base::{ContentHash, MessageId, QueueKind};
@@ -424,6 +428,10 @@ impl Iterator for Scan {
                 Some(Ok(de)) => {
                     let path = de.path();
                     let name = de.file_name();
+                    // Not a message yet: the intake settles it (see `staged`).
+                    if name.to_str().and_then(staged::parse_name).is_some() {
+                        continue;
+                    }
                     let id = name
                         .to_str()
                         .and_then(|n| n.strip_suffix(".msg"))

@@ -221,7 +221,7 @@ impl Cluster {
         let mail = MailServers::new(
             receivers
                 .iter()
-                .map(|r| Mailbox::new(r.data_dir(), &r.log))
+                .map(|r| Mailbox::new(r.data_dir()))
                 .collect(),
         );
         Cluster {
@@ -375,13 +375,33 @@ fn power_cut_at_random_moments_loses_and_duplicates_nothing() {
         eprintln!("round {round}: power cut after {delay} ms; census ok");
     }
     cluster.finish();
+    let (published, removed) = settled(&cluster.receivers);
     eprintln!(
         "{points} power cuts ({after_finish} after a finished drain), {} messages, {} delivered \
-         by the mail servers, {} brought back by a cut after their removal and removed again",
+         by the mail servers, {} brought back by a cut after their removal and removed again; \
+         receivers' starts settled staged copies: {published} published, {removed} removed",
         cluster.expected.len(),
         cluster.mail.delivered(),
         cluster.removed_again
     );
+}
+
+/// Staged copies the receivers' starts published and removed (`intake::staging`), summed
+/// from their logs.
+fn settled(receivers: &[Receiver]) -> (usize, usize) {
+    let mut sum = (0, 0);
+    for r in receivers {
+        for line in r.log_text().lines() {
+            let Some(rest) = line.split("left staged: ").nth(1) else {
+                continue;
+            };
+            let num = |s: &str| s.split_whitespace().next().and_then(|n| n.parse().ok());
+            let mut parts = rest.split("; ");
+            sum.0 += parts.next().and_then(num).unwrap_or(0);
+            sum.1 += parts.next().and_then(num).unwrap_or(0);
+        }
+    }
+    sum
 }
 
 /// Regression: the journal's creation was not durable (no fsync of the data directory), so

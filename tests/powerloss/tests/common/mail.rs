@@ -1,11 +1,12 @@
-//! A mail server beside each receiver: it delivers what its `drain serve` acknowledged, as a
-//! real MTA takes messages out of its queue. Each copy a receiver's log traces as
-//! acknowledged is moved, durably (rename, fsync of the file, of `delivered/`, then of the
-//! queue directory), from `spool/<queue>/<id>.msg` to `delivered/<id>.msg` on the same mount.
+//! A mail server beside each receiver: as a real MTA scanning its queue, it takes every message
+//! file (`<id>.msg`) it finds in the receiver's spool, as soon as it is there, and moves it
+//! durably (rename, fsync of the file, of `delivered/`, then of the queue directory) from
+//! `spool/<queue>/<id>.msg` to `delivered/<id>.msg` on the same mount.
 //!
 //! Why: while a copy stays in the receiver's spool it answers for its id by itself, which hides
 //! a lost dedupe record. Once it is delivered, only the dedupe record tells a sender asking
-//! about an in-doubt message that it was taken, so losing that record shows as a duplicate.
+//! about an in-doubt message that it was taken, so losing that record, or a copy visible
+//! before its record is durable, shows as a duplicate.
 //!
 //! A delivered copy never overwrites another (a second delivery of an id is kept as
 //! `<id>.<n>.msg`), so the census sees every duplicate. The servers run on one thread; they
@@ -13,7 +14,6 @@
 //! server's own duplicate, not drain's) and before a census.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,67 +25,37 @@ use drain::base::QueueKind;
 /// The directory, on a receiver's mount, where its mail server puts what it delivered.
 pub const DELIVERED: &str = "delivered";
 
-/// One receiver's mail server: where to read acknowledgements, where to deliver.
+/// One receiver's mail server.
 pub struct Mailbox {
-    log: PathBuf,
     data_dir: PathBuf,
-    /// How far into the log acknowledgements were read.
-    offset: u64,
     pub delivered: usize,
 }
 
 impl Mailbox {
-    /// A mail server for the receiver with data directory `data_dir` whose `drain serve`
-    /// writes its log to `log`; creates `delivered/` durably.
-    pub fn new(data_dir: &Path, log: &Path) -> Mailbox {
+    /// A mail server for the receiver with data directory `data_dir`; creates `delivered/`
+    /// durably.
+    pub fn new(data_dir: &Path) -> Mailbox {
         let dir = data_dir.join(DELIVERED);
         fs::create_dir_all(&dir).unwrap();
         sync_dir(data_dir);
         Mailbox {
-            log: log.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
-            offset: 0,
             delivered: 0,
         }
     }
 
-    /// Delivers every copy acknowledged since the last call.
+    /// Delivers every message file in the spool.
     fn poll(&mut self) {
-        for id in self.acknowledged() {
-            for q in QueueKind::ALL {
-                let from = self
-                    .data_dir
-                    .join("spool")
-                    .join(q.as_str())
-                    .join(format!("{id}.msg"));
-                if from.exists() {
-                    self.deliver(&from);
-                }
-            }
+        for q in QueueKind::ALL {
+            let dir = self.data_dir.join("spool").join(q.as_str());
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            let files: Vec<PathBuf> = rd
+                .flatten()
+                .map(|de| de.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "msg"))
+                .collect();
+            files.iter().for_each(|p| self.deliver(p));
         }
-    }
-
-    /// Ids traced as acknowledged in the log's complete lines past `offset`.
-    fn acknowledged(&mut self) -> Vec<String> {
-        let Ok(mut f) = fs::File::open(&self.log) else {
-            return Vec::new();
-        };
-        let mut text = String::new();
-        f.seek(SeekFrom::Start(self.offset)).unwrap();
-        f.read_to_string(&mut text).unwrap();
-        let Some(end) = text.rfind('\n') else {
-            return Vec::new();
-        };
-        self.offset += end as u64 + 1;
-        text[..end]
-            .lines()
-            .filter(|l| l.contains("acknowledged"))
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix("id="))
-                    .map(str::to_string)
-            })
-            .collect()
     }
 
     fn deliver(&mut self, from: &Path) {

@@ -96,8 +96,8 @@ pub struct Receiver {
     key: PathBuf,
     /// More `drain serve` options (event endpoints).
     extra: Vec<String>,
-    /// `drain serve`'s standard error, appended to by every start; it traces each message
-    /// acknowledged (what the mail server delivers, see `mail`).
+    /// `drain serve`'s standard error, appended to by every start (with traces of each
+    /// message acknowledged and each event sent).
     pub log: PathBuf,
 }
 

@@ -277,3 +277,70 @@ fn files_back_after_a_lost_unlink_are_removed_again_and_other_content_is_reporte
         assert_eq!(&all[id].1.hash, hash, "{id}");
     }
 }
+
+/// A receiver drained before its `drain serve`, stopped mid-transfer, ever starts again: the
+/// drain first settles what the serve left staged. The copies whose dedupe record is durable
+/// were answered for: they are this instance's messages and travel on. One without a record
+/// was never answered for (its sender sends it again): it is removed.
+#[test]
+fn a_drain_settles_the_copies_its_stopped_serve_left_staged() {
+    use common::ask::{RUN, SENDER, ask};
+    use drain::base::QueueKind;
+    use drain::wire;
+
+    let tmp = TempDir::new("staged");
+    let mut b = Server::start(&tmp, "b", ServeConfig::on("127.0.0.55"));
+    let c = Server::start(&tmp, "c", ServeConfig::on("127.0.0.56"));
+    let msgs: Vec<_> = (0..4)
+        .map(|i| message(QueueKind::Queue, 0, format!("message {i}").as_bytes()))
+        .collect();
+    let frames: Vec<_> = msgs.iter().map(|m| (m, m.hash)).collect();
+    let content = wire::BATCH_CONTENT_TYPE;
+    let (status, _, body) = ask(&b, wire::TRANSFER_PATH, content, batch(&frames), &[]);
+    assert_eq!(status, 200, "{body}");
+    b.kill();
+    // As a kill between the dedupe commit and the renames leaves them: staged names again.
+    let queue = b.data_dir.join("spool").join("queue");
+    for m in &msgs {
+        let id = m.header.id;
+        let staged = queue.join(format!(".{id}.{SENDER}.{RUN}.staged"));
+        std::fs::rename(queue.join(format!("{id}.msg")), staged).unwrap();
+    }
+    // And a copy staged whose record was never committed.
+    let spool = drain::spool::Spool::open(&b.data_dir).unwrap();
+    let orphan = message(QueueKind::BounceLite, 0, b"never answered for");
+    for r in spool.stage_each(std::slice::from_ref(&orphan), SENDER, RUN) {
+        r.unwrap();
+    }
+    assert_eq!(spool.staged().unwrap().len(), 5);
+    assert!(
+        spool_ls(&b.data_dir).is_empty(),
+        "staged copies are no messages"
+    );
+
+    let ca = ca_bundle(&tmp, &[&c]);
+    // Its serve had no event endpoint: its events stay queued here.
+    let args = [
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "--no-wait-on-events",
+        &c.dest(),
+    ];
+    let o = drain(&b.data_dir, &args);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("4 answered for") && err.contains("1 never answered for"),
+        "{err}"
+    );
+    assert!(spool.staged().unwrap().is_empty(), "nothing left staged");
+    assert!(spool_ls(&b.data_dir).is_empty(), "drained");
+    let mut on_c: Vec<_> = c.ls().into_iter().map(|e| (e.id, e.hash)).collect();
+    let mut want: Vec<_> = msgs
+        .iter()
+        .map(|m| (m.header.id.to_string(), m.hash.to_string()))
+        .collect();
+    on_c.sort();
+    want.sort();
+    assert_eq!(on_c, want, "the answered-for copies, once each, unchanged");
+}

@@ -208,7 +208,10 @@ pub(crate) async fn finish(
         .store
         .forget_run(&caller.sender, &caller.run)
         .await
-        .map_err(|e| Reject::failed(format!("finish failed: {e}")))?;
+        .map_err(|e| {
+            tracing::warn!(client = %caller.client, run = %caller.run, "finish refused: {e}");
+            Reject::failed(format!("finish failed: {e}"))
+        })?;
     tracing::info!(client = %caller.client, run = %caller.run, "drain run finished; its dedupe keys are dropped");
     Ok(json(
         StatusCode::OK,

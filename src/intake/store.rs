@@ -54,6 +54,11 @@ pub enum StoreError {
     Db { path: String, reason: String },
     #[error("intake worker failed: {0}")]
     Worker(String),
+    #[error(
+        "{0} copies of this run are stored but not yet published (their events could not be \
+         recorded); its dedupe keys are kept until they are"
+    )]
+    Unpublished(usize),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -229,8 +234,18 @@ impl Store {
         }
     }
 
-    /// Forgets the dedupe keys of a finished run.
+    /// Forgets the dedupe keys of a finished run. Refused while copies of that run wait to be
+    /// published: their keys are what publishes them at the next start, so they stay.
     pub async fn forget_run(&self, sender: &str, run: &str) -> Result<(), StoreError> {
+        self.retry_unpublished().await;
+        let waiting: usize = lock(&self.unpublished)
+            .iter()
+            .flat_map(|s| &s.entries)
+            .filter(|e| e.sender == sender && e.run == run)
+            .count();
+        if waiting > 0 {
+            return Err(StoreError::Unpublished(waiting));
+        }
         self.committer
             .submit(Write::ForgetRun {
                 sender: sender.to_string(),

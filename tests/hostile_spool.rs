@@ -100,3 +100,32 @@ fn special_files_are_named_unreadable_and_never_hang() {
         assert_eq!((&e.queue, &e.hash), (q, hash), "{id}");
     }
 }
+
+/// A file named like a received copy a `drain serve` staged, on an instance that never
+/// served: nothing can settle it and the scan skips it (it is not a message), but a drain must
+/// not call the spool empty: exit 12, the file named and left in place.
+#[test]
+fn a_file_named_like_a_staged_copy_is_named_not_skipped() {
+    let tmp = TempDir::new("hostile-staged");
+    let a = Server::start(&tmp, "a", ServeConfig::on("127.0.0.92"));
+    let src = tmp.sub("src");
+    let expected = fill(&src, 5);
+    let staged = src.join(format!(
+        "spool/queue/.{}.{}.{}.staged",
+        "ab".repeat(16),
+        "cd".repeat(16),
+        "ef".repeat(16)
+    ));
+    std::fs::write(&staged, b"not a message").expect("staged");
+    let ca = ca_bundle(&tmp, &[&a]);
+    let args = ["--ca-cert", &ca.to_string_lossy(), &a.dest()];
+    let o = drain_within(&src, &args, Duration::from_secs(60));
+    let out = format!("{}{}", o.stdout, o.stderr);
+    assert_eq!(o.code, 12, "{out}");
+    assert!(
+        out.contains(&*staged.to_string_lossy()) && out.contains("left staged"),
+        "{out}"
+    );
+    assert!(staged.exists(), "the staged file was removed");
+    assert_eq!(census(&[&a]).len(), expected.len());
+}

@@ -465,20 +465,37 @@ impl Client {
 /// after a few failed requests (nginx's `fail_timeout`, HAProxy's health checks).
 const FINISH_TRIES: usize = 60;
 
+/// How long one finish may take.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Client {
-    /// Tells the destination this run has finished, so it may drop its dedupe keys: every
-    /// instance seen behind it (each named as the target, sent again on `421` a bounded number
-    /// of times), or just the address if none is known.
+    /// Tells the destination this run has finished, so it may drop its dedupe keys: first a
+    /// few untargeted finishes that find instances not seen yet, then every instance seen
+    /// behind it (each named as the target, sent again on `421` a bounded number of times),
+    /// or just the address if none is known.
     pub async fn finish(&self, dest: &Destination) -> Result<(), Failure> {
-        let instances = self.instances.of(&dest.to_string());
-        if instances.is_empty() {
-            return self.finish_one(dest, None).await;
+        let known = self.instances.of(&dest.to_string());
+        if known.is_empty() {
+            return self.finish_one(dest, None, false, FINISH_TIMEOUT).await;
         }
+        // A resumed invocation knows only the instances its journal names as targets and those
+        // that answered it; the run may have reached others. Untargeted finishes, each on a new
+        // connection, are answered by whichever instance the balancer picks (a round-robin
+        // one reaches them in turn): each is told, and learned for the round below.
+        // Short, and ended by the first failure: a destination that stalls should not hold
+        // the run's end for long (the targeted round below has its own tries).
+        for _ in 0..=known.len() {
+            let probe = self.finish_one(dest, None, true, Duration::from_secs(2));
+            if probe.await.is_err() {
+                break;
+            }
+        }
+        let instances = self.instances.of(&dest.to_string());
         let mut result = Ok(());
         for i in &instances {
             let mut last = Ok(());
             for attempt in 0..FINISH_TRIES {
-                last = self.finish_one(dest, Some(i)).await;
+                last = self.finish_one(dest, Some(i), true, FINISH_TIMEOUT).await;
                 match &last {
                     Ok(()) => break,
                     // Another instance answered: ask again, at once at first, then with a
@@ -502,13 +519,21 @@ impl Client {
         result
     }
 
-    async fn finish_one(&self, dest: &Destination, target: Option<&str>) -> Result<(), Failure> {
+    /// One finish; `fresh`: on a new connection (behind a balancer, each may reach another
+    /// instance).
+    async fn finish_one(
+        &self,
+        dest: &Destination,
+        target: Option<&str>,
+        fresh: bool,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
         let mut req = self.post(dest, wire::FINISH_PATH, target);
-        if target.is_some() {
+        if fresh {
             req = req.header(reqwest::header::CONNECTION, "close");
         }
         let resp = req
-            .timeout(Duration::from_secs(10))
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| match self.refusal(&e) {

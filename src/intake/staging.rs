@@ -57,7 +57,7 @@ pub(super) fn received_events(instance: &str, entries: &[DedupeEntry]) -> Vec<Ev
 }
 
 /// Steps 3 and 4 for copies whose records are durable. A copy already published (a retry)
-/// is skipped.
+/// is skipped (see [`Spool::publish`]).
 pub(super) fn publish(
     spool: &Spool,
     events: &EventQueue,
@@ -67,12 +67,7 @@ pub(super) fn publish(
 ) -> Result<(), StoreError> {
     events.record(&received_events(instance, entries))?;
     for s in staged {
-        if let Err(e) = spool.publish(s) {
-            let published = !s.path.exists() && spool.path_of(s.queue, s.id).exists();
-            if !published {
-                return Err(e.into());
-            }
-        }
+        spool.publish(s)?;
     }
     Ok(())
 }

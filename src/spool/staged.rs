@@ -122,9 +122,28 @@ impl Spool {
     /// here: a power cut that loses the rename brings back the staged name, which the next
     /// start publishes again (its record is durable); the next fsync of the directory (the
     /// next transfer's, or [`Spool::sync_queue_dirs`]) makes it durable.
+    ///
+    /// Never over another message: under the intake's claims (or the instance lock, at a
+    /// start) nothing else stores this id, so a message already named so is this same copy
+    /// published earlier (the staged one is dropped) or a different message (an
+    /// [`SpoolError::IdConflict`]; the staged copy stays). A staged copy already gone was
+    /// published by an earlier call.
     pub fn publish(&self, staged: &Staged) -> Result<(), SpoolError> {
-        let dest = self.path_of(staged.queue, staged.id);
-        fs::rename(&staged.path, &dest).map_err(|e| SpoolError::io(&staged.path, e))
+        if !staged.path.exists() {
+            return Ok(());
+        }
+        let Some(existing) = self.find(staged.id) else {
+            let dest = self.path_of(staged.queue, staged.id);
+            return fs::rename(&staged.path, &dest).map_err(|e| SpoolError::io(&staged.path, e));
+        };
+        if self.read(&existing)?.hash == self.read_staged(staged)?.hash {
+            return fs::remove_file(&staged.path).map_err(|e| SpoolError::io(&staged.path, e));
+        }
+        Err(SpoolError::IdConflict {
+            path: staged.path.clone(),
+            id: staged.id,
+            other: existing.path,
+        })
     }
 
     /// Removes staged copies nobody answered for, durably (each directory fsynced once).
@@ -197,9 +216,7 @@ mod tests {
         (dir, spool)
     }
 
-    #[test]
-    fn a_staged_copy_is_no_message_until_published() {
-        let (dir, spool) = temp_spool("publish");
+    fn message(body: &[u8]) -> Message {
         let header = Header {
             id: MessageId::random().unwrap(),
             queue: QueueKind::BounceLite,
@@ -211,8 +228,14 @@ mod tests {
             properties: Default::default(),
             body_len: 0,
         };
-        let bytes = crate::spool::format::encode(&header, b"hello").unwrap();
-        let msg = Message::from_bytes(bytes.into()).unwrap();
+        let bytes = crate::spool::format::encode(&header, body).unwrap();
+        Message::from_bytes(bytes.into()).unwrap()
+    }
+
+    #[test]
+    fn a_staged_copy_is_no_message_until_published() {
+        let (dir, spool) = temp_spool("publish");
+        let msg = message(b"hello");
         let (sender, run) = ("a".repeat(32), "0123456789abcdef".repeat(2));
         let staged: Vec<Staged> = spool
             .stage_each(std::slice::from_ref(&msg), &sender, &run)
@@ -228,6 +251,35 @@ mod tests {
         spool.publish(&staged[0]).unwrap();
         assert!(spool.staged().unwrap().is_empty());
         assert_eq!(spool.get(msg.header.id).unwrap().hash, msg.hash);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn publishing_never_replaces_another_message() {
+        let (dir, spool) = temp_spool("noreplace");
+        let held = message(b"held");
+        let (sender, run) = ("a".repeat(32), "b".repeat(32));
+        spool.store_many(std::slice::from_ref(&held)).unwrap();
+        // The same message staged again: dropped, the message stays.
+        let same = spool.stage_each(std::slice::from_ref(&held), &sender, &run);
+        let same = same.into_iter().next().unwrap().unwrap();
+        spool.publish(&same).unwrap();
+        assert!(!same.path.exists());
+        assert_eq!(spool.get(held.header.id).unwrap().hash, held.hash);
+        // Another message under that id: refused, both stay.
+        let mut other = message(b"other");
+        let mut header = other.header.clone();
+        header.id = held.header.id;
+        let bytes = crate::spool::format::encode(&header, b"other").unwrap();
+        other = Message::from_bytes(bytes.into()).unwrap();
+        let staged = spool.stage_each(std::slice::from_ref(&other), &sender, &run);
+        let staged = staged.into_iter().next().unwrap().unwrap();
+        assert!(matches!(
+            spool.publish(&staged),
+            Err(SpoolError::IdConflict { .. })
+        ));
+        assert!(staged.path.exists());
+        assert_eq!(spool.get(held.header.id).unwrap().hash, held.hash);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -162,6 +162,17 @@ fn new_run(journal: &Journal, opts: &DrainOptions) -> anyhow::Result<RunRecord> 
     })
 }
 
+/// A spool error as a problem of the final scan, named by its file.
+fn unreadable(e: &crate::spool::SpoolError) -> Problem {
+    Problem {
+        what: e
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        reason: e.to_string(),
+    }
+}
+
 /// Exit 0 promises an empty spool: the last look before saying so. Lists what is still there
 /// (at most 1,000 names; a count beyond).
 fn final_scan(run: &Run) -> Vec<Problem> {
@@ -173,19 +184,14 @@ fn final_scan(run: &Run) -> Vec<Problem> {
             more += 1;
             continue;
         }
-        let (what, reason) = match entry {
-            Ok(e) => (
-                e.path.display().to_string(),
-                "appeared after the last pass, or was kept for a reason not reported".to_string(),
-            ),
-            Err(e) => (
-                e.path()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                e.to_string(),
-            ),
-        };
-        left.push(Problem { what, reason });
+        left.push(match entry {
+            Ok(e) => Problem {
+                what: e.path.display().to_string(),
+                reason: "appeared after the last pass, or was kept for a reason not reported"
+                    .to_string(),
+            },
+            Err(e) => unreadable(&e),
+        });
     }
     if more > 0 {
         left.push(Problem {
@@ -205,13 +211,7 @@ fn final_scan(run: &Run) -> Vec<Problem> {
                     .to_string(),
             }
         })),
-        Err(e) => left.push(Problem {
-            what: e
-                .path()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            reason: e.to_string(),
-        }),
+        Err(e) => left.push(unreadable(&e)),
     }
     if !left.is_empty() {
         tracing::error!(

@@ -72,15 +72,16 @@ pub(super) fn publish(
     Ok(())
 }
 
-/// Settles every staged copy in `spool`: publishes those `db` holds a record for (with their
-/// events), removes the others. Copies that cannot be read are left, with a warning.
+/// Settles the staged copies `staged` (the spool's list of them): publishes those `db` holds a
+/// record for (with their events), removes the others. Copies that cannot be read are left,
+/// with a warning.
 pub(super) fn settle(
     db: &Database,
     spool: &Spool,
     events: &EventQueue,
     instance: &str,
+    staged: Vec<Staged>,
 ) -> Result<Settled, StoreError> {
-    let staged = spool.staged()?;
     if staged.is_empty() {
         return Ok(Settled::default());
     }
@@ -144,7 +145,8 @@ pub fn settle_data_dir(data_dir: &Path, instance: &str) -> Result<Settled, Store
         return Ok(Settled::default());
     }
     let spool = Spool::open(data_dir)?;
-    if spool.staged()?.is_empty() {
+    let staged = spool.staged()?;
+    if staged.is_empty() {
         return Ok(Settled::default());
     }
     let db = crate::groupcommit::create_or_open(&path, &redb::Builder::new()).map_err(|e| {
@@ -154,30 +156,14 @@ pub fn settle_data_dir(data_dir: &Path, instance: &str) -> Result<Settled, Store
         }
     })?;
     let events = EventQueue::open(data_dir)?;
-    settle(&db, &spool, &events, instance)
+    settle(&db, &spool, &events, instance, staged)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base::{MessageId, QueueKind, Timestamp};
-    use crate::spool::{Header, Message};
-
-    fn message(queue: QueueKind, body: &[u8]) -> Message {
-        let header = Header {
-            id: MessageId::random().unwrap(),
-            queue,
-            from: "a@example.com".into(),
-            to: vec!["b@example.com".into()],
-            attempts: 0,
-            next_retry_at: None,
-            created_at: Timestamp::now(),
-            properties: Default::default(),
-            body_len: 0,
-        };
-        let bytes = crate::spool::format::encode(&header, body).unwrap();
-        Message::from_bytes(bytes.into()).unwrap()
-    }
+    use crate::base::{MessageId, QueueKind};
+    use crate::spool::test_message;
 
     /// What a serve killed mid-transfer leaves: one copy whose record is durable, one whose
     /// record is not, one cut while it was written. The next start settles each.
@@ -189,9 +175,9 @@ mod tests {
         let spool = Spool::open(&data).unwrap();
         let (sender, run) = ("a".repeat(32), "b".repeat(32));
         let (held, orphan, torn) = (
-            message(QueueKind::Queue, b"held"),
-            message(QueueKind::BounceFull, b"orphan"),
-            message(QueueKind::Queue, b"torn"),
+            test_message(QueueKind::Queue, b"held"),
+            test_message(QueueKind::BounceFull, b"orphan"),
+            test_message(QueueKind::Queue, b"torn"),
         );
         let msgs = [held.clone(), orphan.clone(), torn.clone()];
         let staged: Vec<Staged> = spool
@@ -213,7 +199,7 @@ mod tests {
             .unwrap();
         txn.commit().unwrap();
 
-        let settled = settle(&db, &spool, &events, "c").unwrap();
+        let settled = settle(&db, &spool, &events, "c", spool.staged().unwrap()).unwrap();
         assert_eq!(
             settled,
             Settled {

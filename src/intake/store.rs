@@ -182,7 +182,7 @@ impl Store {
         })
         .map_err(|e| dberr(&e))?;
         // Before any request: what a stopped serve left staged is published or removed.
-        staging::settle(&db, &spool, &events, instance)?;
+        staging::settle(&db, &spool, &events, instance, spool.staged()?)?;
         let worker_count = workers.max(1);
         Ok(Store {
             spool,

@@ -240,17 +240,30 @@ impl Spool {
     /// alone (its error names it) and the others are still stored. A queue directory whose
     /// fsync fails fails every message written into it.
     pub fn store_each(&self, msgs: &[Message]) -> Vec<Result<(), SpoolError>> {
-        let mut results: Vec<Result<(), SpoolError>> = msgs
+        self.write_each(msgs, |m| self.path_of(m.header.queue, m.header.id))
+            .into_iter()
+            .map(|r| r.map(|_| ()))
+            .collect()
+    }
+
+    /// Writes each message to the path `dest` gives it in its queue directory (temp file in
+    /// `.tmp`, fsync, rename), then fsyncs each queue directory touched once. One outcome per
+    /// message: the path written, or the error naming it; a directory whose fsync fails fails
+    /// every message written into it. Shared by [`Spool::store_each`] and
+    /// [`Spool::stage_each`].
+    fn write_each(
+        &self,
+        msgs: &[Message],
+        dest: impl Fn(&Message) -> PathBuf,
+    ) -> Vec<Result<PathBuf, SpoolError>> {
+        let mut results: Vec<Result<PathBuf, SpoolError>> = msgs
             .iter()
             .map(|m| {
-                let tmp = self.tmp_dir().join(format!(
-                    "{}.{}.tmp",
-                    m.header.id,
-                    MessageId::random().map_err(|e| SpoolError::io(self.tmp_dir(), e))?
-                ));
-                let dest = self.path_of(m.header.queue, m.header.id);
-                durable::write_then_rename(&tmp, &dest, &m.bytes)?;
-                Ok(())
+                let nonce = MessageId::random().map_err(|e| SpoolError::io(self.tmp_dir(), e))?;
+                let tmp = self.tmp_dir().join(format!("{}.{nonce}.tmp", m.header.id));
+                let path = dest(m);
+                durable::write_then_rename(&tmp, &path, &m.bytes)?;
+                Ok(path)
             })
             .collect();
         for q in QueueKind::ALL {
@@ -262,8 +275,8 @@ impl Spool {
             }
             if let Err(e) = sync_dir(&self.queue_dir(q)) {
                 for i in written {
-                    let why = std::io::Error::other(format!("stored, but {e}"));
-                    results[i] = Err(SpoolError::io(self.path_of(q, msgs[i].header.id), why));
+                    let why = std::io::Error::other(format!("written, but {e}"));
+                    results[i] = Err(SpoolError::io(dest(&msgs[i]), why));
                 }
             }
         }
@@ -450,6 +463,24 @@ impl Iterator for Scan {
 /// it on error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, SpoolError> {
     file::read_message_file(path, MAX_MESSAGE_SIZE)
+}
+
+/// A message of `queue` with `body`, built in memory and a fresh id: for unit tests.
+#[cfg(test)]
+pub(crate) fn test_message(queue: QueueKind, body: &[u8]) -> Message {
+    let header = Header {
+        id: MessageId::random().expect("id"),
+        queue,
+        from: "a@example.com".into(),
+        to: vec!["b@example.com".into()],
+        attempts: 0,
+        next_retry_at: None,
+        created_at: crate::base::Timestamp::now(),
+        properties: Default::default(),
+        body_len: 0,
+    };
+    let bytes = format::encode(&header, body).expect("encode");
+    Message::from_bytes(bytes.into()).expect("parse")
 }
 
 /// fsyncs a spool directory (see [`durable::sync_dir`]).

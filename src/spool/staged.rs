@@ -22,7 +22,6 @@ use std::io;
 use std::path::PathBuf;
 
 use super::{Message, Spool, SpoolError, sync_dir};
-use crate::base::durable;
 use crate::base::{MessageId, QueueKind};
 
 const SUFFIX: &str = ".staged";
@@ -83,39 +82,20 @@ impl Spool {
                 })
                 .collect();
         }
-        let mut out: Vec<Result<Staged, SpoolError>> = msgs
-            .iter()
-            .map(|m| {
-                let (queue, id) = (m.header.queue, m.header.id);
-                let nonce = MessageId::random().map_err(|e| SpoolError::io(self.tmp_dir(), e))?;
-                let tmp = self.tmp_dir().join(format!("{id}.{nonce}.tmp"));
-                let path = self.staged_path(queue, id, sender, run);
-                durable::write_then_rename(&tmp, &path, &m.bytes)?;
-                Ok(Staged {
-                    queue,
-                    id,
+        let path = |m: &Message| self.staged_path(m.header.queue, m.header.id, sender, run);
+        self.write_each(msgs, path)
+            .into_iter()
+            .zip(msgs)
+            .map(|(r, m)| {
+                r.map(|path| Staged {
+                    queue: m.header.queue,
+                    id: m.header.id,
                     sender: sender.to_string(),
                     run: run.to_string(),
                     path,
                 })
             })
-            .collect();
-        for q in QueueKind::ALL {
-            if !out.iter().any(|r| r.as_ref().is_ok_and(|s| s.queue == q)) {
-                continue;
-            }
-            if let Err(e) = sync_dir(&self.queue_dir(q)) {
-                for r in out.iter_mut() {
-                    if let Ok(s) = r
-                        && s.queue == q
-                    {
-                        let why = io::Error::other(format!("staged, but {e}"));
-                        *r = Err(SpoolError::io(s.path.clone(), why));
-                    }
-                }
-            }
-        }
-        out
+            .collect()
     }
 
     /// Gives a staged copy its message name, `<id>.msg`, in the same directory. Not synced
@@ -205,7 +185,6 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::Header;
 
     fn temp_spool(tag: &str) -> (PathBuf, Spool) {
         let dir = std::env::temp_dir().join(format!(
@@ -217,19 +196,7 @@ mod tests {
     }
 
     fn message(body: &[u8]) -> Message {
-        let header = Header {
-            id: MessageId::random().unwrap(),
-            queue: QueueKind::BounceLite,
-            from: "a@example.com".into(),
-            to: vec!["b@example.com".into()],
-            attempts: 0,
-            next_retry_at: None,
-            created_at: crate::base::Timestamp::now(),
-            properties: Default::default(),
-            body_len: 0,
-        };
-        let bytes = crate::spool::format::encode(&header, body).unwrap();
-        Message::from_bytes(bytes.into()).unwrap()
+        crate::spool::test_message(QueueKind::BounceLite, body)
     }
 
     #[test]

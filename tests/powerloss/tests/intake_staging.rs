@@ -14,55 +14,88 @@ use std::time::{Duration, Instant};
 
 use common::mail::{MailServers, Mailbox};
 use common::{Receiver, Tmp, delivered, fuse_available, run, spawn_drain, spool, volume};
+use drain_powerloss::Mount;
+
+/// A sender with 8 messages; a receiver whose events directory refuses its fsync, so every
+/// transfer fails after its copies are written; beside it a mail server taking every `.msg`.
+struct Scene {
+    receiver: Receiver,
+    source: Mount,
+    expected: std::collections::BTreeMap<String, (String, String)>,
+    ca: String,
+    mail: MailServers,
+    // Last: removed after the mounts are gone.
+    tmp: Tmp,
+}
+
+impl Scene {
+    fn new(tag: &str, ip: &str) -> Scene {
+        let tmp = Tmp::new(tag);
+        let source = volume(&tmp, "src");
+        let receiver = Receiver::start(&tmp, "r0", ip);
+        drain::demo::fill(source.mountpoint(), 8).unwrap();
+        let expected = spool(source.mountpoint());
+        let ca = receiver.cert.display().to_string();
+        let mut mail = MailServers::new(vec![Mailbox::new(receiver.data_dir())]);
+        mail.start();
+        receiver.mount.fail_dir_sync(Path::new("events")).unwrap();
+        Scene {
+            receiver,
+            source,
+            expected,
+            ca,
+            mail,
+            tmp,
+        }
+    }
+
+    fn src(&self) -> &Path {
+        self.source.mountpoint()
+    }
+
+    /// Stops the mail server; then every message must be on the receiver exactly once,
+    /// unchanged (delivered, or still in its spool), and none at the source.
+    fn assert_each_once(mut self) {
+        self.mail.stop();
+        assert_eq!(spool(self.src()), Default::default(), "left at the source");
+        let mut copies = delivered(self.receiver.data_dir());
+        copies.extend(spool(self.receiver.data_dir()));
+        copies.sort();
+        let want: Vec<_> = std::mem::take(&mut self.expected).into_iter().collect();
+        assert_eq!(copies, want, "each message once, unchanged");
+        self.receiver.kill();
+    }
+}
 
 #[test]
 fn a_transfer_that_fails_leaves_no_copy_a_mail_server_can_take() {
     if !fuse_available() {
         return;
     }
-    let tmp = Tmp::new("staging");
-    let source = volume(&tmp, "src");
-    let src = source.mountpoint();
-    let mut receiver = Receiver::start(&tmp, "r0", "127.0.0.67");
-    drain::demo::fill(src, 8).unwrap();
-    let expected = spool(src);
-    let ca = receiver.cert.display().to_string();
-    let mut mail = MailServers::new(vec![Mailbox::new(receiver.data_dir())]);
-    mail.start();
-
-    receiver.mount.fail_dir_sync(Path::new("events")).unwrap();
-    let args: Vec<String> = ["--ca-cert", &ca, &receiver.dest()]
+    let s = Scene::new("staging", "127.0.0.67");
+    let args: Vec<String> = ["--ca-cert", &s.ca, &s.receiver.dest()]
         .iter()
-        .map(|s| s.to_string())
+        .map(|a| a.to_string())
         .collect();
-    let log = tmp.0.join("drain.log");
-    let mut child = spawn_drain(src, &args, &log);
+    let mut child = spawn_drain(s.src(), &args, &s.tmp.0.join("drain.log"));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !receiver.log_text().contains("storing a transfer failed") {
+    while !s.receiver.log_text().contains("storing a transfer failed") {
         assert!(
             Instant::now() < deadline,
             "no transfer failed:\n{}",
-            receiver.log_text()
+            s.receiver.log_text()
         );
         std::thread::sleep(Duration::from_millis(5));
     }
     // Whatever the failed transfers made visible, the mail server has had time to take.
     let _ = child.kill();
     let _ = child.wait();
-    receiver.mount.heal().unwrap();
+    s.receiver.mount.heal().unwrap();
 
-    let o = run(src, &["--ca-cert", &ca, "resume"]);
+    let o = run(s.src(), &["--ca-cert", &s.ca, "resume"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
-    mail.stop();
-    assert_eq!(spool(src), Default::default(), "left at the source");
-    // Every message exactly once on the receiver: delivered, or still in its spool.
-    let mut copies = delivered(receiver.data_dir());
-    copies.extend(spool(receiver.data_dir()));
-    copies.sort();
-    let want: Vec<_> = expected.into_iter().collect();
-    assert_eq!(copies, want, "each message once, unchanged");
-    receiver.kill();
+    s.assert_each_once();
 }
 
 /// Copies whose dedupe records are durable but which could not be published (their events
@@ -74,42 +107,21 @@ fn copies_held_back_survive_their_run_s_finish_and_a_restart() {
     if !fuse_available() {
         return;
     }
-    let tmp = Tmp::new("held-back");
-    let source = volume(&tmp, "src");
-    let src = source.mountpoint();
-    let mut receiver = Receiver::start(&tmp, "r0", "127.0.0.68");
-    drain::demo::fill(src, 8).unwrap();
-    let expected = spool(src);
-    let ca = receiver.cert.display().to_string();
-    let mut mail = MailServers::new(vec![Mailbox::new(receiver.data_dir())]);
-    mail.start();
-
-    receiver.mount.fail_dir_sync(Path::new("events")).unwrap();
-    let o = run(src, &["--ca-cert", &ca, &receiver.dest()]);
+    let mut s = Scene::new("held-back", "127.0.0.68");
+    let o = run(s.src(), &["--ca-cert", &s.ca, &s.receiver.dest()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
-    assert_eq!(
-        spool(src),
-        Default::default(),
-        "the sender removed its copies"
-    );
-    let log = receiver.log_text();
+    let log = s.receiver.log_text();
     assert!(log.contains("storing a transfer failed"), "{log}");
     assert!(
         log.contains("not yet published"),
         "the finish was refused: {log}"
     );
 
-    receiver.kill();
-    receiver.mount.heal().unwrap();
-    receiver.spawn();
-    let log = receiver.log_text();
+    s.receiver.kill();
+    s.receiver.mount.heal().unwrap();
+    s.receiver.spawn();
+    let log = s.receiver.log_text();
     assert!(log.contains("0 never answered for"), "{log}");
-    mail.stop();
-    let mut copies = delivered(receiver.data_dir());
-    copies.extend(spool(receiver.data_dir()));
-    copies.sort();
-    let want: Vec<_> = expected.into_iter().collect();
-    assert_eq!(copies, want, "each message once, unchanged");
-    receiver.kill();
+    s.assert_each_once();
 }

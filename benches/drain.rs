@@ -28,7 +28,8 @@
 //! RSS (ideal: 1.0) and balancer/direct throughput (issue 11's target: at least 0.7).
 //!
 //! Run: `cargo bench --bench drain` (N = 20000) or `cargo bench --bench drain -- --messages N`;
-//! `DRAIN_BENCH_ARGS="--concurrency 32"` passes extra options to the drain. `--profile DIR`
+//! `DRAIN_BENCH_ARGS="--concurrency 32"` passes extra options to the drain,
+//! `DRAIN_BENCH_SERVE_ARGS="--spool-sync file"` to both destinations. `--profile DIR`
 //! runs only the drain, under `perf record` and then `strace -c` (see `profile.rs`).
 
 #[path = "drain/baselines.rs"]

@@ -5,7 +5,8 @@
 #
 # Installs what the tests need when it is missing (haproxy, nginx and curl for the access
 # tests behind real balancers; fuse3 for the power-loss file system in
-# tests/powerloss; as root, from Debian's packages), then runs every test of the workspace:
+# tests/powerloss, e2fsprogs and mount for ext4 on a loop device over it; as root, from
+# Debian's packages), then runs every test of the workspace:
 # the drain crate (unit tests, real `drain serve` processes with real TLS on 127.0.0.x, the
 # kill harness) and the power-loss crate (its file system's semantics, then the power-loss
 # harness). Prints one closing line `tests: N passed, M failed`; exits non-zero when a test
@@ -27,6 +28,8 @@ need fusermount3 fuse3
 need haproxy haproxy
 need nginx nginx
 need curl curl
+need mkfs.ext4 e2fsprogs   # ext4 on a loop device over the power-loss file system
+need losetup mount
 if [ ! -e /dev/fuse ]; then
   echo "!!! /dev/fuse is missing: the power-loss tests SKIP (they cannot mount) !!!"
 fi

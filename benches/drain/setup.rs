@@ -114,6 +114,8 @@ pub fn start_destinations(
     wrap_first: &[OsString],
 ) -> anyhow::Result<Destinations> {
     let (mut addrs, mut bundle, mut metrics) = (Vec::new(), String::new(), Vec::new());
+    // Extra `drain serve` options, as DRAIN_BENCH_ARGS gives the drain's.
+    let serve_args = std::env::var("DRAIN_BENCH_SERVE_ARGS").unwrap_or_default();
     for (i, ip) in ["127.0.0.2", "127.0.0.3"].into_iter().enumerate() {
         let name = format!("d{}", i + 1);
         let dir = base.join(&name);
@@ -132,6 +134,7 @@ pub fn start_destinations(
             .arg(&cert)
             .arg("--tls-key")
             .arg(&key)
+            .args(serve_args.split_whitespace())
             .spawn()
             .context("cannot start `drain serve`")?;
         servers.0.push(child);

@@ -44,14 +44,33 @@ impl FileError {
     }
 }
 
-/// Writes `bytes` to the new file `tmp`, fsyncs it and renames it to `dest`. The name is not
-/// durable until the caller fsyncs `dest`'s directory ([`sync_dir`]), which lets a caller
-/// writing many files share one directory fsync. On failure `tmp` is removed.
-pub fn write_then_rename(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<(), FileError> {
+/// Whether [`write_then_rename`] fsyncs the file before its rename.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sync {
+    /// fsync the file, then rename it.
+    Now,
+    /// Rename it unsynced: the caller makes the whole group durable at once (a `syncfs`), and
+    /// reads nothing under `dest` as whole before that.
+    Later,
+}
+
+/// Writes `bytes` to the new file `tmp`, fsyncs it (with [`Sync::Now`]) and renames it to
+/// `dest`. The name is not durable until the caller fsyncs `dest`'s directory ([`sync_dir`]),
+/// which lets a caller writing many files share one directory fsync. On failure `tmp` is
+/// removed.
+pub fn write_then_rename(
+    tmp: &Path,
+    dest: &Path,
+    bytes: &[u8],
+    sync: Sync,
+) -> Result<(), FileError> {
     let write = || -> io::Result<()> {
         let mut f = create_private_file(tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()
+        match sync {
+            Sync::Now => f.sync_all(),
+            Sync::Later => Ok(()),
+        }
     };
     if let Err(e) = write() {
         let _ = fs::remove_file(tmp);
@@ -78,7 +97,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(FileError::new(&tmp, e)),
     }
-    write_then_rename(&tmp, path, bytes)?;
+    write_then_rename(&tmp, path, bytes, Sync::Now)?;
     sync_dir(dir)
 }
 

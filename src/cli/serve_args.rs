@@ -13,7 +13,8 @@ use crate::intake::{NetList, ServeOptions, config};
 Settings come from --config FILE (TOML, keys named after GreenArrow's directives: listen, tls_cert,
 tls_key, accept_drain_from, http_trusted_proxy_ips, incoming_drain_workers, event_endpoints,
 event_timeout, max_request_size, dedupe_retention, wait_after_drain, metrics_listen, client_ca,
-tls_handshake_timeout, header_read_timeout, body_idle_timeout, max_connections_per_peer) and from
+tls_handshake_timeout, header_read_timeout, body_idle_timeout, max_connections_per_peer,
+spool_sync) and from
 these flags; a flag
 given wins over the file, and a list flag given replaces the file's list.
 
@@ -99,6 +100,12 @@ pub struct ServeArgs {
     /// warning (default 64; 1 to 65536; --trusted-proxy-ips peers are exempt).
     #[arg(long, value_name = "N")]
     pub max_connections_per_peer: Option<usize>,
+    /// How a received transfer's copies are made durable before it is answered: `file` (an
+    /// fsync per copy, a directory fsync per queue), `filesystem` (one syncfs(2) per transfer:
+    /// fewer syncs, but it also flushes what others wrote on that file system), or `auto`
+    /// (default: `filesystem` on ext4, XFS and btrfs, `file` elsewhere, FUSE and NFS included).
+    #[arg(long, value_name = "auto|file|filesystem")]
+    pub spool_sync: Option<crate::spool::SpoolSync>,
 }
 
 impl ServeArgs {
@@ -183,6 +190,7 @@ impl ServeArgs {
                 "--max-connections-per-peer",
                 self.max_connections_per_peer,
             )?,
+            spool_sync: self.spool_sync,
         })
     }
 

@@ -137,7 +137,7 @@ impl EventQueue {
             let path = self.dir.join(format!("{name}.json"));
             let bytes = bytes.map_err(|err| FileError::new(&path, err.into()))?;
             let tmp = self.dir.join(format!(".{name}.tmp"));
-            durable::write_then_rename(&tmp, &path, &bytes)?;
+            durable::write_then_rename(&tmp, &path, &bytes, durable::Sync::Now)?;
         }
         sync_dir(&self.dir)
     }
@@ -250,10 +250,15 @@ impl EventQueue {
                 let copy = dead.join(format!("{id}.json"));
                 let bytes = serde_json::to_vec(&ev)
                     .map_err(|e| FileError::new(&copy, std::io::Error::other(e)))?;
-                durable::write_then_rename(&dead.join(format!(".{id}.tmp")), &copy, &bytes)?;
+                durable::write_then_rename(
+                    &dead.join(format!(".{id}.tmp")),
+                    &copy,
+                    &bytes,
+                    durable::Sync::Now,
+                )?;
                 let why = dead.join(format!("{id}.{key}.why"));
                 let tmp = dead.join(format!(".{id}.{key}.tmp"));
-                durable::write_then_rename(&tmp, &why, &note_bytes)?;
+                durable::write_then_rename(&tmp, &why, &note_bytes, durable::Sync::Now)?;
             }
         }
         sync_dir(&dead)?;

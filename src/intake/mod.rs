@@ -196,7 +196,13 @@ fn open_state(
     events: &EventQueue,
     event_stats: Arc<processor::Stats>,
 ) -> anyhow::Result<State> {
-    let store = Store::open(&opts.data_dir, opts.workers, instance, events.clone())?;
+    let store = Store::open(
+        &opts.data_dir,
+        opts.workers,
+        opts.spool_sync,
+        instance,
+        events.clone(),
+    )?;
     let accepting = Arc::new(AtomicBool::new(true));
     let metrics = Arc::new(metrics::Metrics::new(
         accepting.clone(),

@@ -36,6 +36,9 @@ pub struct ServeOptions {
     /// Most connections open at once from one peer address (trusted proxies exempt); more are
     /// closed at accept.
     pub max_connections_per_peer: usize,
+    /// How received copies are made durable (`spool::sync`); resolved against the data
+    /// directory's file system when the store opens.
+    pub spool_sync: crate::spool::SpoolSync,
 }
 
 /// How long a slow or stalled peer is waited for, at each step. None of these waits holds

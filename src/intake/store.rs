@@ -37,8 +37,10 @@ use super::verdicts::{check_frame, fenced, id_conflict, item, room_for};
 use crate::base::{ContentHash, MessageId, QueueKind, Timestamp};
 use crate::events::EventQueue;
 use crate::groupcommit::Committer;
-use crate::spool::{Message, Spool, SpoolError, Staged};
+use crate::spool::{Message, Spool, SpoolError, SpoolSync, Staged};
 use crate::wire::{Frame, ItemResult, Outcome, RejectCode};
+
+mod publish;
 
 /// (sender instance id, sender run id, message hash) -> `DedupeRecord` JSON.
 pub(super) const DEDUPE: TableDefinition<(&str, &str, [u8; 32]), &[u8]> =
@@ -130,10 +132,18 @@ impl Store {
     pub fn open(
         data_dir: &Path,
         workers: usize,
+        sync: SpoolSync,
         instance: &str,
         events: EventQueue,
     ) -> Result<Store, StoreError> {
         let spool = Spool::open(data_dir)?;
+        let (mode, fs) = sync.resolve(spool.root());
+        tracing::info!(
+            "received copies are made durable by {} (--spool-sync {sync}; {} is on {fs})",
+            mode.describe(),
+            spool.root().display()
+        );
+        let spool = spool.with_sync(mode);
         let path = data_dir.join("intake.redb");
         let db_path = path.display().to_string();
         let dberr = |e: &dyn std::fmt::Display| StoreError::Db {
@@ -232,39 +242,6 @@ impl Store {
             path: self.db_path.clone(),
             reason: e.to_string(),
         }
-    }
-
-    /// Forgets the dedupe keys of a finished run. Refused while copies of that run wait to be
-    /// published: their keys are what publishes them at the next start, so they stay.
-    pub async fn forget_run(&self, sender: &str, run: &str) -> Result<(), StoreError> {
-        self.retry_unpublished().await;
-        let waiting: usize = lock(&self.unpublished)
-            .iter()
-            .flat_map(|s| &s.entries)
-            .filter(|e| e.sender == sender && e.run == run)
-            .count();
-        if waiting > 0 {
-            return Err(StoreError::Unpublished(waiting));
-        }
-        self.committer
-            .submit(Write::ForgetRun {
-                sender: sender.to_string(),
-                run: run.to_string(),
-            })
-            .await
-            .map_err(|e| self.db_err(e))
-    }
-
-    /// Drops dedupe keys older than `retention`.
-    pub async fn expire(&self, retention: std::time::Duration) -> Result<(), StoreError> {
-        // Checked: a retention reaching before year -9999 keeps everything, never panics.
-        let cutoff = time::OffsetDateTime::now_utc()
-            .checked_sub(time::Duration::try_from(retention).unwrap_or(time::Duration::MAX))
-            .unwrap_or(time::PrimitiveDateTime::MIN.assume_utc());
-        self.committer
-            .submit(Write::ExpireBefore(Timestamp(cutoff)))
-            .await
-            .map_err(|e| self.db_err(e))
     }
 
     /// Which of `asked` (id, hash) this instance holds for (sender, run): recorded in the
@@ -544,65 +521,6 @@ enum Verdict {
     Store(Message, DedupeEntry),
 }
 
-impl Store {
-    /// Commits a transfer's dedupe records (group commit), then records its events and
-    /// publishes its copies (see `staging`). A copy found held without its record gets an
-    /// event too (its own may have been lost with the record: at least one per message).
-    /// If the commit fails, the copies stay staged without records (the next start removes
-    /// them); if publishing fails, they wait in `unpublished`, their ids still claimed.
-    async fn commit_then_publish(&self, staging: Staging) -> Result<(), StoreError> {
-        if staging.entries.is_empty() {
-            return Ok(());
-        }
-        self.committer
-            .submit(Write::Insert(staging.entries.clone()))
-            .await
-            .map_err(|e| self.db_err(e))?;
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let done = staging::publish(
-                &this.spool,
-                &this.events,
-                &this.instance,
-                &staging.entries,
-                &staging.staged,
-            );
-            if done.is_err() {
-                lock(&this.unpublished).push(staging);
-            }
-            done
-        })
-        .await
-        .map_err(|e| StoreError::Worker(e.to_string()))?
-    }
-
-    /// Publishes what an earlier failure left unpublished, if anything; what fails again
-    /// waits for the next request (or the next start).
-    async fn retry_unpublished(&self) {
-        let waiting = std::mem::take(&mut *lock(&self.unpublished));
-        if waiting.is_empty() {
-            return;
-        }
-        let this = self.clone();
-        let retried = tokio::task::spawn_blocking(move || {
-            for staging in waiting {
-                let (entries, staged) = (&staging.entries, &staging.staged);
-                match staging::publish(&this.spool, &this.events, &this.instance, entries, staged) {
-                    Ok(()) => tracing::info!("published {} copies held back", staged.len()),
-                    Err(e) => {
-                        tracing::warn!("copies held back still cannot be published: {e}");
-                        lock(&this.unpublished).push(staging);
-                    }
-                }
-            }
-        })
-        .await;
-        if let Err(e) = retried {
-            tracing::warn!("publishing copies held back failed: {e}");
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

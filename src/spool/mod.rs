@@ -9,8 +9,9 @@
 //! spool/.tmp/                     files being written; never a message until renamed
 //! ```
 //!
-//! Invariants: a message file appears only whole (temp file, fsync, rename, directory fsync),
-//! and disappears only through [`Spool::remove`], which fsyncs the directory so the removal
+//! Invariants: a message file appears only whole (temp file, fsync, rename, directory fsync;
+//! or, for a spool in [`SyncMode::Filesystem`], temp file, rename, one `syncfs` per group: see
+//! `sync`), and disappears only through [`Spool::remove`], which fsyncs the directory so the removal
 //! survives a crash. Scanning streams the directories (memory does not grow with the number of
 //! files). Callers: the CLI (`spool add|ls|cat`), the drain engine (scan, read, remove) and the
 //! intake server (store).
@@ -18,6 +19,7 @@
 mod file;
 pub mod format;
 mod staged;
+mod sync;
 
 use std::fs;
 use std::io;
@@ -25,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 pub use format::{FormatError, Header};
 pub use staged::Staged;
+pub use sync::{SpoolSync, SyncMode};
 
 use crate::base::durable::{self, FileError};
 use crate::base::{ContentHash, MessageId, QueueKind};
@@ -176,13 +179,17 @@ pub struct Entry {
 #[derive(Clone, Debug)]
 pub struct Spool {
     root: PathBuf,
+    sync: SyncMode,
 }
 
 impl Spool {
     /// Opens (creating if needed) the spool under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Spool, SpoolError> {
         let root = data_dir.join("spool");
-        let spool = Spool { root };
+        let spool = Spool {
+            root,
+            sync: SyncMode::File,
+        };
         for dir in QueueKind::ALL
             .iter()
             .map(|q| spool.queue_dir(*q))
@@ -195,6 +202,15 @@ impl Spool {
             }
         }
         Ok(spool)
+    }
+
+    /// This spool, writing with `mode` (see `sync`); a spool opens in [`SyncMode::File`].
+    pub fn with_sync(self, mode: SyncMode) -> Spool {
+        Spool { sync: mode, ..self }
+    }
+
+    pub fn sync_mode(&self) -> SyncMode {
+        self.sync
     }
 
     pub fn root(&self) -> &Path {
@@ -238,34 +254,38 @@ impl Spool {
 
     /// [`Spool::store_many`] with an outcome per message: a file that cannot be written fails
     /// alone (its error names it) and the others are still stored. A queue directory whose
-    /// fsync fails fails every message written into it.
+    /// fsync fails fails every message written into it. Always an fsync per file, whatever
+    /// the [`SyncMode`]: these names are messages at once, so the name must never be durable
+    /// before its content.
     pub fn store_each(&self, msgs: &[Message]) -> Vec<Result<(), SpoolError>> {
-        self.write_each(msgs, |m| self.path_of(m.header.queue, m.header.id))
+        self.write_each_fsynced(msgs, |m| self.path_of(m.header.queue, m.header.id))
             .into_iter()
             .map(|r| r.map(|_| ()))
             .collect()
     }
 
     /// Writes each message to the path `dest` gives it in its queue directory (temp file in
-    /// `.tmp`, fsync, rename), then fsyncs each queue directory touched once. One outcome per
-    /// message: the path written, or the error naming it; a directory whose fsync fails fails
-    /// every message written into it. Shared by [`Spool::store_each`] and
-    /// [`Spool::stage_each`].
+    /// `.tmp`, rename), durably as this spool's [`SyncMode`] says. One outcome per message: the
+    /// path written, or the error naming it; a sync that fails fails every message it was to
+    /// cover. Used by [`Spool::stage_each`], whose names are not messages until published.
     fn write_each(
         &self,
         msgs: &[Message],
         dest: impl Fn(&Message) -> PathBuf,
     ) -> Vec<Result<PathBuf, SpoolError>> {
-        let mut results: Vec<Result<PathBuf, SpoolError>> = msgs
-            .iter()
-            .map(|m| {
-                let nonce = MessageId::random().map_err(|e| SpoolError::io(self.tmp_dir(), e))?;
-                let tmp = self.tmp_dir().join(format!("{}.{nonce}.tmp", m.header.id));
-                let path = dest(m);
-                durable::write_then_rename(&tmp, &path, &m.bytes)?;
-                Ok(path)
-            })
-            .collect();
+        match self.sync {
+            SyncMode::File => self.write_each_fsynced(msgs, dest),
+            SyncMode::Filesystem => self.write_each_then_syncfs(msgs, dest),
+        }
+    }
+
+    /// An fsync per file before its rename, then one fsync per queue directory touched.
+    fn write_each_fsynced(
+        &self,
+        msgs: &[Message],
+        dest: impl Fn(&Message) -> PathBuf,
+    ) -> Vec<Result<PathBuf, SpoolError>> {
+        let mut results = self.write_files(msgs, &dest, durable::Sync::Now);
         for q in QueueKind::ALL {
             let written: Vec<usize> = (0..msgs.len())
                 .filter(|&i| msgs[i].header.queue == q && results[i].is_ok())
@@ -281,6 +301,53 @@ impl Spool {
             }
         }
         results
+    }
+
+    /// Every file written and renamed without a sync, then one `syncfs` of the spool's file
+    /// system for all of them (the descriptor opened first: see `sync`).
+    fn write_each_then_syncfs(
+        &self,
+        msgs: &[Message],
+        dest: impl Fn(&Message) -> PathBuf,
+    ) -> Vec<Result<PathBuf, SpoolError>> {
+        let barrier = match sync::Barrier::open(&self.root) {
+            Ok(b) => b,
+            Err(e) => {
+                let why = format!("cannot open the spool for syncfs: {e}");
+                return msgs
+                    .iter()
+                    .map(|m| Err(SpoolError::io(dest(m), std::io::Error::other(why.clone()))))
+                    .collect();
+            }
+        };
+        let mut results = self.write_files(msgs, &dest, durable::Sync::Later);
+        if let Err(e) = barrier.sync() {
+            for (r, m) in results.iter_mut().zip(msgs) {
+                if r.is_ok() {
+                    let why = format!("written, but syncfs of {}: {e}", self.root.display());
+                    *r = Err(SpoolError::io(dest(m), std::io::Error::other(why)));
+                }
+            }
+        }
+        results
+    }
+
+    /// Each message to a temp file in `.tmp`, renamed to `dest`; its own fsync as `sync` says.
+    fn write_files(
+        &self,
+        msgs: &[Message],
+        dest: &impl Fn(&Message) -> PathBuf,
+        sync: durable::Sync,
+    ) -> Vec<Result<PathBuf, SpoolError>> {
+        msgs.iter()
+            .map(|m| {
+                let nonce = MessageId::random().map_err(|e| SpoolError::io(self.tmp_dir(), e))?;
+                let tmp = self.tmp_dir().join(format!("{}.{nonce}.tmp", m.header.id));
+                let path = dest(m);
+                durable::write_then_rename(&tmp, &path, &m.bytes, sync)?;
+                Ok(path)
+            })
+            .collect()
     }
 
     /// Removes temp files older than `age` left in `.tmp` by a crash mid-write (they never

@@ -62,8 +62,10 @@ impl Spool {
     }
 
     /// Writes each message durably under its staged name for (sender, run): temp file, fsync,
-    /// rename, then one fsync per queue directory touched. A staged copy of the same name (an
-    /// earlier attempt) is replaced. One outcome per message, as [`Spool::store_each`].
+    /// rename, then one fsync per queue directory touched; or, in [`super::SyncMode::Filesystem`],
+    /// temp file, rename, one `syncfs` for them all (a staged name durable before its content
+    /// is torn, and settled as never answered). A staged copy of the same name (an earlier
+    /// attempt) is replaced. One outcome per message, as [`Spool::store_each`].
     pub fn stage_each(
         &self,
         msgs: &[Message],
@@ -201,7 +203,17 @@ mod tests {
 
     #[test]
     fn a_staged_copy_is_no_message_until_published() {
-        let (dir, spool) = temp_spool("publish");
+        for mode in [
+            crate::spool::SyncMode::File,
+            crate::spool::SyncMode::Filesystem,
+        ] {
+            staged_then_published(mode);
+        }
+    }
+
+    fn staged_then_published(mode: crate::spool::SyncMode) {
+        let (dir, spool) = temp_spool(mode.as_str());
+        let spool = spool.with_sync(mode);
         let msg = message(b"hello");
         let (sender, run) = ("a".repeat(32), "0123456789abcdef".repeat(2));
         let staged: Vec<Staged> = spool

@@ -32,6 +32,7 @@
 //! | `header_read_timeout` | string, a duration, 100ms to 1h | `--header-read-timeout` | `"30s"` |
 //! | `body_idle_timeout` | string, a duration, 100ms to 1h | `--body-idle-timeout` | `"30s"` |
 //! | `max_connections_per_peer` | integer, 1 to 65536 | `--max-connections-per-peer` | `64` |
+//! | `spool_sync` | string: `"auto"`, `"file"` or `"filesystem"` | `--spool-sync` | `"auto"` |
 //!
 //! An array key also takes one string (comma-separated for the IP/CIDR lists, as the flags do).
 //!
@@ -52,6 +53,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::intake::access::NetList;
+use crate::spool::SpoolSync;
 
 mod file;
 mod render;
@@ -116,6 +118,8 @@ settings! {
     body_idle_timeout: Duration, "--body-idle-timeout", default(DEFAULT_BODY_IDLE_TIMEOUT);
     /// Most connections open at once from one peer address.
     max_connections_per_peer: usize, "--max-connections-per-peer", default(DEFAULT_MAX_CONNECTIONS_PER_PEER);
+    /// How received copies are made durable: an fsync each, or one syncfs per transfer.
+    spool_sync: SpoolSync, "--spool-sync", default(SpoolSync::Auto);
 }
 
 /// The flag that overrides `key` ("" for no such key).

@@ -87,6 +87,7 @@ impl Settings {
                 body_idle: self.body_idle_timeout.value,
             },
             max_connections_per_peer: self.max_connections_per_peer.value,
+            spool_sync: self.spool_sync.value,
         }
     }
 }

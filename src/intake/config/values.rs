@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::file::{Reader, Value};
 use crate::events::processor::Endpoint;
 use crate::intake::access::NetList;
+use crate::spool::SpoolSync;
 
 /// A setting's type: read from a TOML value, written as TOML.
 pub trait ConfigValue: Sized {
@@ -203,6 +204,15 @@ impl ConfigValue for Duration {
     }
     fn to_toml(&self) -> String {
         quote(&humantime::format_duration(*self).to_string())
+    }
+}
+
+impl ConfigValue for SpoolSync {
+    fn read(r: &mut Reader<'_>, key: &str, v: &Value<'_>, _: &Path) -> Option<Self> {
+        r.parsed(key, v, str::parse)
+    }
+    fn to_toml(&self) -> String {
+        quote(self.as_str())
     }
 }
 

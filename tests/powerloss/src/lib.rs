@@ -24,7 +24,8 @@
 //!   independent files). This is stricter than ext4, never laxer, except for directories: a
 //!   directory that would appear twice (or in a loop) appears only at its first place.
 //! - Everything is durable at mount. `syncfs(2)` is not forwarded by FUSE; write `sync` to the
-//!   control file instead.
+//!   control file instead, or put ext4 on top ([`Ext4Disk`]: an image on this file system, on
+//!   a loop device, where ext4 turns a `syncfs` into a flush the file system sees).
 //!
 //! # Control
 //!
@@ -45,6 +46,7 @@
 //! are served by one thread.
 
 mod attr;
+mod block;
 mod durability;
 mod files;
 mod fs;
@@ -52,6 +54,7 @@ mod mount;
 mod ranges;
 mod state;
 
+pub use block::{DiskError, Ext4Disk};
 pub use fs::{Command, PowerlossFs};
 pub use mount::{Mount, MountError, command, config, prepare};
 

@@ -12,7 +12,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use drain_powerloss::Mount;
+use drain_powerloss::{Ext4Disk, Mount};
+
+/// Where a receiver's data directory lives: a power-loss mount, or ext4 on one.
+pub trait Volume {
+    fn root(&self) -> &Path;
+}
+
+impl Volume for Mount {
+    fn root(&self) -> &Path {
+        self.mountpoint()
+    }
+}
+
+impl Volume for Ext4Disk {
+    fn root(&self) -> &Path {
+        self.mountpoint()
+    }
+}
 
 /// A temporary directory, removed on drop unless `DRAIN_TEST_KEEP` is set.
 pub struct Tmp(pub PathBuf);
@@ -86,10 +103,10 @@ impl Rng {
     }
 }
 
-/// A `drain serve` receiver whose data directory is a power-loss mount.
-pub struct Receiver {
+/// A `drain serve` receiver whose data directory is a power-loss mount (or ext4 on one).
+pub struct Receiver<V: Volume = Mount> {
     child: Option<Child>,
-    pub mount: Mount,
+    pub mount: V,
     ip: String,
     port: u16,
     pub cert: PathBuf,
@@ -108,10 +125,17 @@ impl Receiver {
 
     /// [`Receiver::start`] with more `drain serve` options.
     pub fn start_with(tmp: &Tmp, name: &str, ip: &str, extra: &[String]) -> Receiver {
+        Receiver::start_on(volume(tmp, name), tmp, name, ip, extra)
+    }
+}
+
+impl<V: Volume> Receiver<V> {
+    /// A receiver whose data directory is the root of `mount`.
+    pub fn start_on(mount: V, tmp: &Tmp, name: &str, ip: &str, extra: &[String]) -> Receiver<V> {
         let (cert, key) = drain::tls::write_self_signed(&[ip.to_string()], &tmp.0, name).unwrap();
         let mut r = Receiver {
             child: None,
-            mount: volume(tmp, name),
+            mount,
             ip: ip.to_string(),
             port: 0,
             cert,
@@ -124,7 +148,7 @@ impl Receiver {
     }
 
     pub fn data_dir(&self) -> &Path {
-        self.mount.mountpoint()
+        self.mount.root()
     }
 
     /// Starts `drain serve` (on the port it had before, after the first start).
@@ -187,7 +211,7 @@ impl Receiver {
     }
 }
 
-impl Drop for Receiver {
+impl<V: Volume> Drop for Receiver<V> {
     fn drop(&mut self) {
         self.kill();
     }

@@ -81,10 +81,11 @@ pub fn run(base: &Path, out: &Path, n: usize, sizes: Sizes) -> anyhow::Result<()
     for (side, messages) in [("drain", n), ("serve", received)] {
         let text = fs::read_to_string(out.join(format!("{side}.strace")))?;
         let calls = |syscall: &str| syscall_calls(&text, syscall);
-        let (fsync, fdatasync) = (calls("fsync"), calls("fdatasync"));
-        let per = (fsync + fdatasync) as f64 / messages as f64;
+        let (fsync, fdatasync, syncfs) = (calls("fsync"), calls("fdatasync"), calls("syncfs"));
+        let per = (fsync + fdatasync + syncfs) as f64 / messages as f64;
         println!(
-            "  {side:<5}: {fsync} fsync + {fdatasync} fdatasync for {messages} messages = {per:.2} per message"
+            "  {side:<5}: {fsync} fsync + {fdatasync} fdatasync + {syncfs} syncfs for {messages} \
+             messages = {per:.2} per message"
         );
     }
     Ok(())

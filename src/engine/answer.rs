@@ -140,12 +140,14 @@ pub(crate) async fn refused(
     })
 }
 
-/// Applies per-message outcomes: rejections first, then the acknowledgements (and removals).
+/// Applies per-message outcomes: rejections first, then the acknowledgements (and removals),
+/// each journaled with the instance that gave it (`by`, when the answer named one).
 pub(crate) async fn answered(
     run: &Run,
     d: usize,
     items: Vec<Item>,
     results: Vec<ItemResult>,
+    by: Option<String>,
 ) -> anyhow::Result<Sorted> {
     let dname = run.set.name(d);
     let mut sorted = Sorted::default();
@@ -186,7 +188,10 @@ pub(crate) async fn answered(
         }
     }
     ledger::rejected_each(run, &dname, rejections).await?;
-    let acked = acked.into_iter().map(|(i, n)| i.into_acked(n)).collect();
+    let acked = acked
+        .into_iter()
+        .map(|(i, n)| i.into_acked(n, by.clone()))
+        .collect();
     run.retire(&dname, acked).await?;
     Ok(sorted)
 }

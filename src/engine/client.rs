@@ -8,7 +8,8 @@
 //!   absence): like a 403, permanent for this destination, and nothing reached its storage.
 //!   Recognised by the typed rustls alert in the error's source chain (`tls::handshake_refusal`),
 //!   also when, with TLS 1.3, the alert arrives on the first read after the handshake.
-//! - [`Delivery::Answered`]: per-message outcomes.
+//! - [`Delivery::Answered`]: per-message outcomes, and the instance that gave them (its
+//!   `Drain-Instance`, journaled with each `acked` so that a resumed run knows it).
 //! - [`Delivery::Ambiguous`]: it may have stored some (timeout, dropped connection, other 5xx,
 //!   unreadable answer): the messages stay pinned to it until it answers a query.
 //!
@@ -61,7 +62,11 @@ pub enum QueryError {
 /// How a transfer request ended.
 #[derive(Debug)]
 pub enum Delivery {
-    Answered(Vec<ItemResult>),
+    Answered {
+        results: Vec<ItemResult>,
+        /// The `Drain-Instance` of the answer, if it named a valid one.
+        instance: Option<String>,
+    },
     NotDelivered(Failure),
     Refused {
         status: u16,
@@ -585,7 +590,10 @@ fn answered(body: &[u8], frames: usize, answering: Option<String>) -> Delivery {
         Err(e) => return Delivery::Ambiguous(Failure::new(FailureKind::BadAnswer, e.to_string())),
     };
     if !results.iter().any(|r| r.outcome == wire::Outcome::Parked) {
-        return Delivery::Answered(results);
+        return Delivery::Answered {
+            results,
+            instance: answering,
+        };
     }
     match answering {
         Some(instance) => Delivery::Parked { instance, results },

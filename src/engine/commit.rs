@@ -48,7 +48,7 @@ pub(crate) async fn parked(
     let mut sorted = if others.is_empty() {
         Sorted::default()
     } else {
-        answer::answered(run, d, others, answers).await?
+        answer::answered(run, d, others, answers, Some(instance.clone())).await?
     };
     let dname = run.set.name(d);
     ledger::parked(run, &dname, &instance, &mut waiting).await?;
@@ -78,8 +78,11 @@ async fn commit(run: &Run, d: usize, instance: &str, items: Vec<Item>) -> anyhow
         }
         let reason = match run.client.commit(&dest, instance, &asked).await {
             Delivery::Misdirected(_) => continue,
-            Delivery::Answered(results) => {
-                return Ok(Step::Done(answer::answered(run, d, items, results).await?));
+            Delivery::Answered { results, .. } => {
+                let by = Some(instance.to_string());
+                return Ok(Step::Done(
+                    answer::answered(run, d, items, results, by).await?,
+                ));
             }
             // Never reached it, or it is not accepting: nothing committed; the parked copies
             // expire there.

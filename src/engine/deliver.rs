@@ -66,8 +66,10 @@ pub(crate) async fn one_request(run: &Run, d: usize, items: Vec<Item>) -> anyhow
             run.state.note_failure(&dname, &reason);
             return Ok(Step::in_doubt(items));
         }
-        Delivery::Answered(results) => {
-            return Ok(Step::Done(answered(run, d, items, results).await?));
+        Delivery::Answered { results, instance } => {
+            return Ok(Step::Done(
+                answered(run, d, items, results, instance).await?,
+            ));
         }
         Delivery::Parked { instance, results } => {
             return super::commit::parked(run, d, items, instance, results).await;

@@ -107,13 +107,14 @@ impl Item {
         self.hash = self.msg.hash;
     }
 
-    /// The item acknowledged by a destination (`note`: how): its bytes are let go, its claim
-    /// is kept until the local copy is removed.
-    pub fn into_acked(self, note: String) -> Acked {
+    /// The item acknowledged by a destination (`note`: how; `by`: the instance that answered,
+    /// if known): its bytes are let go, its claim is kept until the local copy is removed.
+    pub fn into_acked(self, note: String, by: Option<String>) -> Acked {
         Acked {
             size: self.size(),
             entry: self.entry,
             note,
+            by,
             _claim: self._claim,
         }
     }
@@ -126,5 +127,7 @@ pub(crate) struct Acked {
     pub size: u64,
     /// How it was acknowledged (the journal's `acked` note).
     pub note: String,
+    /// The instance behind the destination that acknowledged it, if the answer named one.
+    pub by: Option<String>,
     _claim: Option<Claim>,
 }

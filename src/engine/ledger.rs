@@ -180,15 +180,35 @@ pub(crate) async fn reassigned(
     Ok(())
 }
 
-/// Commits `acked(dest)` for each (dest, id, note), in one commit.
-async fn commit_acked(run: &Run, acked: Vec<(String, MessageId, String)>) -> anyhow::Result<()> {
+/// One `acked` to journal: who took it, how, and which instance behind `dest` answered.
+struct Ack {
+    dest: String,
+    id: MessageId,
+    note: String,
+    by: Option<String>,
+}
+
+impl Ack {
+    fn new(dest: &str, id: MessageId, note: &str) -> Ack {
+        Ack {
+            dest: dest.to_string(),
+            id,
+            note: note.to_string(),
+            by: None,
+        }
+    }
+}
+
+/// Commits `acked(dest)` for each, in one commit.
+async fn commit_acked(run: &Run, acked: Vec<Ack>) -> anyhow::Result<()> {
     let ops = acked
         .into_iter()
-        .map(|(dest, id, note)| Op::Acked {
+        .map(|a| Op::Acked {
             run: run.set.run_seq,
-            id,
-            dest,
-            note,
+            id: a.id,
+            dest: a.dest,
+            note: a.note,
+            instance: a.by,
         })
         .collect();
     Ok(run.journal.commit(ops).await?)
@@ -203,9 +223,10 @@ pub(crate) async fn acked(run: &Run, group: Vec<Retiring>) -> anyhow::Result<()>
     let each = group
         .iter()
         .flat_map(|b| {
-            b.acked
-                .iter()
-                .map(|a| (b.dest.clone(), a.entry.id, a.note.clone()))
+            b.acked.iter().map(|a| Ack {
+                by: a.by.clone(),
+                ..Ack::new(&b.dest, a.entry.id, &a.note)
+            })
         })
         .collect();
     commit_acked(run, each).await?;
@@ -240,9 +261,7 @@ pub(crate) async fn acked_entries(
     if entries.is_empty() {
         return Ok(());
     }
-    let each = entries
-        .iter()
-        .map(|e| (dest.to_string(), e.id, note.to_string()));
+    let each = entries.iter().map(|e| Ack::new(dest, e.id, note));
     commit_acked(run, each.collect()).await?;
     remove_local(run, entries).await
 }
@@ -260,7 +279,7 @@ pub(crate) async fn moved_to_fallback(
         return Ok(());
     }
     let note = "moved to the fallback path";
-    let each = ids(&items).map(|id| (fb.name.clone(), id, note.to_string()));
+    let each = ids(&items).map(|id| Ack::new(&fb.name, id, note));
     commit_acked(run, each.collect()).await?;
     {
         let mut r = run.state.report();

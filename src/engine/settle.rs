@@ -154,7 +154,7 @@ pub(crate) async fn confirm(
                 );
                 let acked = yes
                     .into_iter()
-                    .map(|i| i.into_acked("held (confirmed by query)".to_string()))
+                    .map(|i| i.into_acked("held (confirmed by query)".to_string(), None))
                     .collect();
                 run.retire(&dname, acked).await?;
                 return Ok(Confirmed::NotHeld(no));

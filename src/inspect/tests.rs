@@ -216,6 +216,7 @@ fn anomaly_ops() -> Vec<Op> {
             id: id(n),
             dest: dest.into(),
             note: "stored".into(),
+            instance: None,
         });
         ops.push(Op::Deleted { run: 1, id: id(n) });
     }
@@ -229,6 +230,7 @@ fn anomaly_ops() -> Vec<Op> {
             id: id(n),
             dest: B.into(),
             note: "stored".into(),
+            instance: None,
         });
         ops.push(Op::RemoveFailed {
             run: 1,
@@ -385,6 +387,7 @@ fn bench_summary_of_a_large_journal() {
                     id: id(k),
                     dest: dest.into(),
                     note: "stored".into(),
+                    instance: None,
                 });
                 ops.push(Op::Deleted { run: 1, id: id(k) });
             }

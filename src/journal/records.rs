@@ -200,12 +200,15 @@ pub enum Op {
         reason: String,
         permanent: bool,
     },
-    /// `dest` acknowledged it durably (`note`: stored or already held).
+    /// `dest` acknowledged it durably (`note`: stored or already held; `instance`: the one
+    /// behind `dest` that answered, if it named itself, remembered so that a resumed run
+    /// tells it when the run finishes).
     Acked {
         run: u64,
         id: MessageId,
         dest: String,
         note: String,
+        instance: Option<String>,
     },
     /// The local copy was removed durably.
     Deleted { run: u64, id: MessageId },

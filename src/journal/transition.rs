@@ -146,11 +146,20 @@ impl Op {
                 let note = format!("reassigned, possible duplicate: {reason}");
                 Ok(back_to_read(r, from, note))
             }
-            Op::Acked { dest, note, .. } => {
+            Op::Acked {
+                dest,
+                note,
+                instance,
+                ..
+            } => {
                 let mut r = from_sent_to(r, op, dest)?;
                 r.state = State::Acked;
-                r.history
-                    .push(step(State::Acked, Some(dest), Some(note.clone())));
+                let mut t = step(State::Acked, Some(dest), Some(note.clone()));
+                if instance.is_some() {
+                    r.instance = instance.clone();
+                    t.instance = instance.clone();
+                }
+                r.history.push(t);
                 Ok(r)
             }
             Op::Deleted { .. } => {

@@ -96,6 +96,7 @@ fn a_refused_commit_names_the_file_and_the_cause() {
             id: id(1),
             dest: "10.0.0.2:443".into(),
             note: "stored".into(),
+            instance: None,
         }]))
         .unwrap_err();
     assert!(

@@ -75,6 +75,7 @@ impl Gen {
                 id,
                 dest,
                 note: "stored".into(),
+                instance: None,
             },
             6 => Op::Deleted { run, id },
             7 => Op::RemoveFailed { run, id, reason },

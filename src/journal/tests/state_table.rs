@@ -80,6 +80,7 @@ fn op(kind: &str) -> Op {
             id,
             dest,
             note: "stored".into(),
+            instance: None,
         },
         "Deleted" => Op::Deleted { run, id },
         "Parked" => Op::Parked {
@@ -120,6 +121,7 @@ fn record_in(column: &str) -> Option<MessageRecord> {
         id: id(1),
         dest: D.into(),
         note: "stored".into(),
+        instance: None,
     };
     let read = read_op(1, 1, 7);
     match column {
@@ -286,4 +288,30 @@ fn sent_records_its_target_instance() {
     json.as_object_mut().unwrap().remove("instance");
     let old: MessageRecord = serde_json::from_value(json).unwrap();
     assert_eq!(old.instance, None);
+}
+
+/// The instance that answered an `acked` is kept on the record (and its step), so that a
+/// resumed run knows every instance behind a destination that holds messages of it; an
+/// `acked` that names none leaves the instance the message was addressed to.
+#[test]
+fn acked_keeps_the_instance_that_answered() {
+    let sent = Op::Sent {
+        run: 1,
+        id: id(1),
+        dest: D.into(),
+        possible_duplicate: false,
+        instance: None,
+    };
+    let acked = |instance: Option<&str>| Op::Acked {
+        run: 1,
+        id: id(1),
+        dest: D.into(),
+        note: "stored".into(),
+        instance: instance.map(String::from),
+    };
+    let by = apply(&[read_op(1, 1, 7), sent.clone(), acked(Some("b7"))]).unwrap();
+    assert_eq!(by.instance.as_deref(), Some("b7"));
+    assert_eq!(by.history.last().unwrap().instance.as_deref(), Some("b7"));
+    let unnamed = apply(&[read_op(1, 1, 7), sent, acked(None)]).unwrap();
+    assert_eq!(unnamed.instance, None);
 }

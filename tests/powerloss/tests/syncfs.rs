@@ -22,19 +22,31 @@ use drain_powerloss::Ext4Disk;
 
 type Census = BTreeMap<String, (String, String)>;
 
-/// A sender on the real disk and a receiver on ext4 over a power-loss mount.
+/// What a scene is made of.
+struct Setup {
+    /// The receiver's `--spool-sync`.
+    sync: &'static str,
+    /// A mail server beside the receiver, taking every `<id>.msg`.
+    mail: bool,
+    /// The sender's data directory on ext4 over a power-loss mount too (cut with the
+    /// receiver's), instead of the real disk.
+    source_on_ext4: bool,
+}
+
+/// A sender (on the real disk, or on ext4 over a power-loss mount) and a receiver on ext4 over
+/// a power-loss mount.
 struct Scene {
-    /// A mail server taking every `<id>.msg`, if the scene has one (dropped first: it uses
-    /// the receiver's disk).
+    /// Dropped first: it uses the receiver's disk.
     mail: Option<MailServers>,
     receiver: Receiver<Ext4Disk>,
+    source_disk: Option<Ext4Disk>,
     source: PathBuf,
     ca: String,
     tmp: Tmp,
 }
 
 impl Scene {
-    fn new(tag: &str, ip: &str, sync: &str, with_mail: bool) -> Option<Scene> {
+    fn new(tag: &str, ip: &str, setup: Setup) -> Option<Scene> {
         if !fuse_available() {
             return None;
         }
@@ -44,15 +56,23 @@ impl Scene {
         }
         let tmp = Tmp::new(tag);
         let disk = Ext4Disk::new(&tmp.0, 96).unwrap();
-        let extra = ["--spool-sync".to_string(), sync.to_string()];
+        let extra = ["--spool-sync".to_string(), setup.sync.to_string()];
         let receiver = Receiver::start_on(disk, &tmp, "r0", ip, &extra);
         let log = receiver.log_text();
+        let sync = setup.sync;
         assert!(log.contains(&format!("(--spool-sync {sync};")), "{log}");
-        let mail = with_mail.then(|| mail_server(receiver.data_dir()));
-        let source = tmp.0.join("src");
+        let mail = setup.mail.then(|| mail_server(receiver.data_dir()));
+        let source_disk = setup
+            .source_on_ext4
+            .then(|| Ext4Disk::new(&tmp.0.join("src-disk"), 96).unwrap());
+        let source = match &source_disk {
+            Some(d) => d.mountpoint().join("src"),
+            None => tmp.0.join("src"),
+        };
         Some(Scene {
             ca: receiver.cert.display().to_string(),
             receiver,
+            source_disk,
             mail,
             source,
             tmp,
@@ -75,11 +95,15 @@ impl Scene {
         spool(&self.source)
     }
 
-    /// Kills the receiver and its mail server, cuts the receiver's power, starts both again.
-    fn cut_receiver(&mut self) {
+    /// Kills the receiver and its mail server, cuts the power of the receiver (and of the
+    /// source, if on ext4: every process using it must be gone), starts both again.
+    fn cut(&mut self) {
         let with_mail = self.mail.take().map(|mut m| m.stop()).is_some();
         self.receiver.kill();
         self.receiver.mount.cut().unwrap();
+        if let Some(d) = &mut self.source_disk {
+            d.cut().unwrap();
+        }
         self.receiver.spawn();
         self.mail = with_mail.then(|| mail_server(self.receiver.data_dir()));
     }
@@ -135,26 +159,42 @@ fn drain_log(tmp: &Tmp) -> PathBuf {
 /// mail server here: its own fsyncs would make the copies it takes durable.
 #[test]
 fn acknowledged_copies_survive_a_cut_after_one_syncfs_per_transfer() {
-    let Some(mut s) = Scene::new("syncfs-acked", "127.0.0.71", "filesystem", false) else {
+    let Some(mut s) = Scene::new(
+        "syncfs-acked",
+        "127.0.0.71",
+        Setup {
+            sync: "filesystem",
+            mail: false,
+            source_on_ext4: false,
+        },
+    ) else {
         return;
     };
     let want = s.fill(60);
     until_success(&s.source, &s.drain_args(false), &drain_log(&s.tmp));
     assert_eq!(spool(&s.source), Census::new(), "the source is drained");
-    s.cut_receiver();
+    s.cut();
     s.assert_each_once(&want, "after a finished drain and a cut");
 }
 
 /// The same with an fsync per copy (`--spool-sync file`) on the same ext4.
 #[test]
 fn acknowledged_copies_survive_a_cut_with_an_fsync_per_copy() {
-    let Some(mut s) = Scene::new("fsync-acked", "127.0.0.73", "file", false) else {
+    let Some(mut s) = Scene::new(
+        "fsync-acked",
+        "127.0.0.73",
+        Setup {
+            sync: "file",
+            mail: false,
+            source_on_ext4: false,
+        },
+    ) else {
         return;
     };
     let want = s.fill(60);
     until_success(&s.source, &s.drain_args(false), &drain_log(&s.tmp));
     assert_eq!(spool(&s.source), Census::new(), "the source is drained");
-    s.cut_receiver();
+    s.cut();
     s.assert_each_once(&want, "after a finished drain and a cut");
 }
 
@@ -163,9 +203,33 @@ fn acknowledged_copies_survive_a_cut_with_an_fsync_per_copy() {
 /// every message is in one place exactly once.
 #[test]
 fn kills_and_cuts_at_random_moments_lose_and_duplicate_nothing() {
-    let Some(mut s) = Scene::new("syncfs-random", "127.0.0.72", "filesystem", true) else {
-        return;
+    let setup = Setup {
+        sync: "filesystem",
+        mail: true,
+        source_on_ext4: false,
     };
+    if let Some(s) = Scene::new("syncfs-random", "127.0.0.72", setup) {
+        random_rounds(s);
+    }
+}
+
+/// The same with the sender on ext4 over a power-loss mount too, both cut at once: the
+/// drain's journal and its removals against ext4's own crash behaviour.
+#[test]
+fn both_sides_cut_at_random_moments_lose_and_duplicate_nothing() {
+    let setup = Setup {
+        sync: "filesystem",
+        mail: true,
+        source_on_ext4: true,
+    };
+    if let Some(s) = Scene::new("syncfs-both", "127.0.0.74", setup) {
+        random_rounds(s);
+    }
+}
+
+/// `DRAIN_SYNCFS_ROUNDS` (default 6) rounds, seeded by `DRAIN_SYNCFS_SEED`: 80 more messages,
+/// a drain killed at a random moment with the power cut, `drain resume` to exit 0, a census.
+fn random_rounds(mut s: Scene) {
     let mut rng = Rng::from_env("DRAIN_SYNCFS_SEED");
     let rounds: usize = std::env::var("DRAIN_SYNCFS_ROUNDS")
         .ok()
@@ -179,7 +243,7 @@ fn kills_and_cuts_at_random_moments_lose_and_duplicate_nothing() {
         let code = wait_up_to(&mut drain, delay);
         let _ = drain.kill();
         let _ = drain.wait();
-        s.cut_receiver();
+        s.cut();
         eprintln!("round {round}: cut after {delay:?} (drain exit {code:?})");
         until_success(&s.source, &s.drain_args(true), &drain_log(&s.tmp));
         s.assert_each_once(&want, &format!("round {round}, cut after {delay:?}"));

@@ -9,9 +9,10 @@
 //! spool/.tmp/                     files being written; never a message until renamed
 //! ```
 //!
-//! Invariants: a message file appears only whole (temp file, fsync, rename, directory fsync;
-//! or, for a spool in [`SyncMode::Filesystem`], temp file, rename, one `syncfs` per group: see
-//! `sync`), and disappears only through [`Spool::remove`], which fsyncs the directory so the removal
+//! Invariants: a message file (`<id>.msg`) appears only whole: written directly (temp file,
+//! fsync, rename, directory fsync), or published by a rename from a staged copy made durable
+//! first (in [`SyncMode::Filesystem`], a group of staged copies by one `syncfs`: see `sync`).
+//! It disappears only through [`Spool::remove`], which fsyncs the directory so the removal
 //! survives a crash. Scanning streams the directories (memory does not grow with the number of
 //! files). Callers: the CLI (`spool add|ls|cat`), the drain engine (scan, read, remove) and the
 //! intake server (store).
